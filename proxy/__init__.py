@@ -1,0 +1,1 @@
+"""Keystile: the gateway (FastAPI). The only package that knows HTTP."""

@@ -1,0 +1,40 @@
+"""create_app(settings) -> FastAPI. The lifespan builds the one Services object and closes it."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+
+from . import errors
+from .routes import health, openai
+from .services import Services
+from .settings import Settings, load_config
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    config = load_config(settings.keystile_config)  # fail fast, before the server binds
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services = await Services.start(settings, config)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.aclose()
+
+    app = FastAPI(title="Keystile", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
+                  description="OpenAI-compatible LLM gateway with keys, limits and accounting.")
+    errors.install(app)
+    for prefix in ("/v1", "/openai/v1"):
+        app.include_router(openai.router, prefix=prefix, include_in_schema=prefix == "/v1")
+    app.include_router(health.router)
+    return app
+
+
+def factory() -> FastAPI:
+    """Entry point for uvicorn (`proxy.app:factory`), reading settings from the environment."""
+    return create_app()

@@ -1,0 +1,75 @@
+"""The `keystile` command: serve, migrate, and administer a running gateway over HTTP."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .settings import ConfigError, Settings, load_config
+
+app = typer.Typer(help="Keystile: an OpenAI-compatible LLM gateway.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option(envvar="KEYSTILE_CONFIG", help="model map")] = Path("config.yaml"),
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to bind")] = 4000,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    access_log: Annotated[bool, typer.Option(help="log every request")] = False,
+) -> None:
+    """Serve the gateway."""
+    import uvicorn
+
+    os.environ["KEYSTILE_CONFIG"] = str(config)
+    settings = Settings()
+    try:
+        file_config = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    if not (settings.keystile_master_key or file_config.general_settings.get("master_key")):
+        fail("KEYSTILE_MASTER_KEY is not set (`make run` writes one into .env)")
+    from .db.migrate import ensure_current
+
+    try:
+        ensure_current(settings.database_url)
+    except RuntimeError as exc:
+        fail(str(exc))
+    names = sorted({m.model_name for m in file_config.model_list})
+    where = "the environment" if "KEYSTILE_MASTER_KEY" in os.environ else ".env (KEYSTILE_MASTER_KEY)"
+    err.print(f"Keystile on [bold]http://{host}:{port}[/bold]  (OpenAI base URL: http://{host}:{port}/v1)")
+    err.print(f"models: {', '.join(names) or '(none)'}")
+    err.print(f"master key: from {where}; database: {settings.database_url.split('@')[-1]}")
+    uvicorn.run("proxy.app:factory", factory=True, host=host, port=port, workers=workers, loop="uvloop",
+                http="httptools", log_level=log_level, access_log=access_log, timeout_graceful_shutdown=30)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Apply the database migrations (SQLite or Postgres, from DATABASE_URL)."""
+    from .db.migrate import upgrade
+
+    settings = Settings()
+    upgrade(settings.database_url, revision)
+    err.print(f"database at {revision}: {settings.database_url.split('@')[-1]}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,95 @@
+"""Tables: keys, teams, users, spend logs. Keys keep only a SHA-256 hash and a display prefix."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: DateTime(timezone=True)}
+
+
+class LimitsMixin:
+    """What keys, users and teams may each carry; a request obeys the tightest of the three."""
+
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    max_parallel_requests: Mapped[int | None] = mapped_column(Integer)
+    max_budget: Mapped[float | None] = mapped_column(Float)
+    budget_duration: Mapped[str | None] = mapped_column(String(16))
+    budget_reset_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    spend: Mapped[float] = mapped_column(Float, default=0.0)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(),
+                                                 onupdate=func.now())
+
+
+class Team(LimitsMixin, Base):
+    __tablename__ = "teams"
+
+    team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    team_alias: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+
+class User(LimitsMixin, Base):
+    __tablename__ = "users"
+
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_email: Mapped[str | None] = mapped_column(String(320))
+    user_role: Mapped[str] = mapped_column(String(32), default="internal_user")
+    team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.team_id", ondelete="SET NULL"))
+
+
+class Key(LimitsMixin, Base):
+    __tablename__ = "keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(32))
+    key_alias: Mapped[str | None] = mapped_column(String(255), unique=True)
+    key_type: Mapped[str] = mapped_column(String(16), default="default")
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.user_id", ondelete="SET NULL"), index=True)
+    team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.team_id", ondelete="SET NULL"), index=True)
+    aliases: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_rpm_limit: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_tpm_limit: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Rotation with a grace period: the old secret's hash keeps working until previous_valid_until.
+    previous_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    previous_valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SpendLog(Base):
+    __tablename__ = "spend_logs"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    key_hash: Mapped[str | None] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    team_id: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(255))
+    deployment: Mapped[str | None] = mapped_column(String(255))
+    route: Mapped[str] = mapped_column(String(64))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[int] = mapped_column(Integer)
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    streamed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        Index("ix_spend_logs_key_time", "key_hash", "created_at"),
+        Index("ix_spend_logs_team_time", "team_id", "created_at"),
+        Index("ix_spend_logs_user_time", "user_id", "created_at"),
+        Index("ix_spend_logs_time", "created_at"),
+    )

@@ -1,0 +1,1 @@
+"""Wire models only. They validate what clients send; unknown fields pass through untouched."""

@@ -1,0 +1,72 @@
+"""OpenAI request shapes. Validation rejects only what is wrong (types, ranges, missing fields);
+the gateway forwards the client's own dict, so fields these models do not name pass through as sent."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=16)] | None
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Open):
+    include_usage: StrictBool | None = None
+
+
+class Message(_Open):
+    role: Literal["system", "user", "assistant", "tool", "function", "developer"]
+    content: StrictStr | list[dict[str, Any]] | None = None
+    name: StrictStr | None = None
+
+
+class _Sampling(_Open):
+    model: StrictStr = Field(min_length=1)
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Probability | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    stop: Stop = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    seed: StrictInt | None = None
+    user: StrictStr | None = None
+    logit_bias: dict[str, float] | None = None
+    # Common extras of open-model servers (vLLM, llama.cpp).
+    top_k: StrictInt | None = Field(default=None, ge=-1)
+    min_p: Probability | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
+    echo: StrictBool | None = None
+    suffix: StrictStr | None = None
+    best_of: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
+class EmbeddingRequest(_Open):
+    model: StrictStr = Field(min_length=1)
+    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] | list[StrictInt] | list[list[StrictInt]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[StrictInt, Field(ge=1)] | None = None
+    user: StrictStr | None = None

@@ -1,0 +1,87 @@
+"""The one Services object: built in the app's lifespan, closed on shutdown, reached through
+typed dependencies. Nothing here is created at import."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from backends.openai_compat import SessionPool
+from backends.registry import make_backend
+from backends.router import Deployment, Router, RouterPolicy
+
+from .auth.authenticator import Authenticator
+from .db.engine import Database
+from .gateway import Gateway
+from .settings import ConfigError, FileConfig, KeystileSettings, Settings
+
+log = logging.getLogger("keystile")
+
+
+def build_router(config: FileConfig, options: KeystileSettings, pool: SessionPool) -> Router:
+    deployments = []
+    for i, entry in enumerate(config.model_list):
+        p = entry.litellm_params
+        try:
+            backend = make_backend(entry.model_name, p.model_dump(exclude_none=True), pool=pool,
+                                   timeout=options.request_timeout)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"model_list[{i}] (model_name: {entry.model_name}): {exc}") from exc
+        deployments.append(Deployment(
+            model_name=entry.model_name, id=entry.model_info.id or f"{entry.model_name}-{i}", backend=backend,
+            upstream=p.model, weight=p.weight, rpm=entry.rpm or p.rpm, tpm=entry.tpm or p.tpm,
+            input_cost_per_token=entry.model_info.input_cost_per_token,
+            output_cost_per_token=entry.model_info.output_cost_per_token,
+        ))
+    fallbacks: dict[str, list[str]] = {}
+    for rule in options.fallbacks:
+        for name, targets in rule.items():
+            fallbacks.setdefault(name, []).extend(targets)
+    policy = RouterPolicy(num_retries=options.num_retries, allowed_fails=options.allowed_fails,
+                          cooldown_time=options.cooldown_time, fallbacks=fallbacks, strategy=options.routing_strategy)
+    return Router(deployments, policy)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    config: FileConfig
+    options: KeystileSettings
+    pool: SessionPool
+    router: Router
+    db: Database
+    auth: Authenticator
+    gateway: Gateway
+    started: int
+
+    @classmethod
+    async def start(cls, settings: Settings, config: FileConfig) -> Services:
+        options = config.effective()
+        pool = SessionPool(connect_timeout=options.connect_timeout)
+        router = build_router(config, options, pool)
+        master = settings.keystile_master_key or config.general_settings.get("master_key")
+        services = cls(settings=settings, config=config, options=options, pool=pool, router=router,
+                       db=Database(settings.database_url), auth=Authenticator(master),
+                       gateway=Gateway(router), started=int(time.time()))
+        for d in router.deployments():
+            start = getattr(d.backend, "start", None)
+            if start is not None:
+                await start()  # local workers load in the background; requests get 503 until ready
+        return services
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(d.backend.aclose() for d in self.router.deployments()), return_exceptions=True)
+        await self.pool.aclose()
+        await self.db.aclose()
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,180 @@
+"""Settings: environment (pydantic-settings) plus config.yaml (LiteLLM's model_list format).
+
+A bad file stops startup with a message naming the file, the entry and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """config.yaml or the environment is unusable; the message says where."""
+
+
+class LiteLLMParams(BaseModel):
+    """A deployment's `litellm_params`. Unknown keys are kept: they are passed to the backend."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    api_base: str | None = None
+    api_key: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    stream_timeout: float | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    weight: float = Field(default=1.0, gt=0)
+    max_retries: int | None = Field(default=None, ge=0)
+
+    @field_validator("model")
+    @classmethod
+    def _provider_prefix(cls, v: str) -> str:
+        if "/" not in v:
+            raise ValueError("must be 'provider/name', e.g. 'openai/gpt-4o' or 'llamacpp/path/to/model.gguf'")
+        return v
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model.split("/", 1)[1]
+
+    def extra_params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    input_cost_per_token: float | None = None
+    output_cost_per_token: float | None = None
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model_name: str = Field(min_length=1)
+    litellm_params: LiteLLMParams
+    model_info: ModelInfo = Field(default_factory=ModelInfo)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+
+
+class KeystileSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    request_timeout: float = Field(default=600.0, gt=0, description="default upstream timeout, seconds")
+    connect_timeout: float = Field(default=10.0, gt=0)
+    num_retries: int = Field(default=2, ge=0)
+    allowed_fails: int = Field(default=3, ge=0, description="failures within a minute before a cooldown")
+    cooldown_time: float = Field(default=30.0, ge=0)
+    fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
+    routing_strategy: str = Field(default="simple-shuffle", pattern="^(simple-shuffle|least-busy)$")
+
+
+class RouterSettings(BaseModel):
+    """The subset of LiteLLM's `router_settings` Keystile honours; the rest is accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    num_retries: int | None = Field(default=None, ge=0)
+    allowed_fails: int | None = Field(default=None, ge=0)
+    cooldown_time: float | None = Field(default=None, ge=0)
+    routing_strategy: str | None = None
+    fallbacks: list[dict[str, list[str]]] | None = None
+
+
+class FileConfig(BaseModel):
+    """The whole config.yaml. LiteLLM's other sections are accepted so its files work unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_list: list[ModelEntry] = Field(default_factory=list)
+    keystile_settings: KeystileSettings = Field(default_factory=KeystileSettings)
+    router_settings: RouterSettings = Field(default_factory=RouterSettings)
+    litellm_settings: dict[str, Any] = Field(default_factory=dict)
+    general_settings: dict[str, Any] = Field(default_factory=dict)
+
+    def effective(self) -> KeystileSettings:
+        """keystile_settings with LiteLLM's router_settings/litellm_settings applied where set."""
+        merged = self.keystile_settings.model_copy()
+        rs = self.router_settings
+        for name in ("num_retries", "allowed_fails", "cooldown_time", "fallbacks"):
+            value = getattr(rs, name)
+            if value is None:
+                value = self.litellm_settings.get(name)
+            if value is not None and name not in self.keystile_settings.model_fields_set:
+                setattr(merged, name, value)
+        if rs.routing_strategy in ("simple-shuffle", "least-busy"):
+            merged.routing_strategy = rs.routing_strategy
+        return merged
+
+
+class Settings(BaseSettings):
+    """Process settings from the environment (and .env)."""
+
+    model_config = SettingsConfigDict(env_prefix="", env_file=".env", extra="ignore")
+
+    keystile_master_key: str | None = None
+    keystile_config: Path = Path("config.yaml")
+    database_url: str = "sqlite+aiosqlite:///./keystile.db"
+    redis_url: str | None = None
+
+
+def _resolve_env_refs(value: Any, where: str) -> Any:
+    """Replace LiteLLM's `os.environ/VAR` strings with the variable's value."""
+    if isinstance(value, str) and value.startswith("os.environ/"):
+        var = value.removeprefix("os.environ/")
+        if var not in os.environ:
+            raise ConfigError(f"{where}: environment variable {var} is not set")
+        return os.environ[var]
+    if isinstance(value, dict):
+        return {k: _resolve_env_refs(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env_refs(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _describe(err: ValidationError, raw: dict) -> str:
+    lines = []
+    for e in err.errors():
+        loc = e["loc"]
+        where = ".".join(str(p) for p in loc)
+        if len(loc) >= 2 and loc[0] == "model_list" and isinstance(loc[1], int):
+            entries = raw.get("model_list") or []
+            name = entries[loc[1]].get("model_name") if loc[1] < len(entries) and isinstance(entries[loc[1]], dict) else None
+            if name:
+                where = f"model_list[{loc[1]}] (model_name: {name})." + ".".join(str(p) for p in loc[2:])
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> FileConfig:
+    """Read and validate config.yaml; raise ConfigError naming the file, entry and field."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping with a model_list")
+    raw = _resolve_env_refs(raw, str(path))
+    try:
+        config = FileConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid configuration\n{_describe(exc, raw)}") from exc
+    return config

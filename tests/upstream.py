@@ -1,0 +1,121 @@
+"""A small real OpenAI-compatible upstream for tests, served by uvicorn on a free port.
+
+The requested model name picks the behaviour: `echo*` answers normally (JSON and SSE), `fail`
+answers 500, `badreq` answers 400, `hang` never answers, `drop` streams two chunks and then drops
+the connection, `slowstream` waits between chunks. Every request body is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _text(body: dict) -> str:
+    if "messages" in body:
+        last = body["messages"][-1].get("content")
+        return f"echo: {last}" if isinstance(last, str) else "echo"
+    return f"echo: {body.get('prompt')}"
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        app = Starlette(routes=[
+            Route("/v1/chat/completions", self.completion, methods=["POST"]),
+            Route("/v1/completions", self.completion, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+        ])
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> FakeUpstream:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+    async def models(self, request: Request) -> Response:
+        return Response(orjson.dumps({"object": "list", "data": []}), media_type="application/json")
+
+    async def embeddings(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        self.requests.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, float(len(str(x)))]}
+                for i, x in enumerate(inputs)]
+        return Response(orjson.dumps({"object": "list", "data": data, "model": body["model"],
+                                      "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}),
+                        media_type="application/json")
+
+    async def completion(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        model = body["model"]
+        chat = request.url.path.endswith("/chat/completions")
+        if model == "fail":
+            return Response(orjson.dumps({"error": {"message": "upstream exploded", "type": "server_error"}}),
+                            status_code=500, media_type="application/json")
+        if model == "badreq":
+            return Response(orjson.dumps({"error": {"message": "max_tokens is too large", "param": "max_tokens",
+                                                    "code": "invalid_value"}}),
+                            status_code=400, media_type="application/json")
+        if model == "hang":
+            await asyncio.sleep(3600)
+        text = _text(body)
+        words = text.split(" ")
+        usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+        if body.get("stream"):
+            return StreamingResponse(self._stream(body, model, chat, words, usage), media_type="text/event-stream")
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
+                  else {"index": 0, "text": text, "finish_reason": "stop"})
+        return Response(orjson.dumps({
+            "id": "cmpl-1", "object": "chat.completion" if chat else "text_completion", "created": 1,
+            "model": model, "choices": [choice], "usage": usage,
+        }), media_type="application/json")
+
+    async def _stream(self, body, model, chat, words, usage):
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        for i, word in enumerate(words):
+            if model == "drop" and i == 2:
+                raise ConnectionResetError("upstream dropped the stream")
+            if model == "slowstream":
+                await asyncio.sleep(0.2)
+            piece = word if i == 0 else " " + word
+            choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else \
+                {"index": 0, "text": piece, "finish_reason": None}
+            yield b"data: " + orjson.dumps({"id": "c1", "object": kind, "created": 1, "model": model,
+                                            "choices": [choice]}) + b"\n\n"
+        if model == "drop":
+            raise ConnectionResetError("upstream dropped the stream")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield b"data: " + orjson.dumps({"id": "c1", "object": kind, "created": 1, "model": model,
+                                            "choices": [], "usage": usage}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
