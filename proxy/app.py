@@ -5,10 +5,9 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 
 from . import errors
-from .routes import health, openai
+from .routes import health, keys, openai, principals
 from .services import Services
 from .settings import Settings, load_config
 
@@ -26,12 +25,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await services.aclose()
 
-    app = FastAPI(title="Keystile", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse,
+    app = FastAPI(title="Keystile", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible LLM gateway with keys, limits and accounting.")
     errors.install(app)
     for prefix in ("/v1", "/openai/v1"):
         app.include_router(openai.router, prefix=prefix, include_in_schema=prefix == "/v1")
     app.include_router(health.router)
+    for admin_router in (keys.router, principals.teams, principals.users):
+        app.include_router(admin_router)
     return app
 
 

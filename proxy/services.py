@@ -9,13 +9,17 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
+import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from backends.openai_compat import SessionPool
 from backends.registry import make_backend
 from backends.router import Deployment, Router, RouterPolicy
 
-from .auth.authenticator import Authenticator
+from .auth.authenticator import Authenticator, FailureThrottle
+from .auth.cache import KeyCache
+from .auth.invalidation import Invalidator
+from .db.keys import load_principal
 from .db.engine import Database
 from .gateway import Gateway
 from .settings import ConfigError, FileConfig, KeystileSettings, Settings
@@ -55,6 +59,9 @@ class Services:
     pool: SessionPool
     router: Router
     db: Database
+    redis: aioredis.Redis | None
+    cache: KeyCache
+    invalidator: Invalidator
     auth: Authenticator
     gateway: Gateway
     started: int
@@ -65,9 +72,21 @@ class Services:
         pool = SessionPool(connect_timeout=options.connect_timeout)
         router = build_router(config, options, pool)
         master = settings.keystile_master_key or config.general_settings.get("master_key")
-        services = cls(settings=settings, config=config, options=options, pool=pool, router=router,
-                       db=Database(settings.database_url), auth=Authenticator(master),
-                       gateway=Gateway(router), started=int(time.time()))
+        db = Database(settings.database_url)
+        redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
+
+        async def load(token_hash: str):
+            async with db.sessions() as session:
+                return await load_principal(session, token_hash=token_hash)
+
+        ttl = options.key_cache_ttl or (30.0 if redis is not None else 1.0)
+        cache = KeyCache(load, ttl=ttl, negative_ttl=options.negative_cache_ttl)
+        invalidator = Invalidator(cache, redis)
+        auth = Authenticator(master, cache, FailureThrottle(options.auth_failures_per_minute))
+        services = cls(settings=settings, config=config, options=options, pool=pool, router=router, db=db,
+                       redis=redis, cache=cache, invalidator=invalidator, auth=auth, gateway=Gateway(router),
+                       started=int(time.time()))
+        await invalidator.start()
         for d in router.deployments():
             start = getattr(d.backend, "start", None)
             if start is not None:
@@ -77,6 +96,10 @@ class Services:
     async def aclose(self) -> None:
         await asyncio.gather(*(d.backend.aclose() for d in self.router.deployments()), return_exceptions=True)
         await self.pool.aclose()
+        await self.invalidator.aclose()
+        await self.cache.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.db.aclose()
 
 

@@ -1,21 +1,76 @@
-"""Turns request headers into a Principal. The master key is compared in constant time."""
+"""Turns request headers into a Principal: the master key (constant-time compare), a virtual key
+(from the in-process cache), or a JWT from a configured issuer. Failed attempts are throttled per
+client address before they can reach the database."""
 
 from __future__ import annotations
 
 import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
-from ..errors import Unauthorized
+from starlette.requests import Request
+
+from ..db.keys import Refusal
+from ..durations import utcnow
+from ..errors import Forbidden, RateLimited, Unauthorized
+from .cache import KeyCache
 from .principal import MASTER, Principal, bearer_token
+from .secrets import hash_key
+
+
+class FailureThrottle:
+    """At most `limit` failed authentications per client address per `window` seconds."""
+
+    def __init__(self, limit: int, window: float = 60.0, max_clients: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic):
+        self._limit, self._window, self._max, self._clock = limit, window, max_clients, clock
+        self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def check(self, client: str) -> None:
+        start, count = self._counts.get(client, (0.0, 0))
+        remaining = start + self._window - self._clock()
+        if count >= self._limit and remaining > 0:
+            raise RateLimited("too many failed authentication attempts from this address",
+                              code="auth_throttled", headers={"Retry-After": str(max(1, int(remaining) + 1))})
+
+    def failed(self, client: str) -> None:
+        now = self._clock()
+        start, count = self._counts.pop(client, (now, 0))
+        if now - start >= self._window:
+            start, count = now, 0
+        self._counts[client] = (start, count + 1)
+        while len(self._counts) > self._max:
+            self._counts.popitem(last=False)
 
 
 class Authenticator:
-    def __init__(self, master_key: str | None):
+    def __init__(self, master_key: str | None, cache: KeyCache, throttle: FailureThrottle, jwt=None):
         self._master = master_key.encode() if master_key else None
+        self._cache = cache
+        self._throttle = throttle
+        self._jwt = jwt
 
-    async def authenticate(self, headers) -> Principal:
-        token = bearer_token(headers)
+    async def authenticate(self, request: Request) -> Principal:
+        token = bearer_token(request.headers)
         if not token:
             raise Unauthorized("no API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
         if self._master is not None and hmac.compare_digest(token.encode(), self._master):
             return MASTER
-        raise Unauthorized("invalid API key")
+        client = request.client.host if request.client else "unknown"
+        self._throttle.check(client)
+        if self._jwt is not None and not token.startswith("sk-") and self._jwt.looks_like_jwt(token):
+            try:
+                return await self._jwt.verify(token)
+            except Unauthorized:
+                self._throttle.failed(client)
+                raise
+        found = await self._cache.get(hash_key(token)) if token.startswith("sk-") else None
+        if found is None:
+            self._throttle.failed(client)
+            raise Unauthorized("invalid API key")
+        if isinstance(found, Refusal):
+            raise Forbidden(str(found), code="key_blocked")
+        if found.expires is not None and found.expires <= utcnow():
+            raise Unauthorized("this key has expired", code="key_expired")
+        return found

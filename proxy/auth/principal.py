@@ -1,23 +1,47 @@
-"""The authenticated caller, as the rest of the request path sees it."""
+"""The authenticated caller, as the rest of the request path sees it: who (key, user, team), what it
+may use, and the limits and budgets of each scope it belongs to."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Limits and budget of one key, user or team. `name` is e.g. `key:<hash>`, `user:<id>`, `team:<id>`."""
+
+    name: str
+    rpm: int | None = None
+    tpm: int | None = None
+    parallel: int | None = None
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
+    spend: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     is_master: bool = False
+    is_admin: bool = False
+    key_id: str | None = None
     key_hash: str | None = None
     key_alias: str | None = None
     user_id: str | None = None
     team_id: str | None = None
     key_type: str = "default"
-    # Allowed public model names; None means every model.
+    # Allowed public model names (the tightest of key, user and team); None means every model.
     models: frozenset[str] | None = None
     aliases: dict[str, str] = field(default_factory=dict)
-    limits: Any = None
+    expires: datetime | None = None
+    scopes: tuple[Scope, ...] = ()
+    model_rpm: dict[str, int] = field(default_factory=dict)
+    model_tpm: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def may_administer(self) -> bool:
+        return self.is_master or (self.is_admin and self.key_type != "llm_api")
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models

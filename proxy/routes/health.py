@@ -31,7 +31,7 @@ async def readiness(services: ServicesDep) -> JSONResponse:
 
 @router.get("/health", summary="Per-deployment state (auth)")
 async def health(request: Request, services: ServicesDep) -> dict:
-    await services.auth.authenticate(request.headers)
+    await services.auth.authenticate(request)
     deployments = services.router.deployments()
     results = await asyncio.gather(*(d.backend.health() for d in deployments), return_exceptions=True)
     now = time.monotonic()

@@ -17,7 +17,7 @@ router = APIRouter(tags=["openai"])
 
 
 async def caller(request: Request, services: ServicesDep) -> Principal:
-    principal = await services.auth.authenticate(request.headers)
+    principal = await services.auth.authenticate(request)
     if principal.key_type == "management":
         raise Forbidden("this key is for management routes only", code="wrong_key_type")
     return principal

@@ -1,0 +1,169 @@
+"""/key/*: LiteLLM's key management routes. The raw key appears once, in the answer that creates it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import delete, or_, select
+
+from ..admin import (Admin, AnyCaller, apply, commit, key_info, page_args, pages, parse, require,
+                     sessions)
+from ..auth.secrets import display_name, hash_key, new_key, to_hash
+from ..db.keys import get_key, list_rows
+from ..db.models import Key, Team, User
+from ..durations import parse_duration, utcnow
+from ..errors import BadRequest, Conflict, Forbidden, NotFound
+from ..protocol.admin import KeyDelete, KeyFields, KeyGenerate, KeyRef, KeyRegenerate, KeyUpdate
+from ..services import Services, ServicesDep
+
+router = APIRouter(prefix="/key", tags=["keys"])
+
+
+def _key_fields(body: KeyFields) -> dict:
+    fields = body.model_dump(exclude_unset=True, exclude={"key", "duration", "expires"})
+    if body.duration is not None:
+        fields["expires"] = utcnow() + timedelta(seconds=parse_duration(body.duration))
+    elif "expires" in body.model_fields_set:
+        fields["expires"] = body.expires
+    return fields
+
+
+async def _load(session, key_or_hash: str) -> Key:
+    key = await get_key(session, token_hash=to_hash(key_or_hash))
+    if key is None:
+        raise NotFound("key not found", code="key_not_found")
+    return key
+
+
+async def _check_refs(session, body: KeyFields) -> None:
+    await require(session, User, body.user_id, "user_id")
+    await require(session, Team, body.team_id, "team_id")
+    if body.key_alias and await get_key(session, alias=body.key_alias) is not None:
+        raise Conflict(f"key_alias '{body.key_alias}' is already used", param="key_alias")
+
+
+async def create_key(services: Services, session, fields: dict) -> dict:
+    secret = new_key()
+    key = Key(id=str(uuid.uuid4()), token_hash=hash_key(secret), key_prefix=display_name(secret), models=[],
+              aliases={}, model_rpm_limit={}, model_tpm_limit={}, metadata_={}, spend=0.0, blocked=False,
+              key_type="default")
+    apply(key, fields)
+    session.add(key)
+    await commit(session, "key")
+    await services.invalidator.publish("key", key.token_hash)
+    return {"key": secret, **key_info(key)}
+
+
+@router.post("/generate", summary="Create a virtual key")
+async def generate(request: Request, services: ServicesDep, _: Admin) -> dict:
+    body: KeyGenerate = await parse(request, KeyGenerate)
+    async with sessions(services) as session:
+        await _check_refs(session, body)
+        return await create_key(services, session, _key_fields(body))
+
+
+@router.post("/update", summary="Change a key's fields")
+async def update(request: Request, services: ServicesDep, _: Admin) -> dict:
+    body: KeyUpdate = await parse(request, KeyUpdate)
+    async with sessions(services) as session:
+        key = await _load(session, body.key)
+        if body.key_alias and body.key_alias != key.key_alias:
+            await _check_refs(session, body)
+        else:
+            await require(session, User, body.user_id, "user_id")
+            await require(session, Team, body.team_id, "team_id")
+        apply(key, _key_fields(body))
+        await commit(session, "key")
+        await services.invalidator.publish("key", key.token_hash)
+        return key_info(key)
+
+
+@router.post("/delete", summary="Delete keys by key/hash or alias")
+async def delete_keys(request: Request, services: ServicesDep, _: Admin) -> dict:
+    body: KeyDelete = await parse(request, KeyDelete)
+    if not body.keys and not body.key_aliases:
+        raise BadRequest("send 'keys' or 'key_aliases'", param="keys")
+    hashes = [to_hash(k) for k in body.keys or []]
+    async with sessions(services) as session:
+        found = (await session.execute(select(Key).where(
+            or_(Key.token_hash.in_(hashes), Key.key_alias.in_(body.key_aliases or []))))).scalars().all()
+        if len(found) < len(hashes) + len(body.key_aliases or []):
+            raise NotFound("one or more keys were not found; nothing was deleted", code="key_not_found")
+        await session.execute(delete(Key).where(Key.id.in_([k.id for k in found])))
+        await session.commit()
+    for key in found:
+        await services.invalidator.publish("key", key.token_hash)
+    return {"deleted_keys": [k.token_hash for k in found]}
+
+
+@router.get("/info", summary="A key's fields and spend (a key may read its own)")
+async def info(services: ServicesDep, caller: AnyCaller, key: str | None = Query(default=None)) -> dict:
+    target = to_hash(key) if key else caller.key_hash
+    if target is None:
+        raise BadRequest("pass ?key=", param="key")
+    if not caller.may_administer and target != caller.key_hash:
+        raise Forbidden("a key may only read its own info", code="admin_only")
+    async with sessions(services) as session:
+        row = await _load(session, target)
+        return {"key": row.token_hash, "info": key_info(row)}
+
+
+@router.get("/list", summary="Keys, paginated, filtered by user, team or alias")
+async def list_keys(services: ServicesDep, _: Admin, page: int = 1, size: int = 50, user_id: str | None = None,
+                    team_id: str | None = None, key_alias: str | None = None,
+                    return_full_object: bool = False) -> dict:
+    page, size = page_args(page, size)
+    async with sessions(services) as session:
+        rows, total = await list_rows(session, Key, filters={"user_id": user_id, "team_id": team_id,
+                                                             "key_alias": key_alias}, page=page, size=size)
+    keys = [key_info(k) if return_full_object else k.token_hash for k in rows]
+    return {"keys": keys, "total_count": total, "current_page": page, "total_pages": pages(total, size)}
+
+
+async def _regenerate(services: Services, ref: str, grace_period: str | None) -> dict:
+    async with sessions(services) as session:
+        key = await _load(session, ref)
+        old_hash, secret = key.token_hash, new_key()
+        key.token_hash, key.key_prefix = hash_key(secret), display_name(secret)
+        key.previous_hash = old_hash if grace_period else None
+        key.previous_valid_until = utcnow() + timedelta(seconds=parse_duration(grace_period)) if grace_period else None
+        await commit(session, "key")
+    await services.invalidator.publish("key", old_hash)
+    await services.invalidator.publish("key", key.token_hash)
+    return {"key": secret, **key_info(key)}
+
+
+@router.post("/regenerate", summary="Rotate a key's secret (optional grace period for the old one)")
+async def regenerate(request: Request, services: ServicesDep, _: Admin) -> dict:
+    body: KeyRegenerate = await parse(request, KeyRegenerate)
+    if not body.key:
+        raise BadRequest("key is required", param="key")
+    return await _regenerate(services, body.key, body.grace_period)
+
+
+@router.post("/{key}/regenerate", summary="Rotate a key's secret (LiteLLM's path form)")
+async def regenerate_path(key: str, request: Request, services: ServicesDep, _: Admin) -> dict:
+    body = await parse(request, KeyRegenerate) if await request.body() else KeyRegenerate()
+    return await _regenerate(services, key, body.grace_period)
+
+
+async def _set_blocked(request: Request, services: Services, blocked: bool) -> dict:
+    body: KeyRef = await parse(request, KeyRef)
+    async with sessions(services) as session:
+        key = await _load(session, body.key)
+        key.blocked = blocked
+        await commit(session, "key")
+    await services.invalidator.publish("key", key.token_hash)
+    return key_info(key)
+
+
+@router.post("/block", summary="Block a key (stops working everywhere within a second)")
+async def block(request: Request, services: ServicesDep, _: Admin) -> dict:
+    return await _set_blocked(request, services, True)
+
+
+@router.post("/unblock", summary="Unblock a key")
+async def unblock(request: Request, services: ServicesDep, _: Admin) -> dict:
+    return await _set_blocked(request, services, False)

@@ -1,0 +1,127 @@
+"""/team/* and /user/*: LiteLLM's team and user routes, built from one description each since
+both do the same: new, update, delete (with their keys), info, list."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import delete, select
+
+from ..admin import Admin, AnyCaller, apply, commit, key_info, page_args, pages, parse, require, serialize, sessions
+from ..db.keys import list_rows
+from ..db.models import Key, Team, User
+from ..errors import Conflict, Forbidden, NotFound
+from ..protocol.admin import TeamDelete, TeamNew, TeamUpdate, UserDelete, UserNew, UserUpdate
+from ..services import ServicesDep
+from .keys import create_key
+
+
+@dataclass(frozen=True)
+class Entity:
+    kind: str            # "team" | "user"
+    model: type
+    id_field: str        # team_id | user_id
+    alias_field: str | None
+    new: type[BaseModel]
+    update: type[BaseModel]
+    remove: type[BaseModel]
+    ids_field: str       # team_ids | user_ids
+    list_filters: tuple[str, ...]
+
+
+TEAM = Entity("team", Team, "team_id", "team_alias", TeamNew, TeamUpdate, TeamDelete, "team_ids", ())
+USER = Entity("user", User, "user_id", None, UserNew, UserUpdate, UserDelete, "user_ids", ("team_id", "user_role"))
+
+
+def build(e: Entity) -> APIRouter:
+    router = APIRouter(prefix=f"/{e.kind}", tags=[f"{e.kind}s"])
+    key_column = getattr(Key, e.id_field)
+
+    async def load(session, ident: str):
+        row = await session.get(e.model, ident)
+        if row is None:
+            raise NotFound(f"{e.kind} '{ident}' not found", code=f"{e.kind}_not_found")
+        return row
+
+    async def check_alias(session, body) -> None:
+        alias = getattr(body, e.alias_field, None) if e.alias_field else None
+        column = getattr(e.model, e.alias_field) if e.alias_field else None
+        if alias and (await session.execute(select(e.model).where(column == alias))).first():
+            raise Conflict(f"{e.alias_field} '{alias}' is already used", param=e.alias_field)
+
+    @router.post("/new", summary=f"Create a {e.kind}")
+    async def new(request: Request, services: ServicesDep, _: Admin) -> dict:
+        body = await parse(request, e.new)
+        fields = body.model_dump(exclude_unset=True, exclude={e.id_field, "auto_create_key"})
+        ident = getattr(body, e.id_field) or str(uuid.uuid4())
+        async with sessions(services) as session:
+            if await session.get(e.model, ident) is not None:
+                raise Conflict(f"{e.kind} '{ident}' already exists", param=e.id_field)
+            await check_alias(session, body)
+            await require(session, Team, fields.get("team_id"), "team_id")
+            row = e.model(**{e.id_field: ident}, models=[], metadata_={}, spend=0.0, blocked=False)
+            apply(row, fields)
+            session.add(row)
+            await commit(session, e.kind)
+            out = serialize(row)
+            if getattr(body, "auto_create_key", False):
+                created = await create_key(services, session, {e.id_field: ident, "team_id": fields.get("team_id")})
+                out["key"] = created["key"]
+                out["token"] = created["token"]
+        return out
+
+    @router.post("/update", summary=f"Change a {e.kind}'s fields")
+    async def update(request: Request, services: ServicesDep, _: Admin) -> dict:
+        body = await parse(request, e.update)
+        fields = body.model_dump(exclude_unset=True, exclude={e.id_field})
+        async with sessions(services) as session:
+            row = await load(session, getattr(body, e.id_field))
+            if e.alias_field and fields.get(e.alias_field) not in (None, getattr(row, e.alias_field)):
+                await check_alias(session, body)
+            await require(session, Team, fields.get("team_id"), "team_id")
+            apply(row, fields)
+            await commit(session, e.kind)
+            out = serialize(row)
+        await services.invalidator.publish(e.kind, out[e.id_field])
+        return out
+
+    @router.post("/delete", summary=f"Delete {e.kind}s and their keys")
+    async def remove(request: Request, services: ServicesDep, _: Admin) -> dict:
+        body = await parse(request, e.remove)
+        ids = getattr(body, e.ids_field)
+        async with sessions(services) as session:
+            for ident in ids:
+                await load(session, ident)
+            await session.execute(delete(Key).where(key_column.in_(ids)))
+            await session.execute(delete(e.model).where(getattr(e.model, e.id_field).in_(ids)))
+            await session.commit()
+        for ident in ids:
+            await services.invalidator.publish(e.kind, ident)
+        return {f"deleted_{e.kind}s": ids}
+
+    @router.get("/info", summary=f"A {e.kind} with its keys and spend")
+    async def info(services: ServicesDep, caller: AnyCaller, ident: str = Query(alias=e.id_field)) -> dict:
+        if not caller.may_administer and getattr(caller, e.id_field) != ident:
+            raise Forbidden(f"a key may only read its own {e.kind}", code="admin_only")
+        async with sessions(services) as session:
+            row = await load(session, ident)
+            keys = (await session.execute(select(Key).where(key_column == ident))).scalars().all()
+        return {e.id_field: ident, f"{e.kind}_info": serialize(row), "keys": [key_info(k) for k in keys]}
+
+    @router.get("/list", summary=f"{e.kind.capitalize()}s, paginated")
+    async def list_all(request: Request, services: ServicesDep, _: Admin, page: int = 1, size: int = 50) -> dict:
+        page, size = page_args(page, size)
+        filters = {name: request.query_params.get(name) for name in e.list_filters}
+        async with sessions(services) as session:
+            rows, total = await list_rows(session, e.model, filters=filters, page=page, size=size)
+        return {f"{e.kind}s": [serialize(r) for r in rows], "total_count": total, "current_page": page,
+                "total_pages": pages(total, size)}
+
+    return router
+
+
+teams = build(TEAM)
+users = build(USER)
