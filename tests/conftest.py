@@ -37,3 +37,33 @@ def relay_config(upstream: FakeUpstream, **settings) -> dict:
 def relay(tmp_path_factory, upstream):
     with Keystile(tmp_path_factory.mktemp("relay"), relay_config(upstream)) as server:
         yield server
+
+
+def _service_up(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    if not _service_up(6379):
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh database on the machine's PostgreSQL for this test session, dropped afterwards."""
+    import subprocess
+    import uuid
+
+    if not _service_up(5432):
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    name = f"keystile_test_{uuid.uuid4().hex[:10]}"
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"]
+    subprocess.run(psql + [f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    subprocess.run(psql + [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)

@@ -1,0 +1,218 @@
+"""Virtual keys, teams and users through the admin API of a live server, on SQLite and on the real
+PostgreSQL; the cache's invalidation within one process and across two sharing Postgres and Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+import openai
+import pytest
+
+from .conftest import relay_config
+from .servers import Keystile
+
+CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Admin:
+    def __init__(self, server: Keystile):
+        self.s = server
+        self.h = {"Authorization": f"Bearer {server.master_key}"}
+
+    def post(self, path: str, body: dict, key: str | None = None) -> httpx.Response:
+        h = {"Authorization": f"Bearer {key}"} if key else self.h
+        return httpx.post(self.s.url + path, json=body, headers=h, timeout=10)
+
+    def get(self, path: str, as_key: str | None = None, **params) -> httpx.Response:
+        h = {"Authorization": f"Bearer {as_key}"} if as_key else self.h
+        return httpx.get(self.s.url + path, params=params, headers=h, timeout=10)
+
+    def ok(self, path: str, body: dict) -> dict:
+        r = self.post(path, body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def chat(self, key: str, model: str = "echo") -> int:
+        return self.post("/v1/chat/completions", {**CHAT, "model": model}, key=key).status_code
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request, tmp_path_factory, upstream):
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    with Keystile(tmp_path_factory.mktemp(request.param), relay_config(upstream), database_url=url) as s:
+        s.db_kind = request.param
+        yield s
+
+
+@pytest.fixture
+def admin(server) -> Admin:
+    return Admin(server)
+
+
+def _dump_database(server: Keystile) -> str:
+    url = server.env["DATABASE_URL"]
+    if server.db_kind == "postgres":
+        db = url.rsplit("/", 1)[1]
+        return subprocess.run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "--data-only", db],
+                              capture_output=True, text=True, check=True).stdout
+    path = url.split("///", 1)[1]
+    return subprocess.run(["python3", "-c", f"import sqlite3; c=sqlite3.connect('{path}'); "
+                           "print('\\n'.join(c.iterdump()))"], capture_output=True, text=True, check=True).stdout
+
+
+def test_key_lifecycle(admin, server):
+    created = admin.ok("/key/generate", {"key_alias": f"life-{server.db_kind}", "models": ["echo"],
+                                         "rpm_limit": 60, "max_budget": 10, "budget_duration": "30d",
+                                         "duration": "90d", "metadata": {"owner": "ci"}})
+    key = created["key"]
+    assert key.startswith("sk-") and len(key) >= 3 + 43
+    assert created["key_name"] == f"sk-...{key[-4:]}" and created["budget_reset_at"] and created["expires"]
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    assert client.chat.completions.create(**CHAT).choices[0].message.content == "echo: hi"
+    assert [m.id for m in client.models.list()] == ["echo"]
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(**{**CHAT, "model": "failing"})
+
+    # A key reads its own info without admin rights; the raw key is not in it.
+    info = admin.get("/key/info", as_key=key)
+    assert info.status_code == 200 and key not in info.text and info.json()["info"]["metadata"] == {"owner": "ci"}
+
+    admin.ok("/key/update", {"key": key, "models": ["echo", "failing"]})
+    assert admin.chat(key, "failing") == 502  # allowed now; the upstream itself fails
+
+    admin.ok("/key/block", {"key": key})
+    assert admin.chat(key) == 403
+    admin.ok("/key/unblock", {"key": created["token"]})
+    assert admin.chat(key) == 200
+
+    rotated = admin.ok("/key/regenerate", {"key": key})
+    assert admin.chat(key) == 401 and admin.chat(rotated["key"]) == 200
+    graced = admin.ok("/key/regenerate", {"key": rotated["key"], "grace_period": "1h"})
+    assert admin.chat(rotated["key"]) == 200 and admin.chat(graced["key"]) == 200
+
+    deleted = admin.ok("/key/delete", {"key_aliases": [f"life-{server.db_kind}"]})
+    assert deleted["deleted_keys"] == [graced["token"]]
+    assert admin.chat(graced["key"]) == 401 and admin.chat(rotated["key"]) == 401
+
+    # Only hashes are stored, and nothing logs a raw key.
+    live = admin.ok("/key/generate", {})
+    dump, logs = _dump_database(server), server.logs()
+    assert live["token"] in dump
+    for raw in (key, rotated["key"], graced["key"], live["key"]):
+        assert raw not in dump and raw not in logs
+
+
+def test_validation_and_conflicts(admin, server):
+    r = admin.post("/key/generate", {"key_alias": "x", "bogus_field": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "bogus_field"
+    alias = f"dup-{server.db_kind}"
+    admin.ok("/key/generate", {"key_alias": alias})
+    r = admin.post("/key/generate", {"key_alias": alias})
+    assert r.status_code == 409
+    for field in ("budget_duration", "duration"):
+        r = admin.post("/key/generate", {field: "soon"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == field and "invalid duration" in r.text
+    assert admin.post("/key/generate", {"rpm_limit": -1}).status_code == 400
+    assert admin.post("/key/generate", {"team_id": "no-such-team"}).status_code == 400
+    assert admin.post("/key/update", {"key": "sk-nope", "rpm_limit": 1}).status_code == 404
+    assert admin.post("/key/delete", {"keys": ["sk-nope"]}).status_code == 404
+
+
+def test_expiry(admin):
+    past = admin.ok("/key/generate", {"expires": "2020-01-01T00:00:00Z"})["key"]
+    r = admin.post("/v1/chat/completions", CHAT, key=past)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "key_expired"
+    soon = admin.ok("/key/generate", {"duration": "1s"})["key"]
+    assert admin.chat(soon) == 200
+    time.sleep(1.2)
+    assert admin.chat(soon) == 401
+
+
+def test_key_aliases_and_models_listing(admin, server):
+    key = admin.ok("/key/generate", {"models": ["echo"], "aliases": {"my-model": "echo"}})["key"]
+    r = admin.post("/v1/chat/completions", {**CHAT, "model": "my-model"}, key=key)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: hi"
+    ids = [m["id"] for m in admin.get("/v1/models", as_key=key).json()["data"]]
+    assert sorted(ids) == ["echo", "my-model"]
+
+
+def test_key_types(admin):
+    llm = admin.ok("/key/generate", {"key_type": "llm_api"})["key"]
+    mgmt_user = admin.ok("/user/new", {"user_role": "proxy_admin", "auto_create_key": False})["user_id"]
+    mgmt = admin.ok("/key/generate", {"key_type": "management", "user_id": mgmt_user})["key"]
+    plain = admin.ok("/key/generate", {})["key"]
+    assert admin.chat(llm) == 200
+    assert admin.post("/key/generate", {}, key=llm).status_code == 403
+    assert admin.post("/key/generate", {}, key=plain).status_code == 403  # not an admin user
+    assert admin.chat(mgmt) == 403
+    assert admin.post("/key/generate", {}, key=mgmt).status_code == 200
+    other = admin.ok("/key/generate", {})["token"]
+    assert admin.get("/key/info", as_key=plain, key=other).status_code == 403
+
+
+def test_teams_and_users_tightest_wins(admin, server):
+    team = admin.ok("/team/new", {"team_alias": f"ml-{server.db_kind}", "models": ["echo", "slow"]})
+    user = admin.ok("/user/new", {"team_id": team["team_id"], "models": ["echo", "failing"]})
+    assert user["key"].startswith("sk-")  # LiteLLM's /user/new creates a key by default
+    key = admin.ok("/key/generate", {"user_id": user["user_id"], "team_id": team["team_id"]})["key"]
+    assert admin.chat(key) == 200
+    assert admin.chat(key, "failing") == 403 and admin.chat(key, "slow") == 403  # not in both lists
+
+    admin.ok("/team/update", {"team_id": team["team_id"], "blocked": True})
+    assert admin.chat(key) == 403
+    admin.ok("/team/update", {"team_id": team["team_id"], "blocked": False})
+    assert admin.chat(key) == 200
+
+    info = admin.get("/team/info", team_id=team["team_id"]).json()
+    assert info["team_info"]["team_alias"] == f"ml-{server.db_kind}" and len(info["keys"]) == 2
+    assert admin.get("/user/info", user_id=user["user_id"]).json()["user_info"]["team_id"] == team["team_id"]
+    listed = admin.get("/team/list", page=1, size=1).json()
+    assert listed["current_page"] == 1 and len(listed["teams"]) == 1 and listed["total_count"] >= 1
+    assert admin.post("/team/new", {"team_alias": f"ml-{server.db_kind}"}).status_code == 409
+
+    admin.ok("/user/delete", {"user_ids": [user["user_id"]]})
+    assert admin.chat(key) == 401 and admin.chat(user["key"]) == 401  # a user's keys go with it
+    admin.ok("/team/delete", {"team_ids": [team["team_id"]]})
+    assert admin.get("/team/info", team_id=team["team_id"]).status_code == 404
+
+
+def test_key_list_pagination_and_filters(admin, server):
+    team = admin.ok("/team/new", {})["team_id"]
+    tokens = {admin.ok("/key/generate", {"team_id": team})["token"] for _ in range(3)}
+    page1 = admin.get("/key/list", team_id=team, size=2, page=1).json()
+    page2 = admin.get("/key/list", team_id=team, size=2, page=2).json()
+    assert page1["total_count"] == 3 and page1["total_pages"] == 2
+    assert set(page1["keys"]) | set(page2["keys"]) == tokens
+    full = admin.get("/key/list", team_id=team, return_full_object="true").json()["keys"]
+    assert all(k["team_id"] == team and "key" not in k for k in full)
+    assert admin.get("/key/list", page=0).status_code == 400
+
+
+def test_failed_auth_is_throttled_per_address(tmp_path, upstream):
+    config = relay_config(upstream, auth_failures_per_minute=5)
+    with Keystile(tmp_path, config) as s:
+        a = Admin(s)
+        codes = [a.chat(f"sk-wrong-{i}") for i in range(8)]
+        assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
+        r = a.post("/v1/chat/completions", CHAT, key="sk-wrong-x")
+        assert int(r.headers["retry-after"]) >= 1
+        assert a.chat(s.master_key) == 200  # the master key is not locked out
+
+
+def test_blocked_key_stops_on_a_second_gateway_within_a_second(tmp_path, upstream, pg_url, redis_url):
+    config = relay_config(upstream)
+    env = {"REDIS_URL": redis_url}
+    with Keystile(tmp_path, config, database_url=pg_url, env=env) as a, \
+            Keystile(tmp_path, config, database_url=pg_url, env=env) as b:
+        b.master_key = a.master_key = a.master_key  # same operator
+        admin_a = Admin(a)
+        key = admin_a.ok("/key/generate", {})["key"]
+        gateway_b = Admin(b)
+        assert gateway_b.chat(key) == 200  # now cached in b
+        admin_a.ok("/key/block", {"key": key})
+        start = time.monotonic()
+        while gateway_b.chat(key) != 403:
+            assert time.monotonic() - start < 1.0, "blocked key still accepted by the second gateway"
+            time.sleep(0.02)
