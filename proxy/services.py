@@ -19,6 +19,7 @@ from backends.router import Deployment, Router, RouterPolicy
 from .auth.authenticator import Authenticator, FailureThrottle
 from .auth.cache import KeyCache
 from .auth.invalidation import Invalidator
+from .auth.jwt import JWTVerifier
 from .db.keys import load_principal
 from .db.engine import Database
 from .gateway import Gateway
@@ -82,7 +83,8 @@ class Services:
         ttl = options.key_cache_ttl or (30.0 if redis is not None else 1.0)
         cache = KeyCache(load, ttl=ttl, negative_ttl=options.negative_cache_ttl)
         invalidator = Invalidator(cache, redis)
-        auth = Authenticator(master, cache, FailureThrottle(options.auth_failures_per_minute))
+        jwt = JWTVerifier(options.jwt) if options.jwt else None
+        auth = Authenticator(master, cache, FailureThrottle(options.auth_failures_per_minute), jwt)
         services = cls(settings=settings, config=config, options=options, pool=pool, router=router, db=db,
                        redis=redis, cache=cache, invalidator=invalidator, auth=auth, gateway=Gateway(router),
                        started=int(time.time()))
@@ -97,6 +99,7 @@ class Services:
         await asyncio.gather(*(d.backend.aclose() for d in self.router.deployments()), return_exceptions=True)
         await self.pool.aclose()
         await self.invalidator.aclose()
+        await self.auth.aclose()
         await self.cache.aclose()
         if self.redis is not None:
             await self.redis.aclose()

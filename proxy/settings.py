@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,6 +70,44 @@ class ModelEntry(BaseModel):
     tpm: int | None = Field(default=None, ge=0)
 
 
+# JWT algorithm -> the JWK key type it may be verified with (asymmetric only).
+KEY_TYPES = {"RS256": "RSA", "RS384": "RSA", "RS512": "RSA", "ES256": "EC", "ES384": "EC", "ES512": "EC"}
+
+
+class JWTSettings(BaseModel):
+    """`keystile_settings.jwt`: which issuer's tokens are accepted and how claims map to callers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    jwks_file: Path | None = None
+    jwks_url: str | None = Field(default=None, pattern=r"^https?://")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    user_id_claim: str = Field(default="sub", min_length=1)
+    team_id_claim: str | None = None
+    role_claim: str | None = None
+    admin_roles: list[str] = Field(default_factory=list)
+    models_claim: str | None = None
+    leeway_s: int = Field(default=30, ge=0, le=600)
+    jwks_cache_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in KEY_TYPES]
+        if bad:
+            raise ValueError(f"not allowed: {', '.join(bad)}; use asymmetric ones ({', '.join(KEY_TYPES)})")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JWTSettings:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("set exactly one of jwks_file or jwks_url")
+        return self
+
+
+
 class KeystileSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +122,7 @@ class KeystileSettings(BaseModel):
     key_cache_ttl: float | None = Field(default=None, gt=0, description="seconds; default 30 with Redis, 1 without")
     negative_cache_ttl: float = Field(default=5.0, ge=0)
     auth_failures_per_minute: int = Field(default=30, ge=1, description="per client address, then 429")
+    jwt: JWTSettings | None = None
 
 
 class RouterSettings(BaseModel):

@@ -15,6 +15,7 @@ from ..db.keys import Refusal
 from ..durations import utcnow
 from ..errors import Forbidden, RateLimited, Unauthorized
 from .cache import KeyCache
+from .jwt import JWTVerifier, looks_like_jwt
 from .principal import MASTER, Principal, bearer_token
 from .secrets import hash_key
 
@@ -45,11 +46,16 @@ class FailureThrottle:
 
 
 class Authenticator:
-    def __init__(self, master_key: str | None, cache: KeyCache, throttle: FailureThrottle, jwt=None):
+    def __init__(self, master_key: str | None, cache: KeyCache, throttle: FailureThrottle,
+                 jwt: JWTVerifier | None = None):
         self._master = master_key.encode() if master_key else None
         self._cache = cache
         self._throttle = throttle
         self._jwt = jwt
+
+    async def aclose(self) -> None:
+        if self._jwt is not None:
+            await self._jwt.aclose()
 
     async def authenticate(self, request: Request) -> Principal:
         token = bearer_token(request.headers)
@@ -59,7 +65,7 @@ class Authenticator:
             return MASTER
         client = request.client.host if request.client else "unknown"
         self._throttle.check(client)
-        if self._jwt is not None and not token.startswith("sk-") and self._jwt.looks_like_jwt(token):
+        if self._jwt is not None and looks_like_jwt(token):
             try:
                 return await self._jwt.verify(token)
             except Unauthorized:
