@@ -70,8 +70,8 @@ class LiteLLMBackend:
 
     async def _stream(self, fn: str, body: dict) -> AsyncIterator[Chunk]:
         try:
-            stream = await getattr(self._litellm, fn)(**self._body(body), stream=True,
-                                                      stream_options={"include_usage": True})
+            args = {**self._body(body), "stream": True, "stream_options": {"include_usage": True}}
+            stream = await getattr(self._litellm, fn)(**args)
             async for part in stream:
                 raw, data = self._dump(part)
                 yield Chunk(raw, Usage.from_openai(data.get("usage")))
