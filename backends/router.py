@@ -95,6 +95,8 @@ class Router:
         return attempts
 
     def _failed(self, d: Deployment, exc: errors.BackendError) -> None:
+        if isinstance(exc, errors.DeploymentAtCapacity):
+            return  # its own rpm/tpm is used up: try others, but it is not unhealthy
         now = self._clock()
         d.last_error = exc.message
         d.failures.append(now)
@@ -104,12 +106,12 @@ class Router:
             d.cooldown_until = now + self.policy.cooldown_time
             d.failures.clear()
 
-    async def call(self, name: str, op: Callable[[Backend], Awaitable[T]]) -> tuple[Deployment, T]:
+    async def call(self, name: str, op: Callable[[Deployment], Awaitable[T]]) -> tuple[Deployment, T]:
         last: errors.BackendError | None = None
         for d in self._candidates(name):
             d.in_flight += 1
             try:
-                return d, await op(d.backend)
+                return d, await op(d)
             except errors.BackendError as exc:
                 if not exc.retriable:
                     raise
@@ -120,13 +122,13 @@ class Router:
         assert last is not None
         raise last
 
-    async def open_stream(self, name: str, op: Callable[[Backend], AsyncGenerator[Chunk, None]]
+    async def open_stream(self, name: str, op: Callable[[Deployment], AsyncGenerator[Chunk, None]]
                           ) -> tuple[Deployment, AsyncIterator[Chunk]]:
         """Start a stream on the first deployment that yields a first chunk; the returned iterator
         replays that chunk and then relays the rest (no retries once bytes may have reached a client)."""
         last: errors.BackendError | None = None
         for d in self._candidates(name):
-            stream = op(d.backend)
+            stream = op(d)
             d.in_flight += 1
             try:
                 first = await anext(stream)

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import errors
-from .routes import health, keys, openai, principals
+from .routes import health, keys, openai, principals, spend
 from .services import Services
 from .settings import Settings, load_config
 
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in ("/v1", "/openai/v1"):
         app.include_router(openai.router, prefix=prefix, include_in_schema=prefix == "/v1")
     app.include_router(health.router)
-    for admin_router in (keys.router, principals.teams, principals.users):
+    for admin_router in (keys.router, principals.teams, principals.users, spend.router):
         app.include_router(admin_router)
     return app
 

@@ -97,6 +97,9 @@ def from_backend(exc: be.BackendError) -> KeystileError:
     match exc:
         case be.ModelLoading():
             return Unavailable(exc.message or "model is still loading, retry shortly", headers={"Retry-After": "5"})
+        case be.DeploymentAtCapacity():
+            return RateLimited(exc.message, code="deployment_rate_limited",
+                               headers={"Retry-After": str(max(1, int(exc.retry_after + 0.999)))})
         case be.BackendOverloaded():
             return RateLimited(exc.message or "model queue is full", code="queue_full", headers={"Retry-After": "1"})
         case be.UpstreamTimeout():

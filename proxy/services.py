@@ -21,11 +21,21 @@ from .auth.cache import KeyCache
 from .auth.invalidation import Invalidator
 from .auth.jwt import JWTVerifier
 from .db.keys import load_principal
+from .accounting.budgets import BudgetResetter
+from .accounting.prices import PriceMap
+from .accounting.writer import UsageWriter
 from .db.engine import Database
 from .gateway import Gateway
-from .settings import ConfigError, FileConfig, KeystileSettings, Settings
+from .limits import Limiter, make_limiter
+from .settings import ConfigError, FileConfig, KeystileSettings, ModelEntry, Settings
 
 log = logging.getLogger("keystile")
+
+
+def _price(entry: ModelEntry, field: str) -> float | None:
+    """A per-token price from model_info, else from litellm_params (where LiteLLM files often put it)."""
+    value = getattr(entry.model_info, field)
+    return value if value is not None else entry.litellm_params.extra_params().get(field)
 
 
 def build_router(config: FileConfig, options: KeystileSettings, pool: SessionPool) -> Router:
@@ -40,8 +50,8 @@ def build_router(config: FileConfig, options: KeystileSettings, pool: SessionPoo
         deployments.append(Deployment(
             model_name=entry.model_name, id=entry.model_info.id or f"{entry.model_name}-{i}", backend=backend,
             upstream=p.model, weight=p.weight, rpm=entry.rpm or p.rpm, tpm=entry.tpm or p.tpm,
-            input_cost_per_token=entry.model_info.input_cost_per_token,
-            output_cost_per_token=entry.model_info.output_cost_per_token,
+            input_cost_per_token=_price(entry, "input_cost_per_token"),
+            output_cost_per_token=_price(entry, "output_cost_per_token"),
         ))
     fallbacks: dict[str, list[str]] = {}
     for rule in options.fallbacks:
@@ -64,6 +74,10 @@ class Services:
     cache: KeyCache
     invalidator: Invalidator
     auth: Authenticator
+    limiter: Limiter
+    prices: PriceMap
+    usage: UsageWriter
+    budgets: BudgetResetter
     gateway: Gateway
     started: int
 
@@ -85,10 +99,18 @@ class Services:
         invalidator = Invalidator(cache, redis)
         jwt = JWTVerifier(options.jwt) if options.jwt else None
         auth = Authenticator(master, cache, FailureThrottle(options.auth_failures_per_minute), jwt)
+        limiter = make_limiter(settings.redis_url, lease_ttl=max(900.0, 2 * options.request_timeout))
+        prices = PriceMap()
+        await asyncio.to_thread(prices.load)
+        usage = UsageWriter(db)
+        usage.start()
+        gateway = Gateway(router, limiter, prices, usage, max_request_bytes=options.max_request_bytes)
         services = cls(settings=settings, config=config, options=options, pool=pool, router=router, db=db,
-                       redis=redis, cache=cache, invalidator=invalidator, auth=auth, gateway=Gateway(router),
+                       redis=redis, cache=cache, invalidator=invalidator, auth=auth, limiter=limiter, prices=prices,
+                       usage=usage, budgets=BudgetResetter(db, invalidator.publish), gateway=gateway,
                        started=int(time.time()))
         await invalidator.start()
+        services.budgets.start()
         for d in router.deployments():
             start = getattr(d.backend, "start", None)
             if start is not None:
@@ -98,6 +120,9 @@ class Services:
     async def aclose(self) -> None:
         await asyncio.gather(*(d.backend.aclose() for d in self.router.deployments()), return_exceptions=True)
         await self.pool.aclose()
+        await self.budgets.aclose()
+        await self.usage.aclose(timeout=10)
+        await self.limiter.aclose()
         await self.invalidator.aclose()
         await self.auth.aclose()
         await self.cache.aclose()

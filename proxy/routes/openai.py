@@ -10,8 +10,7 @@ from starlette.responses import Response
 from ..auth.principal import Principal
 from ..errors import Forbidden, NotFound
 from ..protocol.openai import ChatRequest, CompletionRequest, EmbeddingRequest
-from ..requests import read_json, validate
-from ..services import Services, ServicesDep
+from ..services import ServicesDep
 
 router = APIRouter(tags=["openai"])
 
@@ -26,25 +25,19 @@ async def caller(request: Request, services: ServicesDep) -> Principal:
 Caller = Annotated[Principal, Depends(caller)]
 
 
-async def _body(request: Request, services: Services, model) -> dict:
-    body = await read_json(request, services.options.max_request_bytes)
-    validate(model, body)
-    return body
-
-
 @router.post("/chat/completions", summary="Chat completion (JSON or SSE stream)")
 async def chat_completions(request: Request, services: ServicesDep, principal: Caller) -> Response:
-    return await services.gateway.handle(principal, "chat", await _body(request, services, ChatRequest))
+    return await services.gateway.serve(request, principal, "chat", ChatRequest)
 
 
 @router.post("/completions", summary="Text completion (JSON or SSE stream)")
 async def completions(request: Request, services: ServicesDep, principal: Caller) -> Response:
-    return await services.gateway.handle(principal, "completions", await _body(request, services, CompletionRequest))
+    return await services.gateway.serve(request, principal, "completions", CompletionRequest)
 
 
 @router.post("/embeddings", summary="Embeddings")
 async def embeddings(request: Request, services: ServicesDep, principal: Caller) -> Response:
-    return await services.gateway.handle(principal, "embeddings", await _body(request, services, EmbeddingRequest))
+    return await services.gateway.serve(request, principal, "embeddings", EmbeddingRequest)
 
 
 def _model_card(name: str, created: int) -> dict:

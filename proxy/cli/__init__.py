@@ -1,4 +1,7 @@
-"""The `keystile` command: serve, migrate, and administer a running gateway over HTTP."""
+"""The `keystile` command: serve, migrate, and administer a running gateway over HTTP.
+
+This package: `serve` and `db` here; `keys`, `teams`, `users` (admin API clients) in keys.py and
+principals.py, on the HTTP client and option plumbing in client.py and the tables in output.py."""
 
 from __future__ import annotations
 
@@ -10,11 +13,15 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .settings import ConfigError, Settings, load_config
+from .keys import keys_app
+from .principals import teams_app, users_app
 
 app = typer.Typer(help="Keystile: an OpenAI-compatible LLM gateway.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(teams_app, name="teams")
+app.add_typer(users_app, name="users")
 err = Console(stderr=True)
 
 
@@ -35,6 +42,8 @@ def serve(
     """Serve the gateway."""
     import uvicorn
 
+    from ..settings import ConfigError, Settings, load_config
+
     os.environ["KEYSTILE_CONFIG"] = str(config)
     settings = Settings()
     try:
@@ -43,7 +52,7 @@ def serve(
         fail(str(exc))
     if not (settings.keystile_master_key or file_config.general_settings.get("master_key")):
         fail("KEYSTILE_MASTER_KEY is not set (`make run` writes one into .env)")
-    from .db.migrate import ensure_current
+    from ..db.migrate import ensure_current
 
     try:
         ensure_current(settings.database_url)
@@ -61,7 +70,8 @@ def serve(
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
     """Apply the database migrations (SQLite or Postgres, from DATABASE_URL)."""
-    from .db.migrate import upgrade
+    from ..db.migrate import upgrade
+    from ..settings import Settings
 
     settings = Settings()
     upgrade(settings.database_url, revision)
@@ -70,6 +80,21 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] 
 
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         sys.exit(130)
+    except typer.Abort:
+        err.print("error: aborted", highlight=False)
+        sys.exit(1)
+    except Exception as exc:
+        if not hasattr(exc, "format_message"):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help has been printed already
+            sys.exit(getattr(exc, "exit_code", 2))
+        # A usage error (click's ClickException, typer's own in newer versions): one line, not a panel.
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        err.print(f"error: {message}{hint}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

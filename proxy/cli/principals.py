@@ -1,0 +1,131 @@
+"""`keystile teams …` and `keystile users …`: /team/* and /user/*. Deleting a team or user deletes
+its keys too, as the API does."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .client import BLOCK, PAGES, TEAM_OPTIONS, USER_OPTIONS, YES, Gateway, Role, command, confirm, fail, fields
+from .output import KEY_COLUMNS, TEAM_COLUMNS, USER_COLUMNS, emit, out, page_footer, record, rows_table, secret
+
+teams_app = typer.Typer(help="Teams: create, list, show, update, delete.", no_args_is_help=True)
+users_app = typer.Typer(help="Users: create, list, show, update, delete.", no_args_is_help=True)
+
+TeamId = Annotated[str, typer.Argument(metavar="TEAM_ID")]
+UserId = Annotated[str, typer.Argument(metavar="USER_ID")]
+
+
+def _show(gw: Gateway, kind: str, ident: str) -> None:
+    data = gw.get(f"/{kind}/info", **{f"{kind}_id": ident})
+
+    def human() -> None:
+        record(f"{kind} {ident}", data[f"{kind}_info"])
+        if data.get("keys"):
+            rows_table(f"{kind} keys", data["keys"], KEY_COLUMNS)
+    emit(gw, data, human)
+
+
+def _update(gw: Gateway, kind: str, ident: str, body: dict[str, Any]) -> None:
+    if not body:
+        fail(f"nothing to change: pass at least one option (see `keystile {kind}s update --help`)", 2)
+    data = gw.post(f"/{kind}/update", {f"{kind}_id": ident, **body})
+    emit(gw, data, lambda: record(f"{kind} {ident} updated", data))
+
+
+def _delete(gw: Gateway, kind: str, ids: list[str], yes: bool) -> None:
+    ids = list(dict.fromkeys(ids))
+    confirm(yes, f"{kind}(s) {', '.join(ids)} and all their keys")
+    data = gw.post(f"/{kind}/delete", {f"{kind}_ids": ids})
+    emit(gw, data, lambda: out.print(f"Deleted {kind}(s) {', '.join(ids)} and their keys."))
+
+
+def _list(gw: Gateway, kind: str, columns: dict, **params: Any) -> None:
+    data = gw.get(f"/{kind}/list", **params)
+
+    def human() -> None:
+        rows_table(f"{kind}s", data[f"{kind}s"], columns)
+        page_footer(data, f"{kind}s")
+    emit(gw, data, human)
+
+
+# --- teams ----------------------------------------------------------------------------------------
+
+@command(teams_app, "create", TEAM_OPTIONS)
+def create_team(gw: Gateway, opts: dict[str, Any],
+                id: Annotated[Optional[str], typer.Option("--id", help="team_id (default: a new UUID)")] = None) -> None:
+    """Create a team; its limits and models bound every key in it."""
+    body = fields(opts, alias_field="team_alias")
+    data = gw.post("/team/new", {**body, "team_id": id} if id else body)
+    emit(gw, data, lambda: record("team created", data))
+
+
+@command(teams_app, "list", PAGES)
+def list_teams(gw: Gateway, opts: dict[str, Any]) -> None:
+    """List teams, a page at a time."""
+    _list(gw, "team", TEAM_COLUMNS, **opts)
+
+
+@command(teams_app, "show")
+def show_team(gw: Gateway, team_id: TeamId) -> None:
+    """Show a team with its keys and spend."""
+    _show(gw, "team", team_id)
+
+
+@command(teams_app, "update", TEAM_OPTIONS + BLOCK)
+def update_team(gw: Gateway, opts: dict[str, Any], team_id: TeamId) -> None:
+    """Change a team's fields; only the options given change."""
+    _update(gw, "team", team_id, fields(opts, alias_field="team_alias"))
+
+
+@command(teams_app, "delete", YES)
+def delete_team(gw: Gateway, opts: dict[str, Any],
+                team_ids: Annotated[list[str], typer.Argument(metavar="TEAM_ID...")]) -> None:
+    """Delete teams and their keys; asks first unless --yes."""
+    _delete(gw, "team", team_ids, opts["yes"])
+
+
+# --- users ----------------------------------------------------------------------------------------
+
+@command(users_app, "create", USER_OPTIONS)
+def create_user(gw: Gateway, opts: dict[str, Any],
+                id: Annotated[Optional[str], typer.Option("--id", help="user_id (default: a new UUID)")] = None,
+                no_key: Annotated[bool, typer.Option("--no-key", help="do not create a key for the user")] = False,
+                ) -> None:
+    """Create a user, and a key for them unless --no-key (its secret is printed this once)."""
+    body = {**fields(opts), "auto_create_key": not no_key}
+    data = gw.post("/user/new", {**body, "user_id": id} if id else body)
+
+    def human() -> None:
+        record("user created", {k: v for k, v in data.items() if k != "key"})
+        if data.get("key"):
+            secret(data["key"])
+    emit(gw, data, human)
+
+
+@command(users_app, "list", PAGES)
+def list_users(gw: Gateway, opts: dict[str, Any],
+               team: Annotated[Optional[str], typer.Option(help="only this team's users")] = None,
+               role: Annotated[Optional[Role], typer.Option(help="only users with this role")] = None) -> None:
+    """List users, a page at a time."""
+    _list(gw, "user", USER_COLUMNS, team_id=team, user_role=role.value if role else None, **opts)
+
+
+@command(users_app, "show")
+def show_user(gw: Gateway, user_id: UserId) -> None:
+    """Show a user with their keys and spend."""
+    _show(gw, "user", user_id)
+
+
+@command(users_app, "update", USER_OPTIONS + BLOCK)
+def update_user(gw: Gateway, opts: dict[str, Any], user_id: UserId) -> None:
+    """Change a user's fields; only the options given change."""
+    _update(gw, "user", user_id, fields(opts))
+
+
+@command(users_app, "delete", YES)
+def delete_user(gw: Gateway, opts: dict[str, Any],
+                user_ids: Annotated[list[str], typer.Argument(metavar="USER_ID...")]) -> None:
+    """Delete users and their keys; asks first unless --yes."""
+    _delete(gw, "user", user_ids, opts["yes"])

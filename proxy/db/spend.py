@@ -1,0 +1,219 @@
+"""Spend: writing usage batches (spend_logs rows plus key/user/team spend, idempotently) and the
+reports behind `GET /spend/logs`, `GET /global/spend` and `keystile usage`. Keyword-only
+functions taking a session; portable across SQLite and Postgres.
+
+Times are stored in UTC. Naive datetimes passed in are taken as UTC; ranges are half-open
+(`start <= created_at < end`)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Table, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.types import String
+
+from ..accounting.record import UsageRecord
+from .models import Key, SpendLog, Team, User
+
+INT32_MAX = 2**31 - 1
+GroupBy = Literal["day", "model", "key"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpendTotals:
+    """Totals over a time range: USD spend, tokens and request count."""
+
+    spend: float
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGroup:
+    """One row of a usage report. `group` is a UTC day (`YYYY-MM-DD`), a public model name or a
+    key hash (None for requests made without a virtual key, e.g. with the master key)."""
+
+    group: str | None
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+
+
+class utc_day(FunctionElement[str]):
+    """`YYYY-MM-DD` of a timestamp column in UTC, compiled per dialect."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_pg(element: utc_day, compiler: Any, **kw: Any) -> str:
+    return "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD')" % compiler.process(element.clauses, **kw)
+
+
+@compiles(utc_day, "sqlite")
+def _utc_day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
+    return "strftime('%%Y-%%m-%%d', %s)" % compiler.process(element.clauses, **kw)
+
+
+@compiles(utc_day)
+def _utc_day_default(element: utc_day, compiler: Any, **kw: Any) -> str:
+    return "CAST(CAST(%s AS DATE) AS VARCHAR(10))" % compiler.process(element.clauses, **kw)
+
+
+def utc(t: datetime) -> datetime:
+    """Aware UTC; naive values (as SQLite returns them) are taken as UTC."""
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _table() -> Table:
+    return SpendLog.__table__  # type: ignore[return-value]
+
+
+def _row(rec: UsageRecord, table: Table) -> dict[str, Any]:
+    """A record as column values that any backend accepts: strings cut to their column length,
+    counts clamped to INTEGER, non-finite numbers as 0 (so one bad record can't block a batch)."""
+    row: dict[str, Any] = {}
+    for col in table.columns:
+        value = getattr(rec, col.key)
+        length = getattr(col.type, "length", None)
+        if isinstance(value, str) and length:
+            value = value[:length]
+        elif isinstance(value, bool) or value is None:
+            pass
+        elif isinstance(value, int):
+            value = min(max(value, 0), INT32_MAX)
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = 0.0
+        row[col.key] = value
+    row["created_at"] = utc(rec.created_at)
+    return row
+
+
+def _record(row: Any) -> UsageRecord:
+    fields = dict(row._mapping)
+    fields["created_at"] = utc(fields["created_at"])
+    return UsageRecord(**fields)
+
+
+def _insert_ignoring_duplicates(dialect: str, table: Table) -> Any:
+    if dialect == "postgresql":
+        stmt = postgresql.insert(table)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table)
+    else:
+        raise NotImplementedError(f"idempotent spend_logs insert is not implemented for {dialect}")
+    return stmt.on_conflict_do_nothing(index_elements=[table.c.request_id]).returning(table.c.request_id)
+
+
+async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord]) -> int:
+    """Insert spend_logs rows and add their cost to the spend of their key, user and team, in the
+    caller's transaction. Idempotent by request_id: rows already stored (say, by a retry after a
+    commit whose acknowledgement was lost) are skipped and their cost is not added again.
+    Updates run in a fixed order (keys, users, teams; ids sorted) so concurrent writers from
+    several workers can't deadlock. Returns how many rows were new."""
+    table = _table()
+    unique: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        row = _row(rec, table)
+        unique.setdefault(row["request_id"], row)
+    if not unique:
+        return 0
+    stmt = _insert_ignoring_duplicates(session.get_bind().dialect.name, table)
+    result = await session.execute(stmt, list(unique.values()))
+    inserted = [unique[rid] for rid in result.scalars().all()]
+    spend: dict[str, defaultdict[str, float]] = {c: defaultdict(float) for c in ("key_hash", "user_id", "team_id")}
+    for row in inserted:
+        for column, sums in spend.items():
+            if row[column] is not None and row["cost"]:
+                sums[row[column]] += row["cost"]
+    targets: list[tuple[str, ColumnElement[bool], Any]] = [
+        # A key rotated since the request still gets the charge through its previous hash.
+        ("key_hash", or_(Key.__table__.c.token_hash == bindparam("b_id"),
+                         Key.__table__.c.previous_hash == bindparam("b_id")), Key.__table__),
+        ("user_id", User.__table__.c.user_id == bindparam("b_id"), User.__table__),
+        ("team_id", Team.__table__.c.team_id == bindparam("b_id"), Team.__table__),
+    ]
+    for column, match, target in targets:
+        sums = spend[column]
+        if sums:
+            # updated_at is left alone: accruing spend is not a change to the key, user or team.
+            stmt = (update(target).where(match)
+                    .values(spend=target.c.spend + bindparam("b_amount"), updated_at=target.c.updated_at))
+            await session.execute(stmt, [{"b_id": k, "b_amount": sums[k]} for k in sorted(sums)])
+    return len(inserted)
+
+
+def _window(stmt: Any, start: datetime | None, end: datetime | None) -> Any:
+    col = _table().c.created_at
+    if start is not None:
+        stmt = stmt.where(col >= utc(start))
+    if end is not None:
+        stmt = stmt.where(col < utc(end))
+    return stmt
+
+
+async def spend_logs(session: AsyncSession, *, key_hash: str | None = None, user_id: str | None = None,
+                     team_id: str | None = None, model: str | None = None, start: datetime | None = None,
+                     end: datetime | None = None, limit: int = 100, offset: int = 0) -> list[UsageRecord]:
+    """Spend log rows matching every given filter, newest first (ties by request_id)."""
+    t = _table()
+    stmt = select(t)
+    for column, value in (("key_hash", key_hash), ("user_id", user_id), ("team_id", team_id), ("model", model)):
+        if value is not None:
+            stmt = stmt.where(t.c[column] == value)
+    stmt = _window(stmt, start, end).order_by(t.c.created_at.desc(), t.c.request_id.desc())
+    rows = await session.execute(stmt.limit(max(0, limit)).offset(max(0, offset)))
+    return [_record(r) for r in rows]
+
+
+def _sums() -> list[Any]:
+    t = _table()
+    return [func.count().label("requests"),
+            func.coalesce(func.sum(t.c.prompt_tokens), 0).label("prompt_tokens"),
+            func.coalesce(func.sum(t.c.completion_tokens), 0).label("completion_tokens"),
+            func.coalesce(func.sum(t.c.cost), 0.0).label("cost")]
+
+
+async def global_spend(session: AsyncSession, *, start: datetime | None = None,
+                       end: datetime | None = None) -> SpendTotals:
+    """Total spend, tokens and requests over all callers in the range (everything by default)."""
+    row = (await session.execute(_window(select(*_sums()), start, end))).one()
+    return SpendTotals(spend=float(row.cost), prompt_tokens=int(row.prompt_tokens),
+                       completion_tokens=int(row.completion_tokens), requests=int(row.requests))
+
+
+async def usage_report(session: AsyncSession, *, key_hash: str | None = None, team_id: str | None = None,
+                       since: datetime | None = None, by: GroupBy = "day") -> list[UsageGroup]:
+    """Requests, tokens and cost grouped by UTC day (oldest first), by model or by key (both
+    most expensive first), optionally for one key and/or team and from `since` on."""
+    t = _table()
+    groups: dict[str, Any] = {"day": utc_day(t.c.created_at), "model": t.c.model, "key": t.c.key_hash}
+    if by not in groups:
+        raise ValueError(f"by must be one of {sorted(groups)}, not {by!r}")
+    group = groups[by].label("grp")
+    stmt = _window(select(group, *_sums()), since, None).group_by(group)
+    if key_hash is not None:
+        stmt = stmt.where(t.c.key_hash == key_hash)
+    if team_id is not None:
+        stmt = stmt.where(t.c.team_id == team_id)
+    stmt = stmt.order_by(group) if by == "day" else stmt.order_by(func.sum(t.c.cost).desc(), group)
+    return [UsageGroup(group=None if r.grp is None else str(r.grp), requests=int(r.requests),
+                       prompt_tokens=int(r.prompt_tokens), completion_tokens=int(r.completion_tokens),
+                       cost=float(r.cost))
+            for r in await session.execute(stmt)]

@@ -1,0 +1,172 @@
+"""The limiter interface: what a request asks for (LimitSpec, BudgetSpec), what it gets (Lease),
+and the Limiter protocol both implementations (in-process, Redis) satisfy.
+
+Semantics common to every implementation:
+
+- `acquire` checks every limit and budget of one request and, only if all of them admit it,
+  counts it in all of them: one atomic step, all or nothing. A refusal raises `LimitExceeded`
+  naming the first limit that refused, and changes no counter.
+- Rate limits: per scope, `rpm` counts requests and `tpm` counts tokens in fixed 60 s windows (see
+  windows.py). A request is admitted when `used + 1 <= rpm` and `used + tokens <= tpm` (so a
+  request whose estimate alone exceeds tpm is refused; a 0-token request is refused once the
+  window is full). The estimate is reserved at admission; `release` adds `tokens_used - tokens`.
+- Parallel: at most `parallel` admitted-but-unreleased leases per scope.
+- Budgets: per (scope, window) the limiter keeps `spend` (settled cost, seeded from the caller's
+  `seed_spend` the first time it sees that window) and `reserved` (the `max_cost` of every lease
+  still in flight). A request is admitted when
+
+      spend + reserved < max_budget   and   spend + reserved + max_cost <= max_budget
+
+  (with a 1e-9 tolerance for float sums). The first clause makes an exhausted budget refuse
+  everything, including requests whose max cost is 0 (unknown or free). When `max_cost` is a true
+  upper bound the budget is never overshot, however many requests race; a request that costs more
+  than its `max_cost`, or whose cost was unknown (0), can overshoot by its own excess only.
+- Settlement goes to the window the lease was admitted in; if that window has ended meanwhile the
+  token/cost adjustment is dropped from the limiter (the accounting records still have it).
+- `release` is idempotent: the first call settles and frees the parallel slot; later calls do
+  nothing. Call it in a `finally`, with `tokens_used=lease.tokens, cost=0` if nothing is known.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .windows import format_reset
+
+BUDGET_EPS = 1e-9
+"""Tolerance, in currency units, for float sums in budget checks."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """Rate and concurrency limits of one scope. None means "no such limit"; 0 blocks everything.
+
+    `scope` names the counters: `key:<hash>`, `user:<id>`, `team:<id>`, `key:<hash>:model:<model>`,
+    `deployment:<id>`. Two specs with the same scope in one request are merged (tightest wins).
+    """
+
+    scope: str
+    rpm: int | None = None
+    tpm: int | None = None
+    parallel: int | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether this scope has a request/token counter (it has an rpm or a tpm limit)."""
+        return self.rpm is not None or self.tpm is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    """A spend limit of one scope. `window_reset_at` (epoch seconds) identifies the budget window
+    and is when it resets; None is a lifetime budget. `seed_spend` is the spend the database has
+    for that window, used only when the limiter has no counter for (scope, window) yet."""
+
+    scope: str
+    max_budget: float
+    window_reset_at: float | None = None
+    seed_spend: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Counts of one rate-limited scope right after this request was admitted."""
+
+    spec: LimitSpec
+    requests: int
+    tokens: int
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """An admitted request. Hand it back to the limiter that issued it with `release`."""
+
+    id: str
+    limits: tuple[LimitSpec, ...]
+    budgets: tuple[BudgetSpec, ...]
+    tokens: int
+    max_cost: float
+    window: int
+    reset_s: float
+    usage: tuple[Usage, ...] = ()
+    owner: object = None
+    released: bool = field(default=False)
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers for the tightest rpm and tpm limit of this request.
+
+        Tightest = fewest remaining after this request (ties: the smaller limit). Resets are the
+        time to the end of the current 60 s window, formatted like OpenAI (`37s`, `1m0s`,
+        `250ms`). Empty when no rpm or tpm limit applied.
+        """
+        out: dict[str, str] = {}
+        rpm = [(u.spec.rpm - u.requests, u.spec.rpm) for u in self.usage if u.spec.rpm is not None]
+        tpm = [(u.spec.tpm - u.tokens, u.spec.tpm) for u in self.usage if u.spec.tpm is not None]
+        for kind, candidates in (("requests", rpm), ("tokens", tpm)):
+            if candidates:
+                remaining, limit = min(candidates)
+                out[f"x-ratelimit-limit-{kind}"] = str(limit)
+                out[f"x-ratelimit-remaining-{kind}"] = str(max(0, remaining))
+                out[f"x-ratelimit-reset-{kind}"] = format_reset(self.reset_s)
+        return out
+
+
+class Limiter(Protocol):
+    async def acquire(self, limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec] = (), *,
+                      tokens: int = 0, max_cost: float = 0.0) -> Lease:
+        """Admit one request against all its limits and budgets at once, or raise LimitExceeded."""
+        ...
+
+    async def release(self, lease: Lease, *, tokens_used: int, cost: float) -> None:
+        """Settle tokens and cost, free the parallel slots. Idempotent; never raises for outages."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
+
+
+def new_lease_id() -> str:
+    return secrets.token_hex(12)
+
+
+def normalize(limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec], tokens: int,
+              max_cost: float) -> tuple[tuple[LimitSpec, ...], tuple[BudgetSpec, ...]]:
+    """Validate a request's limits and merge duplicates by scope (tightest wins); drop empty specs."""
+    if tokens < 0 or max_cost < 0:
+        raise ValueError(f"tokens and max_cost must be >= 0, got {tokens!r} and {max_cost!r}")
+    merged: dict[str, LimitSpec] = {}
+    for spec in limits:
+        for name in ("rpm", "tpm", "parallel"):
+            value = getattr(spec, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{spec.scope}: {name} must be >= 0 or None, got {value!r}")
+        if spec.rpm is None and spec.tpm is None and spec.parallel is None:
+            continue
+        old = merged.get(spec.scope)
+        merged[spec.scope] = spec if old is None else LimitSpec(
+            spec.scope, _tighter(old.rpm, spec.rpm), _tighter(old.tpm, spec.tpm), _tighter(old.parallel, spec.parallel))
+    by_window: dict[tuple[str, float | None], BudgetSpec] = {}
+    for b in budgets:
+        key = (b.scope, b.window_reset_at)
+        old_b = by_window.get(key)
+        by_window[key] = b if old_b is None else BudgetSpec(
+            b.scope, min(old_b.max_budget, b.max_budget), b.window_reset_at, max(old_b.seed_spend, b.seed_spend))
+    return tuple(merged.values()), tuple(by_window.values())
+
+
+def _tighter(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def budget_admits(spend: float, reserved: float, max_cost: float, max_budget: float) -> bool:
+    """The budget admission rule (see the module docstring)."""
+    committed = spend + reserved
+    return committed < max_budget - BUDGET_EPS and committed + max_cost <= max_budget + BUDGET_EPS
+
+
+def rate_admits(used: int, amount: int, limit: int) -> bool:
+    """The rate admission rule: room for `amount` more, and the window not already full."""
+    return used < limit and used + amount <= limit

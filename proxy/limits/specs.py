@@ -1,0 +1,43 @@
+"""From an authenticated caller (and a deployment) to the LimitSpecs and BudgetSpecs of a request.
+
+Budget windows: a scope with `budget_duration` uses the database's `budget_reset_at` as its window
+while that is in the future, seeded with the database's `spend`. Once it has passed (the database
+reset job has not run yet), the window rolls forward by whole durations from it and starts from 0;
+with no `budget_reset_at` at all, windows are aligned to the Unix epoch (see next_reset).
+"""
+
+from __future__ import annotations
+
+from ..auth.principal import Principal, Scope
+from .base import BudgetSpec, LimitSpec
+from .windows import next_reset, parse_duration
+
+
+def request_limits(principal: Principal, model: str, *, now: float) -> tuple[list[LimitSpec], list[BudgetSpec]]:
+    """Limits of key, user and team, the key's per-model limits for `model`, and their budgets."""
+    limits = [LimitSpec(s.name, rpm=s.rpm, tpm=s.tpm, parallel=s.parallel) for s in principal.scopes]
+    rpm, tpm = principal.model_rpm.get(model), principal.model_tpm.get(model)
+    if principal.key_hash and (rpm is not None or tpm is not None):
+        limits.append(LimitSpec(f"key:{principal.key_hash}:model:{model}", rpm=rpm, tpm=tpm))
+    budgets = [b for b in (budget_spec(s, now) for s in principal.scopes) if b is not None]
+    return limits, budgets
+
+
+def budget_spec(scope: Scope, now: float) -> BudgetSpec | None:
+    """The budget window of one scope at `now` (None when the scope has no max_budget)."""
+    if scope.max_budget is None:
+        return None
+    if not scope.budget_duration:
+        return BudgetSpec(scope.name, scope.max_budget, None, scope.spend)
+    stored = scope.budget_reset_at.timestamp() if scope.budget_reset_at is not None else None
+    if stored is not None and stored > now:
+        return BudgetSpec(scope.name, scope.max_budget, stored, scope.spend)
+    return BudgetSpec(scope.name, scope.max_budget, next_reset(parse_duration(scope.budget_duration), now,
+                                                                anchor=stored), 0.0)
+
+
+def deployment_limit(deployment_id: str, rpm: int | None, tpm: int | None) -> LimitSpec | None:
+    """A deployment's own rpm/tpm (from config.yaml), or None when it has neither."""
+    if rpm is None and tpm is None:
+        return None
+    return LimitSpec(f"deployment:{deployment_id}", rpm=rpm, tpm=tpm)

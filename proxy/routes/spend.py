@@ -1,0 +1,60 @@
+"""Spend reporting: LiteLLM's /spend/logs and /global/spend, and /spend/report for `keystile usage`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Literal
+
+from fastapi import APIRouter, Query
+
+from ..admin import Admin, AnyCaller, sessions
+from ..auth.secrets import to_hash
+from ..db import spend
+from ..durations import parse_duration, utcnow
+from ..errors import BadRequest, Forbidden
+from ..services import ServicesDep
+
+router = APIRouter(tags=["spend"])
+
+
+def _since(since: str | None) -> datetime | None:
+    if since is None:
+        return None
+    try:
+        return utcnow() - timedelta(seconds=parse_duration(since))
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="since") from exc
+
+
+@router.get("/spend/logs", summary="Usage records, newest first (filters and pagination)")
+async def spend_logs(services: ServicesDep, caller: AnyCaller, api_key: str | None = None,
+                     user_id: str | None = None, team_id: str | None = None, model: str | None = None,
+                     start_date: datetime | None = None, end_date: datetime | None = None,
+                     page: int = Query(default=1, ge=1), size: int = Query(default=100, ge=1, le=1000)) -> dict:
+    key_hash = to_hash(api_key) if api_key else None
+    if not caller.may_administer:
+        if key_hash not in (None, caller.key_hash) or user_id or team_id:
+            raise Forbidden("a key may only read its own spend logs", code="admin_only")
+        key_hash = caller.key_hash
+    async with sessions(services) as session:
+        rows = await spend.spend_logs(session, key_hash=key_hash, user_id=user_id, team_id=team_id, model=model,
+                                      start=start_date, end=end_date, limit=size, offset=(page - 1) * size)
+    return {"data": [r.to_dict() for r in rows], "page": page, "size": size}
+
+
+@router.get("/global/spend", summary="Total spend, tokens and requests")
+async def global_spend(services: ServicesDep, _: Admin, start_date: datetime | None = None,
+                       end_date: datetime | None = None) -> dict:
+    async with sessions(services) as session:
+        totals = await spend.global_spend(session, start=start_date, end=end_date)
+    return {**asdict(totals), "total_tokens": totals.total_tokens}
+
+
+@router.get("/spend/report", summary="Usage grouped by day, model or key")
+async def report(services: ServicesDep, _: Admin, key: str | None = None, team_id: str | None = None,
+                 since: str | None = None, by: Literal["day", "model", "key"] = "day") -> dict:
+    async with sessions(services) as session:
+        groups = await spend.usage_report(session, key_hash=to_hash(key) if key else None, team_id=team_id,
+                                          since=_since(since), by=by)
+    return {"by": by, "data": [asdict(g) for g in groups]}
