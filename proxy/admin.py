@@ -3,7 +3,7 @@ applying field updates, and commit-then-invalidate."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -41,8 +41,9 @@ async def parse(request: Request, model: type[BaseModel]) -> BaseModel:
 
 
 def _iso(value: Any) -> Any:
+    """Datetimes as ISO 8601 with their offset (SQLite hands back naive UTC values)."""
     if isinstance(value, datetime):
-        return value.isoformat()
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
     return value
 
 
@@ -86,8 +87,10 @@ async def require(session: AsyncSession, model: type, ident: str | None, label: 
 
 
 def page_args(page: int, size: int) -> tuple[int, int]:
-    if page < 1 or not 1 <= size <= 1000:
-        raise BadRequest("page must be >= 1 and size between 1 and 1000", param="page")
+    if page < 1:
+        raise BadRequest("page must be 1 or more", param="page")
+    if not 1 <= size <= 1000:
+        raise BadRequest("size must be between 1 and 1000", param="size")
     return page, size
 
 

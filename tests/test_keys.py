@@ -216,3 +216,12 @@ def test_blocked_key_stops_on_a_second_gateway_within_a_second(tmp_path, upstrea
         while gateway_b.chat(key) != 403:
             assert time.monotonic() - start < 1.0, "blocked key still accepted by the second gateway"
             time.sleep(0.02)
+
+
+def test_delete_accepts_a_key_named_twice_and_times_carry_their_offset(admin, server):
+    made = admin.ok("/key/generate", {"key_alias": f"twice-{server.db_kind}"})
+    info = admin.get("/key/info", key=made["token"]).json()["info"]
+    assert info["created_at"].endswith("+00:00") and info["updated_at"].endswith("+00:00")
+    r = admin.post("/key/delete", {"keys": [made["key"], made["token"]], "key_aliases": [f"twice-{server.db_kind}"]})
+    assert r.status_code == 200 and r.json()["deleted_keys"] == [made["token"]]
+    assert admin.get("/key/list", size=0).json()["error"]["param"] == "size"

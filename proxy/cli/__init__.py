@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from .keys import keys_app
 from .principals import teams_app, users_app
+from .usage import register as register_usage
 
 app = typer.Typer(help="Keystile: an OpenAI-compatible LLM gateway.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -22,6 +23,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(teams_app, name="teams")
 app.add_typer(users_app, name="users")
+register_usage(app)
 err = Console(stderr=True)
 
 

@@ -11,8 +11,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from enum import Enum
-from typing import Annotated, Any, Callable, NoReturn, Optional
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -108,40 +109,40 @@ GATEWAY = "Gateway"
 COMMON = [
     _option("url", Annotated[str, typer.Option("--url", envvar="KEYSTILE_URL", rich_help_panel=GATEWAY,
                                                help="the gateway's base URL")], DEFAULT_URL),
-    _option("master_key", Annotated[Optional[str], typer.Option(
+    _option("master_key", Annotated[str | None, typer.Option(
         "--master-key", envvar="KEYSTILE_MASTER_KEY", show_default=False, rich_help_panel=GATEWAY,
         help="the gateway's master key (prefer the environment variable)")]),
     _option("as_json", Annotated[bool, typer.Option("--json", rich_help_panel=GATEWAY,
                                                     help="print the answer as JSON on stdout, nothing else")], False),
 ]
 LIMITS = [
-    _option("models", Annotated[Optional[str], typer.Option(help="comma-separated model names; '' = all models")]),
-    _option("rpm", Annotated[Optional[int], typer.Option(help="requests per minute (rpm_limit)")]),
-    _option("tpm", Annotated[Optional[int], typer.Option(help="tokens per minute (tpm_limit)")]),
-    _option("parallel", Annotated[Optional[int], typer.Option(help="requests in flight (max_parallel_requests)")]),
-    _option("budget", Annotated[Optional[float], typer.Option(help="max spend in USD (max_budget)")]),
-    _option("budget_duration", Annotated[Optional[str], typer.Option(help="budget window, e.g. 30d")]),
-    _option("metadata", Annotated[Optional[str], typer.Option(help="a JSON object, e.g. '{\"owner\": \"ci\"}'")]),
+    _option("models", Annotated[str | None, typer.Option(help="comma-separated model names; '' = all models")]),
+    _option("rpm", Annotated[int | None, typer.Option(help="requests per minute (rpm_limit)")]),
+    _option("tpm", Annotated[int | None, typer.Option(help="tokens per minute (tpm_limit)")]),
+    _option("parallel", Annotated[int | None, typer.Option(help="requests in flight (max_parallel_requests)")]),
+    _option("budget", Annotated[float | None, typer.Option(help="max spend in USD (max_budget)")]),
+    _option("budget_duration", Annotated[str | None, typer.Option(help="budget window, e.g. 30d")]),
+    _option("metadata", Annotated[str | None, typer.Option(help="a JSON object, e.g. '{\"owner\": \"ci\"}'")]),
 ]
 KEY_OPTIONS = [
-    _option("alias", Annotated[Optional[str], typer.Option(help="a unique name for the key (key_alias)")]),
+    _option("alias", Annotated[str | None, typer.Option(help="a unique name for the key (key_alias)")]),
     *LIMITS,
-    _option("expires", Annotated[Optional[str], typer.Option(
+    _option("expires", Annotated[str | None, typer.Option(
         help="a duration from now (90d) or an ISO 8601 time; 'never' clears it")]),
-    _option("user", Annotated[Optional[str], typer.Option(help="owning user_id")]),
-    _option("team", Annotated[Optional[str], typer.Option(help="owning team_id")]),
-    _option("type", Annotated[Optional[KeyType], typer.Option("--type", help="key_type")]),
-    _option("alias_map", Annotated[Optional[list[str]], typer.Option(
+    _option("user", Annotated[str | None, typer.Option(help="owning user_id")]),
+    _option("team", Annotated[str | None, typer.Option(help="owning team_id")]),
+    _option("type", Annotated[KeyType | None, typer.Option("--type", help="key_type")]),
+    _option("alias_map", Annotated[list[str] | None, typer.Option(
         "--alias-map", metavar="NAME=MODEL", help="a model alias for this key; repeatable")]),
 ]
-BLOCK = [_option("blocked", Annotated[Optional[bool], typer.Option("--block/--unblock", show_default=False,
+BLOCK = [_option("blocked", Annotated[bool | None, typer.Option("--block/--unblock", show_default=False,
                                                                    help="block or unblock")])]
-TEAM_OPTIONS = [_option("alias", Annotated[Optional[str], typer.Option(help="a unique name (team_alias)")]),
+TEAM_OPTIONS = [_option("alias", Annotated[str | None, typer.Option(help="a unique name (team_alias)")]),
                 *LIMITS]
 USER_OPTIONS = [
-    _option("email", Annotated[Optional[str], typer.Option(help="user_email")]),
-    _option("role", Annotated[Optional[Role], typer.Option(help="user_role")]),
-    _option("team", Annotated[Optional[str], typer.Option(help="team_id")]),
+    _option("email", Annotated[str | None, typer.Option(help="user_email")]),
+    _option("role", Annotated[Role | None, typer.Option(help="user_role")]),
+    _option("team", Annotated[str | None, typer.Option(help="team_id")]),
     *LIMITS,
 ]
 YES = [_option("yes", Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")], False)]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -47,9 +47,9 @@ def create(gw: Gateway, opts: dict[str, Any]) -> None:
 
 @command(keys_app, "list", PAGES)
 def list_keys(gw: Gateway, opts: dict[str, Any],
-              user: Annotated[Optional[str], typer.Option(help="only this user's keys")] = None,
-              team: Annotated[Optional[str], typer.Option(help="only this team's keys")] = None,
-              alias: Annotated[Optional[str], typer.Option(help="only the key with this alias")] = None) -> None:
+              user: Annotated[str | None, typer.Option(help="only this user's keys")] = None,
+              team: Annotated[str | None, typer.Option(help="only this team's keys")] = None,
+              alias: Annotated[str | None, typer.Option(help="only the key with this alias")] = None) -> None:
     """List keys (never their secrets), a page at a time."""
     data = gw.get("/key/list", return_full_object="true", user_id=user, team_id=team, key_alias=alias, **opts)
 
@@ -78,7 +78,7 @@ def update(gw: Gateway, opts: dict[str, Any], key: KeyRef) -> None:
 
 @command(keys_app, "rotate")
 def rotate(gw: Gateway, key: KeyRef,
-           grace: Annotated[Optional[str], typer.Option(
+           grace: Annotated[str | None, typer.Option(
                help="the old secret keeps working this long, e.g. 1h (default: it stops now)")] = None) -> None:
     """Give a key a new secret (printed this once); its settings, spend and alias stay."""
     body = {"key": resolve(gw, key)}
@@ -113,7 +113,7 @@ def unblock(gw: Gateway, key: KeyRef) -> None:
 
 @command(keys_app, "delete", YES)
 def delete(gw: Gateway, opts: dict[str, Any],
-           keys: Annotated[list[str], typer.Argument(metavar="KEY...", help="keys, hashes or aliases")]) -> None:
+           keys: Annotated[list[str], typer.Argument(metavar="KEY", help="keys, hashes or aliases")]) -> None:
     """Delete keys (all or none); asks first unless --yes."""
     keys = list(dict.fromkeys(keys))  # the API counts what it was sent against what it found
     confirm(opts["yes"], f"{len(keys)} key(s): {', '.join(shown(k) for k in keys)}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -74,7 +75,7 @@ def _state(row: dict) -> str:
     expires = row.get("expires")
     if expires:
         when = datetime.fromisoformat(expires)
-        if (when if when.tzinfo else when.replace(tzinfo=timezone.utc)) < datetime.now(timezone.utc):
+        if (when if when.tzinfo else when.replace(tzinfo=UTC)) < datetime.now(UTC):
             return "expired"
     return "active"
 

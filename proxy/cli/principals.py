@@ -3,7 +3,7 @@ its keys too, as the API does."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -54,7 +54,7 @@ def _list(gw: Gateway, kind: str, columns: dict, **params: Any) -> None:
 
 @command(teams_app, "create", TEAM_OPTIONS)
 def create_team(gw: Gateway, opts: dict[str, Any],
-                id: Annotated[Optional[str], typer.Option("--id", help="team_id (default: a new UUID)")] = None) -> None:
+                id: Annotated[str | None, typer.Option("--id", help="team_id (default: a new UUID)")] = None) -> None:
     """Create a team; its limits and models bound every key in it."""
     body = fields(opts, alias_field="team_alias")
     data = gw.post("/team/new", {**body, "team_id": id} if id else body)
@@ -81,7 +81,7 @@ def update_team(gw: Gateway, opts: dict[str, Any], team_id: TeamId) -> None:
 
 @command(teams_app, "delete", YES)
 def delete_team(gw: Gateway, opts: dict[str, Any],
-                team_ids: Annotated[list[str], typer.Argument(metavar="TEAM_ID...")]) -> None:
+                team_ids: Annotated[list[str], typer.Argument(metavar="TEAM_ID")]) -> None:
     """Delete teams and their keys; asks first unless --yes."""
     _delete(gw, "team", team_ids, opts["yes"])
 
@@ -90,7 +90,7 @@ def delete_team(gw: Gateway, opts: dict[str, Any],
 
 @command(users_app, "create", USER_OPTIONS)
 def create_user(gw: Gateway, opts: dict[str, Any],
-                id: Annotated[Optional[str], typer.Option("--id", help="user_id (default: a new UUID)")] = None,
+                id: Annotated[str | None, typer.Option("--id", help="user_id (default: a new UUID)")] = None,
                 no_key: Annotated[bool, typer.Option("--no-key", help="do not create a key for the user")] = False,
                 ) -> None:
     """Create a user, and a key for them unless --no-key (its secret is printed this once)."""
@@ -106,8 +106,8 @@ def create_user(gw: Gateway, opts: dict[str, Any],
 
 @command(users_app, "list", PAGES)
 def list_users(gw: Gateway, opts: dict[str, Any],
-               team: Annotated[Optional[str], typer.Option(help="only this team's users")] = None,
-               role: Annotated[Optional[Role], typer.Option(help="only users with this role")] = None) -> None:
+               team: Annotated[str | None, typer.Option(help="only this team's users")] = None,
+               role: Annotated[Role | None, typer.Option(help="only users with this role")] = None) -> None:
     """List users, a page at a time."""
     _list(gw, "user", USER_COLUMNS, team_id=team, user_role=role.value if role else None, **opts)
 
@@ -126,6 +126,6 @@ def update_user(gw: Gateway, opts: dict[str, Any], user_id: UserId) -> None:
 
 @command(users_app, "delete", YES)
 def delete_user(gw: Gateway, opts: dict[str, Any],
-                user_ids: Annotated[list[str], typer.Argument(metavar="USER_ID...")]) -> None:
+                user_ids: Annotated[list[str], typer.Argument(metavar="USER_ID")]) -> None:
     """Delete users and their keys; asks first unless --yes."""
     _delete(gw, "user", user_ids, opts["yes"])

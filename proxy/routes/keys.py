@@ -89,8 +89,10 @@ async def delete_keys(request: Request, services: ServicesDep, _: Admin) -> dict
     async with sessions(services) as session:
         found = (await session.execute(select(Key).where(
             or_(Key.token_hash.in_(hashes), Key.key_alias.in_(body.key_aliases or []))))).scalars().all()
-        if len(found) < len(hashes) + len(body.key_aliases or []):
-            raise NotFound("one or more keys were not found; nothing was deleted", code="key_not_found")
+        aliases = set(body.key_aliases or [])
+        missing = (set(hashes) - {k.token_hash for k in found}) | (aliases - {k.key_alias for k in found})
+        if missing:
+            raise NotFound(f"{len(missing)} of the keys were not found; nothing was deleted", code="key_not_found")
         await session.execute(delete(Key).where(Key.id.in_([k.id for k in found])))
         await session.commit()
     for key in found:
