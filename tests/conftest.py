@@ -67,3 +67,15 @@ def pg_url():
     subprocess.run(psql + [f"CREATE DATABASE {name}"], check=True, capture_output=True)
     yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     subprocess.run(psql + [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
+
+
+def model_entry(upstream: FakeUpstream, public: str, upstream_model: str, *, model_info: dict | None = None,
+                **params) -> dict:
+    """One model_list entry pointing at the fake upstream (`rpm`/`tpm` and other litellm_params in
+    `params`, prices or a fixed deployment `id` in `model_info`)."""
+    entry: dict = {"model_name": public, "litellm_params": {"model": f"openai/{upstream_model}",
+                                                             "api_base": upstream.base_url,
+                                                             "api_key": "upstream-secret", **params}}
+    if model_info:
+        entry["model_info"] = model_info
+    return entry
