@@ -15,7 +15,7 @@ from typing import Literal
 
 import anyio
 from pydantic import BaseModel
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from backends.base import Chunk, Completion, Usage
@@ -29,7 +29,7 @@ from .auth.principal import Principal
 from .errors import Forbidden, NotFound, as_keystile, error_body
 from .limits import Lease, Limiter, LimitExceeded, deployment_limit, request_limits
 from .requests import read_json, validate
-from .streaming import RelayStream
+from .streaming import RelayStream, unless_disconnected
 from .usage import estimate_prompt_tokens, requested_completion_tokens, streamed_text
 
 Kind = Literal["chat", "completions", "embeddings"]
@@ -68,7 +68,7 @@ class Call:
     streamed: bool = False
 
     def fail(self, exc: BaseException) -> None:
-        err = as_keystile(exc) if isinstance(exc, Exception) else None
+        err = as_keystile(exc) if isinstance(exc, Exception) and not isinstance(exc, ClientDisconnect) else None
         self.status = err.status if err else 499
         self.error_type = err.type if err else "client_disconnected"
 
@@ -110,17 +110,21 @@ class Gateway:
             self._record(call)
             raise
         op = OPERATIONS[kind]
-        if op.stream and body.get("stream"):
-            return await self._stream(call, lease, name, op.stream, body)
         try:
-            call.deployment, result = await self.router.call(name, self._attempt(op.call, body, lease.tokens))
-            call.usage = result.usage
-            return Response(result.body, media_type="application/json", headers=lease.headers())
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            await self._settle(call, lease)
+            if op.stream and body.get("stream"):
+                return await self._stream(request, call, lease, name, op.stream, body)
+            try:
+                call.deployment, result = await unless_disconnected(
+                    request, self.router.call(name, self._attempt(op.call, body, lease.tokens)))
+                call.usage = result.usage
+                return Response(result.body, media_type="application/json", headers=lease.headers())
+            except BaseException as exc:
+                call.fail(exc)
+                raise
+            finally:
+                await self._settle(call, lease)
+        except ClientDisconnect:
+            return Response(status_code=499)  # nobody is listening; limits and accounting are settled
 
     async def _admit(self, call: Call, name: str, body: dict) -> Lease:
         call.prompt_estimate = estimate_prompt_tokens(body)
@@ -175,13 +179,14 @@ class Gateway:
             if lease is not None:
                 await self.limiter.release(lease, tokens_used=used, cost=0.0)
 
-    async def _stream(self, call: Call, lease: Lease, name: str, method: str, body: dict) -> Response:
+    async def _stream(self, request: Request, call: Call, lease: Lease, name: str, method: str,
+                      body: dict) -> Response:
         options = body.get("stream_options") or {}
         upstream_body = {**body, "stream_options": {**options, "include_usage": True}}
         call.streamed = True
         try:
-            call.deployment, stream = await self.router.open_stream(
-                name, self._attempt_stream(method, upstream_body, lease.tokens))
+            call.deployment, stream = await unless_disconnected(request, self.router.open_stream(
+                name, self._attempt_stream(method, upstream_body, lease.tokens)))
         except BaseException as exc:
             call.fail(exc)
             await self._settle(call, lease)

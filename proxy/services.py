@@ -49,7 +49,8 @@ def build_router(config: FileConfig, options: KeystileSettings, pool: SessionPoo
             raise ConfigError(f"model_list[{i}] (model_name: {entry.model_name}): {exc}") from exc
         deployments.append(Deployment(
             model_name=entry.model_name, id=entry.model_info.id or f"{entry.model_name}-{i}", backend=backend,
-            upstream=p.model, weight=p.weight, rpm=entry.rpm or p.rpm, tpm=entry.tpm or p.tpm,
+            upstream=p.model, weight=p.weight, rpm=entry.rpm if entry.rpm is not None else p.rpm,
+            tpm=entry.tpm if entry.tpm is not None else p.tpm,
             input_cost_per_token=_price(entry, "input_cost_per_token"),
             output_cost_per_token=_price(entry, "output_cost_per_token"),
         ))

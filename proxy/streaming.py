@@ -3,12 +3,40 @@ relay at once (its generator's `finally` settles limits and accounting), whateve
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
 import anyio
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+T = TypeVar("T")
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work` (the body already read), cancelling it if the client hangs up first;
+    then raise ClientDisconnect, so limits are freed and the request is accounted as abandoned."""
+    current = asyncio.current_task()
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        current.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone.is_set() and current.uncancel() == 0:
+            raise ClientDisconnect() from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 class RelayStream(StreamingResponse):

@@ -89,6 +89,8 @@ class FakeUpstream:
                             status_code=400, media_type="application/json")
         if model == "hang":
             await asyncio.sleep(3600)
+        if model == "slowstart":  # a slow first token (long prefill): nothing at all for 3 s, then the answer
+            await asyncio.sleep(3.0)
         text = _text(body)
         words = text.split(" ")
         usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
