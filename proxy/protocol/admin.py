@@ -6,12 +6,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..durations import parse_duration
 
 NonNegInt = Annotated[int, Field(ge=0)]
 Money = Annotated[float, Field(ge=0)]
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)  # ValueError names the bad input
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
 
 
 class _Strict(BaseModel):
@@ -24,16 +32,9 @@ class _Limits(_Strict):
     tpm_limit: NonNegInt | None = None
     max_parallel_requests: NonNegInt | None = None
     max_budget: Money | None = None
-    budget_duration: str | None = None
+    budget_duration: Duration | None = None
     metadata: dict[str, Any] | None = None
     blocked: bool | None = None
-
-    @field_validator("budget_duration")
-    @classmethod
-    def _duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
 
 
 class KeyFields(_Limits):
@@ -43,16 +44,9 @@ class KeyFields(_Limits):
     aliases: dict[str, str] | None = None
     model_rpm_limit: dict[str, NonNegInt] | None = None
     model_tpm_limit: dict[str, NonNegInt] | None = None
-    duration: str | None = Field(default=None, description="expires this long after now, e.g. '90d'")
+    duration: Duration | None = Field(default=None, description="expires this long after now, e.g. '90d'")
     expires: datetime | None = Field(default=None, description="absolute expiry time (ISO 8601)")
     key_type: Literal["default", "llm_api", "management"] | None = None
-
-    @field_validator("duration")
-    @classmethod
-    def _check_duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
 
 
 class KeyGenerate(KeyFields):
@@ -74,14 +68,7 @@ class KeyRef(_Strict):
 
 class KeyRegenerate(_Strict):
     key: str | None = None
-    grace_period: str | None = Field(default=None, description="the old secret keeps working this long")
-
-    @field_validator("grace_period")
-    @classmethod
-    def _grace(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
+    grace_period: Duration | None = Field(default=None, description="the old secret keeps working this long")
 
 
 class TeamFields(_Limits):
