@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from . import errors
+from .fastpath import FastPath
 from .routes import health, keys, openai, principals, spend
 from .services import Services
 from .settings import Settings, load_config
@@ -20,6 +22,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         services = await Services.start(settings, config)
         app.state.services = services
+        # Everything built so far lives as long as the process: keep it out of every collection.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -28,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Keystile", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible LLM gateway with keys, limits and accounting.")
     errors.install(app)
+    app.add_middleware(FastPath)
     for prefix in ("/v1", "/openai/v1"):
         app.include_router(openai.router, prefix=prefix, include_in_schema=prefix == "/v1")
     app.include_router(health.router)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
+import itertools
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -57,7 +58,7 @@ class Call:
     route: str
     started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = ""
     model: str = ""
     prompt_estimate: int = 0
     deployment: Deployment | None = None
@@ -88,6 +89,9 @@ class Gateway:
         self.prices = prices
         self.usage = usage
         self.max_request_bytes = max_request_bytes
+        # Request ids: a random per-process prefix and a counter (unique without a syscall each).
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
 
     def resolve_model(self, principal: Principal, requested: str) -> str:
         name = principal.resolve(requested)
@@ -98,13 +102,17 @@ class Gateway:
         return name
 
     async def serve(self, request: Request, principal: Principal, kind: Kind, wire: type[BaseModel]) -> Response:
-        call = Call(principal, request.url.path)
+        call = Call(principal, request.url.path, request_id=f"{self._id_prefix}{next(self._ids):x}")
         try:
             body = await read_json(request, self.max_request_bytes)
             call.model = str(body.get("model") or "")
             validate(wire, body)
             call.model = name = self.resolve_model(principal, body["model"])
             lease = await self._admit(call, name, body)
+        except ClientDisconnect:
+            call.fail(ClientDisconnect())
+            self._record(call)
+            return Response(status_code=499)  # hung up while sending the body
         except BaseException as exc:
             call.fail(exc)
             self._record(call)
@@ -115,7 +123,7 @@ class Gateway:
                 return await self._stream(request, call, lease, name, op.stream, body)
             try:
                 call.deployment, result = await unless_disconnected(
-                    request, self.router.call(name, self._attempt(op.call, body, lease.tokens)))
+                    request.receive, self.router.call(name, self._attempt(op.call, body, lease.tokens)))
                 call.usage = result.usage
                 return Response(result.body, media_type="application/json", headers=lease.headers())
             except BaseException as exc:
@@ -185,7 +193,7 @@ class Gateway:
         upstream_body = {**body, "stream_options": {**options, "include_usage": True}}
         call.streamed = True
         try:
-            call.deployment, stream = await unless_disconnected(request, self.router.open_stream(
+            call.deployment, stream = await unless_disconnected(request.receive, self.router.open_stream(
                 name, self._attempt_stream(method, upstream_body, lease.tokens)))
         except BaseException as exc:
             call.fail(exc)

@@ -132,7 +132,8 @@ class Services:
         await self.db.aclose()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async on purpose: a plain function would be run in a worker thread on every request."""
     return request.app.state.services
 
 

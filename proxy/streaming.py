@@ -1,5 +1,5 @@
-"""SSE relay response: chunks go out as they arrive, and a client that hangs up cancels the
-relay at once (its generator's `finally` settles limits and accounting), whatever the ASGI server."""
+"""Relaying while watching the client: work in flight is cancelled the moment the client hangs up
+(its `finally` blocks settle limits and accounting), whatever the ASGI server does."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import anyio
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -16,14 +15,14 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 T = TypeVar("T")
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work` (the body already read), cancelling it if the client hangs up first;
-    then raise ClientDisconnect, so limits are freed and the request is accounted as abandoned."""
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work` (the request body already read), cancelling it if the client hangs up first;
+    then raise ClientDisconnect. One watcher task, no task group: this is on every request."""
     current = asyncio.current_task()
     gone = asyncio.Event()
 
     async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
+        while (await receive())["type"] != "http.disconnect":
             pass
         gone.set()
         current.cancel()
@@ -40,20 +39,15 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 class RelayStream(StreamingResponse):
+    """SSE out as chunks arrive; a client that hangs up cancels the relay at once."""
+
     def __init__(self, content, headers: dict[str, str] | None = None):
         super().__init__(content, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
-            async def watch() -> None:
-                await self.listen_for_disconnect(receive)
-                group.cancel_scope.cancel()
-
-            group.start_soon(watch)
-            try:
-                await self.stream_response(send)
-            except OSError as exc:
-                raise ClientDisconnect() from exc
-            finally:
-                group.cancel_scope.cancel()
-                await self.body_iterator.aclose()
+        try:
+            await unless_disconnected(receive, self.stream_response(send))
+        except (ClientDisconnect, OSError):
+            pass  # the client is gone; the body's own `finally` has accounted for it
+        finally:
+            await self.body_iterator.aclose()

@@ -74,6 +74,7 @@ class UsageWriter:
         self._buffer: deque[UsageRecord] = deque()
         self._accepted = 0  # records ever buffered
         self._settled = 0  # records ever removed from the front (written, or rejected as bad data)
+        self._flush_upto = 0  # flush() callers wait until this many records are settled
         self.written = 0  # new spend_logs rows stored (duplicates of stored request ids not counted)
         self.dropped = 0  # records refused because the buffer was full (total)
         self.dropped_closed = 0  # records refused because the writer was closed
@@ -136,6 +137,7 @@ class UsageWriter:
     async def flush(self, timeout: float | None = None) -> bool:
         """Write everything recorded so far now; True once it is all settled, False on timeout."""
         target = self._accepted
+        self._flush_upto = max(self._flush_upto, target)
         self._wake.set()
 
         async def settled() -> None:
@@ -181,14 +183,20 @@ class UsageWriter:
         while True:
             await self._due()
             while self._buffer:
-                if await self._write_front():
-                    delay = self.retry_initial
-                else:
+                if not await self._write_front():
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.retry_max)
+                    continue
+                delay = self.retry_initial
+                if not self._more_due():
+                    break  # a partial batch waits for the interval: few, large transactions
             if self._closing:
                 self._closed = True  # set with the buffer empty and no await since: nothing is stranded
                 return
+
+    def _more_due(self) -> bool:
+        return (len(self._buffer) >= self.batch_size or self._closing or self._one_by_one > 0
+                or self._settled < self._flush_upto)
 
     async def _due(self) -> None:
         """Return when a batch is due: enough records, a flush or close asked for, or the interval."""

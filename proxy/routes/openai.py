@@ -40,6 +40,10 @@ async def embeddings(request: Request, services: ServicesDep, principal: Caller)
     return await services.gateway.serve(request, principal, "embeddings", EmbeddingRequest)
 
 
+# The routes the fast path (proxy/fastpath.py) dispatches to directly.
+INFERENCE = {"/chat/completions": chat_completions, "/completions": completions, "/embeddings": embeddings}
+
+
 def _model_card(name: str, created: int) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": "keystile"}
 
