@@ -94,7 +94,7 @@ class OpenAICompatBackend:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_read=timeout)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=stream_timeout or timeout)
         self._public_field = b'"model":' + orjson.dumps(public_name)
 

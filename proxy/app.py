@@ -33,7 +33,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Keystile", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible LLM gateway with keys, limits and accounting.")
     errors.install(app)
-    app.add_middleware(FastPath)
     for prefix in ("/v1", "/openai/v1"):
         app.include_router(openai.router, prefix=prefix, include_in_schema=prefix == "/v1")
     app.include_router(health.router)
@@ -42,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def factory() -> FastAPI:
-    """Entry point for uvicorn (`proxy.app:factory`), reading settings from the environment."""
-    return create_app()
+def factory() -> FastPath:
+    """Entry point for uvicorn (`proxy.app:factory`), reading settings from the environment. The
+    inference routes are dispatched ahead of FastAPI's middleware and routing; the rest is FastAPI."""
+    return FastPath(create_app())

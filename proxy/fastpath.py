@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from .errors import as_keystile, to_response
 from .routes import openai
@@ -19,7 +20,7 @@ HOT: dict[str, Handler] = {prefix + path: handler for prefix in ("/v1", "/openai
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: FastAPI):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -28,7 +29,7 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        services = scope["app"].state.services
+        services = self.app.state.services
         try:
             response = await handler(request, services, await openai.caller(request, services))
         except Exception as exc:  # the one error mapping, as FastAPI's handlers would apply it

@@ -102,7 +102,7 @@ class Gateway:
         return name
 
     async def serve(self, request: Request, principal: Principal, kind: Kind, wire: type[BaseModel]) -> Response:
-        call = Call(principal, request.url.path, request_id=f"{self._id_prefix}{next(self._ids):x}")
+        call = Call(principal, request.scope["path"], request_id=f"{self._id_prefix}{next(self._ids):x}")
         try:
             body = await read_json(request, self.max_request_bytes)
             call.model = str(body.get("model") or "")

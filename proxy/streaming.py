@@ -13,29 +13,40 @@ from starlette.types import Receive, Scope, Send
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 T = TypeVar("T")
+WATCH_AFTER_S = 0.05
 
 
 async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     """Await `work` (the request body already read), cancelling it if the client hangs up first;
-    then raise ClientDisconnect. One watcher task, no task group: this is on every request."""
+    then raise ClientDisconnect. This is on every request, so the watcher task is only started
+    once the work has run for WATCH_AFTER_S: quick answers never pay for one, and a hang-up is
+    noticed at most that much later."""
     current = asyncio.current_task()
-    gone = asyncio.Event()
+    watcher: asyncio.Task | None = None
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while (await receive())["type"] != "http.disconnect":
             pass
-        gone.set()
+        gone = True
         current.cancel()
 
-    watcher = asyncio.create_task(watch())
+    def start() -> None:
+        nonlocal watcher
+        watcher = asyncio.create_task(watch())
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start)
     try:
         return await work
     except asyncio.CancelledError:
-        if gone.is_set() and current.uncancel() == 0:
+        if gone and current.uncancel() == 0:
             raise ClientDisconnect() from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 class RelayStream(StreamingResponse):
