@@ -256,4 +256,4 @@ class UsageWriter:
     async def _write(self, batch: Sequence[UsageRecord]) -> int:
         """One transaction: the batch's rows and the spend they add. Returns new rows stored."""
         async with self._db.sessions() as session, session.begin():
-            return await insert_usage(session, records=batch)
+            return await insert_usage(session, records=batch, maybe_stored=self._failing > 0 or self._one_by_one > 0)

@@ -85,24 +85,18 @@ def _table() -> Table:
     return SpendLog.__table__  # type: ignore[return-value]
 
 
-def _row(rec: UsageRecord, table: Table) -> dict[str, Any]:
-    """A record as column values that any backend accepts: strings cut to their column length,
-    counts clamped to INTEGER, non-finite numbers as 0 (so one bad record can't block a batch)."""
-    row: dict[str, Any] = {}
-    for col in table.columns:
-        value = getattr(rec, col.key)
-        length = getattr(col.type, "length", None)
-        if isinstance(value, str) and length:
-            value = value[:length]
-        elif isinstance(value, bool) or value is None:
-            pass
-        elif isinstance(value, int):
-            value = min(max(value, 0), INT32_MAX)
-        elif isinstance(value, float) and not math.isfinite(value):
-            value = 0.0
-        row[col.key] = value
-    row["created_at"] = utc(rec.created_at)
-    return row
+def _clean(value: Any, length: int | None) -> Any:
+    """A value any backend accepts: strings cut to their column length, counts clamped to INTEGER,
+    non-finite numbers as 0 (so one bad record can't block a batch)."""
+    if isinstance(value, str):
+        return value[:length] if length else value
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return min(max(value, 0), INT32_MAX)
+    if isinstance(value, float) and not math.isfinite(value):
+        return 0.0
+    return value
 
 
 def _record(row: Any) -> UsageRecord:
@@ -118,30 +112,54 @@ def _insert_ignoring_duplicates(dialect: str, table: Table) -> Any:
         stmt = sqlite.insert(table)
     else:
         raise NotImplementedError(f"idempotent spend_logs insert is not implemented for {dialect}")
-    return stmt.on_conflict_do_nothing(index_elements=[table.c.request_id]).returning(table.c.request_id)
+    return stmt.on_conflict_do_nothing(index_elements=[table.c.request_id])
 
 
-async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord]) -> int:
-    """Insert spend_logs rows and add their cost to the spend of their key, user and team, in the
-    caller's transaction. Idempotent by request_id: rows already stored (say, by a retry after a
-    commit whose acknowledgement was lost) are skipped and their cost is not added again.
-    Updates run in a fixed order (keys, users, teams; ids sorted) so concurrent writers from
-    several workers can't deadlock. Returns how many rows were new."""
-    table = _table()
-    unique: dict[str, dict[str, Any]] = {}
+async def _executemany(session: AsyncSession, table: Table, records: Sequence[UsageRecord]) -> None:
+    """The records through the driver's own executemany: the statement compiled once per batch,
+    each value cleaned and put through its column type's bind processor, as SQLAlchemy would do
+    per row, at about half the cost (this is on the write path of every request)."""
+    conn = await session.connection()
+    dialect = conn.dialect
+    compiled = _insert_ignoring_duplicates(dialect.name, table).compile(dialect=dialect)
+    columns = [table.c[name] for name in compiled.positiontup]
+    plan = [(c.key, getattr(c.type, "length", None), c.type.dialect_impl(dialect).bind_processor(dialect))
+            for c in columns]
+    params = []
     for rec in records:
-        row = _row(rec, table)
-        unique.setdefault(row["request_id"], row)
+        row = []
+        for key, length, process in plan:
+            value = utc(rec.created_at) if key == "created_at" else _clean(getattr(rec, key), length)
+            row.append(value if process is None or value is None else process(value))
+        params.append(tuple(row))
+    await conn.exec_driver_sql(str(compiled), params)
+
+
+async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord], maybe_stored: bool = True) -> int:
+    """Insert spend_logs rows and add their cost to the spend of their key, user and team, in the
+    caller's transaction. Idempotent by request_id: unless the caller knows the records are new
+    (`maybe_stored=False`: the writer's first attempt at a batch of fresh request ids), rows already
+    stored (say, by a retry after a commit whose acknowledgement was lost) are looked up and
+    skipped, and their cost is not added again. Updates run in a fixed order (keys, users, teams;
+    ids sorted) so concurrent writers from several workers can't deadlock. Returns how many rows
+    were new."""
+    table = _table()
+    unique = {rec.request_id: rec for rec in reversed(records)}  # the first of duplicates wins
+    if maybe_stored and unique:
+        stored = await session.execute(select(table.c.request_id).where(table.c.request_id.in_(list(unique))))
+        for rid in stored.scalars().all():
+            del unique[rid]
     if not unique:
         return 0
-    stmt = _insert_ignoring_duplicates(session.get_bind().dialect.name, table)
-    result = await session.execute(stmt, list(unique.values()))
-    inserted = [unique[rid] for rid in result.scalars().all()]
+    inserted = list(unique.values())
+    await _executemany(session, table, inserted)
     spend: dict[str, defaultdict[str, float]] = {c: defaultdict(float) for c in ("key_hash", "user_id", "team_id")}
-    for row in inserted:
+    for rec in inserted:
+        cost = _clean(rec.cost, None)
         for column, sums in spend.items():
-            if row[column] is not None and row["cost"]:
-                sums[row[column]] += row["cost"]
+            owner = getattr(rec, column)
+            if owner is not None and cost:
+                sums[owner] += cost
     targets: list[tuple[str, ColumnElement[bool], Any]] = [
         # A key rotated since the request still gets the charge through its previous hash.
         ("key_hash", or_(Key.__table__.c.token_hash == bindparam("b_id"),
