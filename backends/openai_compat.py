@@ -90,13 +90,18 @@ class OpenAICompatBackend:
         self.public_name = public_name
         self.upstream_model = upstream_model
         self.base = api_base.rstrip("/")
-        self._session = pool.get(self.base)
+        self._pool = pool
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=stream_timeout or timeout)
         self._public_field = b'"model":' + orjson.dumps(public_name)
+
+    @property
+    def _session(self) -> aiohttp.ClientSession:
+        """The upstream's pooled session, made on first use (so building a backend needs no loop)."""
+        return self._pool.get(self.base)
 
     def _rename(self, data: bytes) -> bytes:
         return _MODEL_FIELD.sub(self._public_field, data, count=1)

@@ -45,9 +45,16 @@ class LiteLLMBackend:
     def __init__(self, public_name: str, model: str, *, timeout: float, params: dict[str, Any]):
         self.public_name = public_name
         self.model = model
-        self._litellm = import_litellm()
+        self._module: ModuleType | None = None
         self._timeout = timeout
         self._params = {k: v for k, v in params.items() if v is not None}
+
+    @property
+    def _litellm(self) -> ModuleType:
+        """litellm, imported on first use (seconds of import; building a backend must stay cheap)."""
+        if self._module is None:
+            self._module = import_litellm()
+        return self._module
 
     def _body(self, body: dict) -> dict:
         return {**body, **self._params, "model": self.model, "timeout": self._timeout}

@@ -63,6 +63,12 @@ def build_router(config: FileConfig, options: KeystileSettings, pool: SessionPoo
     return Router(deployments, policy)
 
 
+def check_deployments(config: FileConfig) -> None:
+    """Build every deployment's backend once, without starting anything, so a bad entry stops
+    `keystile serve` with a ConfigError naming it before the server binds."""
+    build_router(config, config.effective(), SessionPool())
+
+
 @dataclass
 class Services:
     settings: Settings

@@ -24,7 +24,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(teams_app, name="teams")
 app.add_typer(users_app, name="users")
 register_usage(app)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -44,12 +44,14 @@ def serve(
     """Serve the gateway."""
     import uvicorn
 
+    from ..services import check_deployments
     from ..settings import ConfigError, Settings, load_config
 
     os.environ["KEYSTILE_CONFIG"] = str(config)
     settings = Settings()
     try:
         file_config = load_config(config)
+        check_deployments(file_config)
     except ConfigError as exc:
         fail(str(exc))
     if not (settings.keystile_master_key or file_config.general_settings.get("master_key")):

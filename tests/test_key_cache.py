@@ -1,0 +1,100 @@
+"""The in-process key cache: single-flight loads, negative caching, background refresh, and no
+stale record written back by a load that was in flight when an invalidation happened."""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy.auth.cache import KeyCache
+from proxy.auth.principal import Principal
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Store:
+    """A loader over a dict, counting calls; `gate` holds loads until released."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Principal] = {}
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+
+    async def load(self, token_hash: str):
+        self.calls += 1
+        snapshot = self.rows.get(token_hash)
+        if self.gate is not None:
+            await self.gate.wait()
+        return snapshot
+
+
+async def test_concurrent_first_sight_makes_one_query():
+    store = Store()
+    store.rows["h"] = Principal(key_hash="h", key_alias="a")
+    cache = KeyCache(store.load, ttl=30, clock=Clock())
+    results = await asyncio.gather(*(cache.get("h") for _ in range(50)))
+    assert store.calls == 1 and all(r.key_alias == "a" for r in results)
+
+
+async def test_unknown_keys_are_cached_negatively_then_looked_up_again():
+    store, clock = Store(), Clock()
+    cache = KeyCache(store.load, ttl=30, negative_ttl=5, clock=clock)
+    for _ in range(100):
+        assert await cache.get("nope") is None
+    assert store.calls == 1
+    clock.now = 6
+    assert await cache.get("nope") is None and store.calls == 2
+
+
+async def test_negative_entries_are_bounded():
+    store = Store()
+    cache = KeyCache(store.load, ttl=30, negative_ttl=60, max_negative=10, clock=Clock())
+    for i in range(50):
+        await cache.get(f"bad-{i}")
+    await cache.get("bad-0")  # evicted long ago: looked up again
+    assert store.calls == 51
+
+
+async def test_stale_entries_are_served_while_one_refresh_runs():
+    store, clock = Store(), Clock()
+    store.rows["h"] = Principal(key_hash="h", key_alias="old")
+    cache = KeyCache(store.load, ttl=1, clock=clock)
+    await cache.get("h")
+    store.rows["h"] = Principal(key_hash="h", key_alias="new")
+    clock.now = 2
+    assert (await cache.get("h")).key_alias == "old"  # no wait on the database
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert (await cache.get("h")).key_alias == "new" and store.calls == 2
+
+
+async def test_a_load_in_flight_during_an_invalidation_is_not_written_back():
+    store = Store()
+    store.rows["h"] = Principal(key_hash="h", key_alias="before")
+    store.gate = asyncio.Event()
+    cache = KeyCache(store.load, ttl=30, clock=Clock())
+    pending = asyncio.create_task(cache.get("h"))
+    await asyncio.sleep(0)  # the load has read the old row and waits
+    store.rows["h"] = Principal(key_hash="h", key_alias="after")  # e.g. blocked by an admin
+    cache.invalidate("key", "h")
+    store.gate.set()
+    assert (await pending).key_alias == "after"  # the stale read was repeated, not returned or stored
+    store.gate = None
+    assert (await cache.get("h")).key_alias == "after" and store.calls == 2
+
+
+async def test_user_and_team_invalidation_drop_their_keys_only():
+    store = Store()
+    store.rows = {"a": Principal(key_hash="a", user_id="u1", team_id="t1"),
+                  "b": Principal(key_hash="b", user_id="u2", team_id="t2")}
+    cache = KeyCache(store.load, ttl=30, clock=Clock())
+    await cache.get("a"), await cache.get("b")
+    cache.invalidate("user", "u1")
+    assert len(cache) == 1
+    cache.invalidate("team", "t2")
+    assert len(cache) == 0
