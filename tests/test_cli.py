@@ -23,9 +23,10 @@ KEYSTILE = Path(sys.executable).parent / "keystile"
 RAW_KEY = re.compile(r"sk-[A-Za-z0-9_-]{40,}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, upstream):
-    with Keystile(tmp_path_factory.mktemp("cli"), relay_config(upstream)) as s:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request, tmp_path_factory, upstream):
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    with Keystile(tmp_path_factory.mktemp("cli"), relay_config(upstream), database_url=url) as s:
         s.outputs = []  # everything the CLI printed, to check the master key never appears
         yield s
         for text in s.outputs:

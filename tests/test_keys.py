@@ -225,3 +225,14 @@ def test_delete_accepts_a_key_named_twice_and_times_carry_their_offset(admin, se
     r = admin.post("/key/delete", {"keys": [made["key"], made["token"]], "key_aliases": [f"twice-{server.db_kind}"]})
     assert r.status_code == 200 and r.json()["deleted_keys"] == [made["token"]]
     assert admin.get("/key/list", size=0).json()["error"]["param"] == "size"
+
+
+def test_last_used_time_is_kept(admin):
+    made = admin.ok("/key/generate", {})
+    assert made["last_used_at"] is None
+    assert admin.chat(made["key"]) == 200
+    deadline = time.monotonic() + 5
+    while (info := admin.get("/key/info", key=made["token"]).json()["info"])["last_used_at"] is None:
+        assert time.monotonic() < deadline, "last_used_at never set"
+        time.sleep(0.1)
+    assert info["last_used_at"] >= made["created_at"]

@@ -154,12 +154,16 @@ async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord],
     inserted = list(unique.values())
     await _executemany(session, table, inserted)
     spend: dict[str, defaultdict[str, float]] = {c: defaultdict(float) for c in ("key_hash", "user_id", "team_id")}
+    last_used: dict[str, datetime] = {}
     for rec in inserted:
         cost = _clean(rec.cost, None)
-        for column, sums in spend.items():
+        if rec.key_hash is not None:  # every key used gets its last-used time, costly or not
+            spend["key_hash"][rec.key_hash] += cost
+            last_used[rec.key_hash] = max(last_used.get(rec.key_hash, utc(rec.created_at)), utc(rec.created_at))
+        for column in ("user_id", "team_id"):
             owner = getattr(rec, column)
             if owner is not None and cost:
-                sums[owner] += cost
+                spend[column][owner] += cost
     targets: list[tuple[str, ColumnElement[bool], Any]] = [
         # A key rotated since the request still gets the charge through its previous hash.
         ("key_hash", or_(Key.__table__.c.token_hash == bindparam("b_id"),
@@ -171,9 +175,11 @@ async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord],
         sums = spend[column]
         if sums:
             # updated_at is left alone: accruing spend is not a change to the key, user or team.
-            stmt = (update(target).where(match)
-                    .values(spend=target.c.spend + bindparam("b_amount"), updated_at=target.c.updated_at))
-            await session.execute(stmt, [{"b_id": k, "b_amount": sums[k]} for k in sorted(sums)])
+            values = {"spend": target.c.spend + bindparam("b_amount"), "updated_at": target.c.updated_at}
+            if column == "key_hash":
+                values["last_used_at"] = bindparam("b_last")
+            rows = [{"b_id": k, "b_amount": sums[k], "b_last": last_used.get(k)} for k in sorted(sums)]
+            await session.execute(update(target).where(match).values(**values), rows)
     return len(inserted)
 
 
