@@ -5,6 +5,7 @@ principals.py, on the HTTP client and option plumbing in client.py and the table
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -67,8 +68,12 @@ def serve(
     err.print(f"Keystile on [bold]http://{host}:{port}[/bold]  (OpenAI base URL: http://{host}:{port}/v1)")
     err.print(f"models: {', '.join(names) or '(none)'}")
     err.print(f"master key: from {where}; database: {settings.database_url.split('@')[-1]}")
+    # Keystile's own log lines (writer outages, Redis fallbacks, ...) go out like uvicorn's.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["keystile"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     uvicorn.run("proxy.app:factory", factory=True, host=host, port=port, workers=workers, loop="uvloop",
-                http="httptools", log_level=log_level, access_log=access_log, timeout_graceful_shutdown=30)
+                http="httptools", log_level=log_level, access_log=access_log, timeout_graceful_shutdown=30,
+                log_config=log_config)
 
 
 @db_app.command("upgrade")
