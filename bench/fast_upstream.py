@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from asgi_body import read_body
+
 MODEL = "bench-upstream"
 WORDS = ["Hello", " from", " the", " fast", " upstream"]
 USAGE = {"prompt_tokens": 9, "completion_tokens": len(WORDS), "total_tokens": 9 + len(WORDS)}
@@ -58,12 +60,7 @@ NOT_FOUND_BODY = {"type": "http.response.body", "body": NOT_FOUND}
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return  # lifespan is off
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     if scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
         await send(NOT_FOUND_START)
         await send(NOT_FOUND_BODY)

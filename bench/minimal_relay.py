@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import aiohttp
+from asgi_body import read_body
 
 FORWARD_HEADERS = {"Content-Type": "application/json"}
 
@@ -36,12 +37,7 @@ def make_app(upstream: str):
             return await lifespan(receive, send)
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         async with state["session"].post(upstream + scope["path"], data=body, headers=FORWARD_HEADERS) as resp:
             content_type = resp.headers.get("Content-Type", "application/json").encode()
             if content_type.startswith(b"text/event-stream"):

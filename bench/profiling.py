@@ -1,12 +1,20 @@
-"""Reading py-spy's collapsed stacks (`--format raw`) for bench/relay_bench.py --profile: the
-share of the event-loop thread's samples by package and by function, other threads apart.
+"""py-spy for bench/relay_bench.py --profile: recording each target under load, and reading the
+collapsed stacks (`--format raw`): the share of the event-loop thread's samples by package and by
+function, other threads apart.
 
     .venv/bin/python bench/profiling.py bench/results/profile-<time>-keystile-json-c32.txt [top]
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
+import time
+from pathlib import Path
+
+from load import Target, measure
+from processes import BIN, Server, affinity
 
 _GROUPS = [("proxy/", "keystile proxy/"), ("backends/", "keystile backends/"), ("fastapi/", "fastapi"),
            ("starlette/", "starlette"), ("pydantic", "pydantic"), ("aiohttp/", "aiohttp"), ("uvicorn/", "uvicorn"),
@@ -68,6 +76,44 @@ def profile_summary(raw: str, top: int = 25) -> str:
         lines.append("Other threads, busiest stacks (thread entry -> leaf):")
         lines += [f"  {pct(n)}  {f}" for f, n in sorted(threads.items(), key=lambda kv: -kv[1])[:8]]
     return "\n".join(lines)
+
+
+def profile(targets: list[Target], upstream: Server, seconds: float, wrk_cpus: set[int] | None, out_dir: Path,
+            stamp: str, native: bool) -> list[Path]:
+    """py-spy each target under load at c=32 (JSON, then streaming): collapsed stacks saved to
+    bench/results/ (open them in speedscope or flamegraph.pl) and a top-functions summary printed.
+
+    Sampling is --nonblocking: pausing the process for each sample (py-spy's default) slows a
+    process with many threads (anyio's pool, aiosqlite) several-fold and skews the picture. The
+    price is that some stacks come out cut short, so self time is exact and inclusive time a
+    lower bound."""
+    spy = BIN / "py-spy"
+    if not spy.exists():
+        found = shutil.which("py-spy")
+        if not found:
+            print("--profile: py-spy is not installed (.venv/bin/pip install py-spy); skipped", file=sys.stderr)
+            return []
+        spy = Path(found)
+    paths = []
+    for mode in ("json", "stream"):
+        for target in targets:
+            path = out_dir / f"profile-{stamp}-{target.name}-{mode}-c32.txt"
+            argv = [str(spy), "record", "--pid", str(target.server.pid), "--duration", str(max(1, round(seconds))),
+                    "--rate", "200", "--format", "raw", "--nonblocking", "--output", str(path)]
+            argv += ["--native"] if native else []
+            rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   preexec_fn=affinity(wrk_cpus))
+            time.sleep(0.5)
+            run = measure(target, upstream, mode, 32, -1, seconds, wrk_cpus)
+            _, err = rec.communicate(timeout=120)
+            if rec.returncode != 0 or not path.exists():
+                print(f"py-spy failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
+                continue
+            paths.append(path)
+            print(f"\n=== {target.name}, {mode}, c=32, under py-spy: {run.rps:.0f} req/s, "
+                  f"{run.target_cpu_us_per_req:.0f} cpu-us/req — {path}")
+            print(profile_summary(path.read_text()))
+    return paths
 
 
 def main() -> None:
