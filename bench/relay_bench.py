@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     p.add_argument("--modes", nargs="+", choices=list(BODIES), default=list(BODIES))
     p.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), default=["master"], metavar="SCENARIO",
-                   help="how Keystile is set up and called (see SCENARIOS in this file); several: one Keystile "
+                   help="how Keystile is set up and called (see SCENARIOS in bench/scenarios.py); several: one Keystile "
                         f"each, all measured in the same alternation against the relay. One of {list(SCENARIOS)}")
     p.add_argument("--database-url", metavar="URL",
                    help="a Postgres server (postgresql://postgres@127.0.0.1:5432): each Keystile gets a fresh "
