@@ -25,6 +25,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Everything built so far lives as long as the process: keep it out of every collection.
         gc.collect()
         gc.freeze()
+        # Requests allocate many short-lived objects and almost no cycles: collect the young
+        # generation every 50,000 allocations instead of 700 (measured: +0.05 of the relay's
+        # throughput at c=32, see bench/README.md).
+        gc.set_threshold(50_000, 20, 100)
         try:
             yield
         finally:
