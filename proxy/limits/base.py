@@ -29,6 +29,7 @@ Semantics common to every implementation:
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,8 +129,16 @@ class Limiter(Protocol):
         ...
 
 
-def new_lease_id() -> str:
-    return secrets.token_hex(12)
+class LeaseIds:
+    """Unique lease ids without a syscall each: a random prefix per limiter and a counter (parallel
+    slots in Redis are keyed by lease id, so ids must not collide across instances)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):x}"
 
 
 def normalize(limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec], tokens: int,

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .base import BudgetSpec, Lease, LimitSpec, Usage, budget_admits, new_lease_id, normalize, rate_admits
+from .base import BudgetSpec, Lease, LeaseIds, LimitSpec, Usage, budget_admits, normalize, rate_admits
 from .errors import budget_refused, rate_refused
-from .windows import rate_window
+from .windows import WINDOW_S, rate_window
 
 SWEEP_EVERY_S = 60.0
 BUDGET_GRACE_S = 3600.0
@@ -46,6 +46,7 @@ class LocalLimiter:
         self._parallel: dict[str, set[str]] = {}
         self._budgets: dict[tuple[str, float | None], _Budget] = {}
         self._swept_at = 0.0
+        self._new_id = LeaseIds()
 
     async def acquire(self, limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec] = (), *,
                       tokens: int = 0, max_cost: float = 0.0) -> Lease:
@@ -63,6 +64,8 @@ class LocalLimiter:
               tokens: int = 0, max_cost: float = 0.0) -> Lease:
         """Check every limit, then count in every one; raises LimitExceeded and counts nothing."""
         specs, buds = normalize(limits, budgets, tokens, max_cost)
+        if not specs and not buds:  # nothing to count (the master key, a key without limits)
+            return Lease(self._new_id(), (), (), tokens, max_cost, 0, float(WINDOW_S), owner=self)
         now = self._clock()
         window, reset_s = rate_window(now)
         self._sweep(now, window)
@@ -83,7 +86,7 @@ class LocalLimiter:
             if not budget_admits(spend, reserved, max_cost, b.max_budget):
                 raise budget_refused(b, spend, reserved, max_cost, now)
 
-        lease_id = new_lease_id()
+        lease_id = self._new_id()
         usage = []
         for spec in specs:
             if spec.counted:

@@ -29,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
 
-from .base import BudgetSpec, Lease, LimitSpec, Usage, new_lease_id, normalize
+from .base import BudgetSpec, Lease, LeaseIds, LimitSpec, Usage, normalize
 from .errors import budget_refused, rate_refused
 from .local import LocalLimiter
 from .lua import ACQUIRE, RELEASE
@@ -64,6 +64,7 @@ class RedisLimiter:
         self._probe: asyncio.Task[None] | None = None
         self._pending: deque[tuple[list[str], list[Any]]] = deque(maxlen=PENDING_MAX)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._new_id = LeaseIds()
 
     @property
     def shared(self) -> bool:
@@ -74,11 +75,11 @@ class RedisLimiter:
                       tokens: int = 0, max_cost: float = 0.0) -> Lease:
         specs, buds = normalize(limits, budgets, tokens, max_cost)
         if not specs and not buds:
-            return Lease(new_lease_id(), (), (), tokens, max_cost, 0, float(WINDOW_S), owner=self)
+            return Lease(self._new_id(), (), (), tokens, max_cost, 0, float(WINDOW_S), owner=self)
         if self._down:
             self._maybe_probe()
             return self._local.admit(specs, buds, tokens=tokens, max_cost=max_cost)
-        lease_id = new_lease_id()
+        lease_id = self._new_id()
         keys = self._keys(specs, buds)
         args: list[Any] = [lease_id, tokens, repr(float(max_cost)), self._ttl, WINDOW_S, len(specs), len(buds)]
         for s in specs:
