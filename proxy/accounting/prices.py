@@ -94,6 +94,7 @@ class PriceMap:
         self._default_max_completion = default_max_completion_tokens
         self._entries: dict[str, tuple[str, Price]] | None = None
         self._lock = threading.Lock()
+        self._resolved: dict[tuple[str, float | None, float | None], Price] = {}
 
     def load(self) -> int:
         """Read the map now (idempotent, thread-safe); returns how many models it knows.
@@ -136,15 +137,20 @@ class PriceMap:
         return None
 
     def price(self, upstream: str, overrides: CostOverrides | None = None) -> Price:
-        """Per-token prices after overrides (see the class docstring for the order)."""
-        provider = upstream.partition("/")[0]
-        base = None if provider in self._local else self.lookup(upstream)
-        base = base or Price()
+        """Per-token prices after overrides (see the class docstring for the order); remembered per
+        (upstream, overrides), since it is asked on every request for a handful of deployments."""
         inp = getattr(overrides, "input_cost_per_token", None)
         out = getattr(overrides, "output_cost_per_token", None)
-        return Price(input_cost_per_token=base.input_cost_per_token if inp is None else float(inp),
-                     output_cost_per_token=base.output_cost_per_token if out is None else float(out),
-                     max_output_tokens=base.max_output_tokens)
+        key = (upstream, inp, out)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            provider = upstream.partition("/")[0]
+            base = (None if provider in self._local else self.lookup(upstream)) or Price()
+            resolved = self._resolved[key] = Price(
+                input_cost_per_token=base.input_cost_per_token if inp is None else float(inp),
+                output_cost_per_token=base.output_cost_per_token if out is None else float(out),
+                max_output_tokens=base.max_output_tokens)
+        return resolved
 
     def cost(self, upstream: str, prompt_tokens: int, completion_tokens: int,
              overrides: CostOverrides | None = None) -> float:
