@@ -3,7 +3,7 @@ applying field updates, and commit-then-invalidate."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .auth.principal import Principal
 from .db.models import Key, Team, User
-from .durations import parse_duration, utcnow
+from .durations import after
 from .errors import BadRequest, Conflict, Forbidden
 from .requests import read_json, validate
 from .services import Services, ServicesDep
@@ -68,7 +68,7 @@ def apply(row: Key | User | Team, fields: dict[str, Any]) -> None:
             row.metadata_ = value or {}
         elif name == "budget_duration":
             row.budget_duration = value
-            row.budget_reset_at = utcnow() + timedelta(seconds=parse_duration(value)) if value else None
+            row.budget_reset_at = after(value) if value else None
         else:
             setattr(row, name, value)
 

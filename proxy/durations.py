@@ -22,4 +22,5 @@ def utcnow() -> datetime:
 
 
 def after(duration: str, start: datetime | None = None) -> datetime:
+    """The time `duration` after `start` (default: now, UTC)."""
     return (start or utcnow()) + timedelta(seconds=parse_duration(duration))

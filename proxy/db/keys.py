@@ -89,6 +89,3 @@ async def list_rows(session: AsyncSession, model: type, *, filters: dict[str, An
                                   .offset((page - 1) * size).limit(size))).scalars().all()
     return list(rows), total
 
-
-async def count_keys(session: AsyncSession) -> int:
-    return (await session.execute(select(func.count()).select_from(Key))).scalar_one()

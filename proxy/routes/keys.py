@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import delete, or_, select
@@ -13,7 +12,7 @@ from ..admin import (Admin, AnyCaller, apply, commit, key_info, page_args, pages
 from ..auth.secrets import display_name, hash_key, new_key, to_hash
 from ..db.keys import get_key, list_rows
 from ..db.models import Key, Team, User
-from ..durations import parse_duration, utcnow
+from ..durations import after
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..protocol.admin import KeyDelete, KeyFields, KeyGenerate, KeyRef, KeyRegenerate, KeyUpdate
 from ..services import Services, ServicesDep
@@ -24,7 +23,7 @@ router = APIRouter(prefix="/key", tags=["keys"])
 def _key_fields(body: KeyFields) -> dict:
     fields = body.model_dump(exclude_unset=True, exclude={"key", "duration", "expires"})
     if body.duration is not None:
-        fields["expires"] = utcnow() + timedelta(seconds=parse_duration(body.duration))
+        fields["expires"] = after(body.duration)
     elif "expires" in body.model_fields_set:
         fields["expires"] = body.expires
     return fields
@@ -130,7 +129,7 @@ async def _regenerate(services: Services, ref: str, grace_period: str | None) ->
         old_hash, secret = key.token_hash, new_key()
         key.token_hash, key.key_prefix = hash_key(secret), display_name(secret)
         key.previous_hash = old_hash if grace_period else None
-        key.previous_valid_until = utcnow() + timedelta(seconds=parse_duration(grace_period)) if grace_period else None
+        key.previous_valid_until = after(grace_period) if grace_period else None
         await commit(session, "key")
     await services.invalidator.publish("key", old_hash)
     await services.invalidator.publish("key", key.token_hash)
