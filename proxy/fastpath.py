@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from .errors import as_keystile, to_response

@@ -6,9 +6,9 @@ Streams are relayed chunk by chunk as SSE; a client that hangs up is billed for 
 from __future__ import annotations
 
 import asyncio
-import time
 import itertools
 import secrets
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
