@@ -191,15 +191,33 @@ async def test_cancelled_redis_acquires_leak_no_slot(prefix):
     limiter = RedisLimiter(connect(REDIS_URL), prefix=prefix)
     spec = [LimitSpec("key:cancel", parallel=100)]
     await limiter.acquire([LimitSpec("key:warm", rpm=5)])  # connected, script loaded
+    client = Redis.from_url(REDIS_URL)
+    await client.client_pause(300)  # Redis holds every other client's commands for 0.3 s
     tasks = [asyncio.create_task(limiter.acquire(spec)) for _ in range(20)]
-    await asyncio.sleep(0.001)  # the scripts are on the wire: Redis admits them after the callers are gone
+    await asyncio.sleep(0.05)  # the scripts are on the wire: Redis admits them after the callers are gone
     for t in tasks:
         t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.sleep(0.5)
-    client = Redis.from_url(REDIS_URL)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    await asyncio.sleep(0.6)
     assert await client.zcard(f"{prefix}:par:key:cancel") == 0
     await client.aclose()
+    await limiter.aclose()
+
+
+async def test_limiter_survives_a_flushed_script_cache(prefix):
+    limiter = RedisLimiter(connect(REDIS_URL), prefix=prefix)
+    spec = [LimitSpec("key:flush", rpm=100, parallel=1)]
+    lease = await limiter.acquire(spec)
+    admin = Redis.from_url(REDIS_URL)
+    await admin.script_flush()
+    await limiter.release(lease, tokens_used=0, cost=0.0)  # NOSCRIPT: replayed with EVAL
+    await asyncio.sleep(0.3)  # the probe replays it
+    lease = await limiter.acquire(spec)  # EVAL again; admitted only if the release went through
+    assert lease.usage[0].requests == 2
+    await limiter.release(lease, tokens_used=0, cost=0.0)
+    assert limiter.shared
+    await admin.aclose()
     await limiter.aclose()
 
 

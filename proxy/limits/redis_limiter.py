@@ -1,5 +1,8 @@
 """The Redis limiter: counters shared by every instance, one EVALSHA round trip per acquire and
 one per release (scripts in lua.py), with an in-process fallback while Redis is unreachable.
+Commands travel on one auto-pipelined connection (pipe.py). Releases are queued, not awaited: the
+answer goes out while Redis frees the slot, and the connection's order puts a release ahead of
+every later acquire from this instance.
 
 Semantics are those of base.py, with the Redis server's clock. Process death: a lease's parallel
 slot and budget reservation are members of sorted sets scored by their expiry (`lease_ttl`, default
@@ -21,18 +24,17 @@ import asyncio
 import logging
 import time
 from collections import deque
+from contextlib import suppress
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, TimeoutError
+from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, ResponseError, TimeoutError
 
 from .base import BudgetSpec, Lease, LeaseIds, LimitSpec, Usage, normalize
 from .errors import budget_refused, rate_refused
 from .local import LocalLimiter
 from .lua import ACQUIRE, RELEASE
+from .pipe import RedisPipe
 from .windows import WINDOW_S
 
 log = logging.getLogger("keystile")
@@ -41,24 +43,23 @@ OUTAGE = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSErro
 PENDING_MAX = 10_000
 
 
-def connect(url: str) -> Redis:
-    """A client that fails fast instead of retrying: the limiter has its own fallback."""
-    return Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=0.5,
-                          retry=Retry(NoBackoff(), 0), health_check_interval=0)
+def connect(url: str) -> RedisPipe:
+    """A connection that fails fast instead of retrying: the limiter has its own fallback."""
+    return RedisPipe(url, timeout=1.0, connect_timeout=0.5)
 
 
 class RedisLimiter:
     """Limits shared through Redis; falls back to `fallback` (a LocalLimiter) during outages."""
 
-    def __init__(self, client: Redis, *, prefix: str = "keystile", lease_ttl: float = 900.0,
+    def __init__(self, pipe: RedisPipe, *, prefix: str = "keystile", lease_ttl: float = 900.0,
                  probe_interval: float = 1.5, fallback: LocalLimiter | None = None):
-        self._client = client
+        self._pipe = pipe
         self._prefix = prefix
         self._ttl = lease_ttl
         self._probe_interval = probe_interval
         self._local = fallback or LocalLimiter()
-        self._acquire = client.register_script(ACQUIRE)
-        self._release = client.register_script(RELEASE)
+        self._acquire = pipe.script(ACQUIRE)
+        self._release = pipe.script(RELEASE)
         self._down = False
         self._probed_at = 0.0
         self._probe: asyncio.Task[None] | None = None
@@ -87,13 +88,18 @@ class RedisLimiter:
         for b in buds:
             args += [repr(float(b.max_budget)), repr(float(b.seed_spend)),
                      "" if b.window_reset_at is None else repr(float(b.window_reset_at))]
-        call = asyncio.ensure_future(self._acquire(keys=keys, args=args))
         try:
-            result = await asyncio.shield(call)
-        except asyncio.CancelledError:
-            # The script may still run: give back whatever it admits, in the background.
-            call.add_done_callback(lambda done: self._undo(done, lease_id, keys, specs, buds))
-            raise
+            reply = await self._pipe.submit(*self._acquire(keys, args))
+            try:
+                result = await asyncio.shield(reply)
+            except asyncio.CancelledError:
+                # The script still runs: give back whatever it admits, in the background.
+                reply.add_done_callback(lambda done: self._undo(done, lease_id, keys, specs, buds))
+                raise
+            except ResponseError as exc:
+                if not _no_script(exc):
+                    raise
+                result = await self._pipe.call(*_eval(ACQUIRE, keys, args))
         except OUTAGE as exc:
             self._went_down(exc)
             return self._local.admit(specs, buds, tokens=tokens, max_cost=max_cost)
@@ -116,17 +122,17 @@ class RedisLimiter:
             self._pending.append((keys, args))
             self._maybe_probe()
             return
-        # Shielded: a caller cancelled mid-release (client went away) still frees its slots.
-        task = asyncio.ensure_future(self._run_release(keys, args))
-        self._keep(task)
-        await asyncio.shield(task)
+        await self._send_release(keys, args)
 
     async def aclose(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
-        await self._client.aclose()
+        if not self._down:
+            with suppress(*OUTAGE, asyncio.TimeoutError):  # replies come in order: the queued releases are done
+                await asyncio.wait_for(self._pipe.call("PING"), 2.0)
+        await self._pipe.aclose()
         await self._local.aclose()
 
     # -- internals ---------------------------------------------------------------------------
@@ -160,12 +166,26 @@ class RedisLimiter:
         usage = tuple(Usage(s, next(counts), next(counts)) for s in specs if s.counted)
         return Lease(lease_id, specs, buds, tokens, max_cost, window, reset_s, usage, owner=self)
 
-    async def _run_release(self, keys: list[str], args: list[Any]) -> None:
+    async def _send_release(self, keys: list[str], args: list[Any]) -> None:
+        """Queue the release script without waiting for Redis to run it; a failure is dealt with
+        when its reply (or the connection's loss) arrives."""
         try:
-            await self._release(keys=keys, args=args)
+            reply = await self._pipe.submit(*self._release(keys, args))
         except OUTAGE as exc:
             self._pending.append((keys, args))
             self._went_down(exc)
+            return
+        reply.add_done_callback(lambda done: self._released(done, keys, args))
+
+    def _released(self, done: asyncio.Future[Any], keys: list[str], args: list[Any]) -> None:
+        exc = None if done.cancelled() else done.exception()
+        if exc is None:
+            return
+        if isinstance(exc, OUTAGE) or _no_script(exc):
+            self._pending.append((keys, args))  # replayed (with EVAL) by the probe
+            self._went_down(exc) if isinstance(exc, OUTAGE) else self._maybe_probe()
+        else:
+            log.error("redis limiter: release failed: %s", exc)
 
     def _undo(self, done: asyncio.Future[Any], lease_id: str, keys: list[str],
               specs: tuple[LimitSpec, ...], buds: tuple[BudgetSpec, ...]) -> None:
@@ -173,7 +193,7 @@ class RedisLimiter:
         if done.cancelled() or done.exception() is not None or int(done.result()[0]) == 0:
             return
         lease = self._lease(done.result(), lease_id, specs, buds, 0, 0.0)
-        self._keep(asyncio.ensure_future(self._run_release(keys, self._release_args(lease, 0, 0.0))))
+        self._keep(asyncio.ensure_future(self._send_release(keys, self._release_args(lease, 0, 0.0))))
 
     def _went_down(self, exc: BaseException) -> None:
         if not self._down:
@@ -190,10 +210,10 @@ class RedisLimiter:
 
     async def _check(self) -> None:
         try:
-            await self._client.ping()
+            await self._pipe.call("PING")
             while self._pending:
                 keys, args = self._pending[0]
-                await self._release(keys=keys, args=args)
+                await self._pipe.call(*_eval(RELEASE, keys, args))
                 self._pending.popleft()
         except OUTAGE:
             return
@@ -209,6 +229,15 @@ class RedisLimiter:
     def _keep(self, task: asyncio.Task[Any] | asyncio.Future[Any]) -> None:
         self._tasks.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+
+
+def _eval(script: str, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+    return ("EVAL", script, len(keys), *keys, *args)
+
+
+def _no_script(exc: BaseException) -> bool:
+    """Redis lost its script cache (SCRIPT FLUSH); EVAL with the source loads it again."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT")
 
 
 def _arg(value: int | None) -> str | int:
