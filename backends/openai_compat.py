@@ -6,15 +6,15 @@ answers. Streams are relayed event by event as they arrive, never buffered.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from . import errors
 from .base import Chunk, Completion, Usage
+from .http import ClientPool, HTTPClientError, Origin, Response, Timeout
 
 # Providers whose API is OpenAI's, and their default base URL (None: api_base is required).
 OPENAI_COMPATIBLE: dict[str, str | None] = {
@@ -37,30 +37,17 @@ _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _MAX_ERROR_MESSAGE = 500
 
 
-class SessionPool:
-    """One pooled aiohttp session per upstream base URL, shared by the deployments using it."""
-
-    def __init__(self, *, connect_timeout: float = 10.0, limit_per_host: int = 256):
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-        self._connect_timeout = connect_timeout
-        self._limit = limit_per_host
-
-    def get(self, base_url: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(base_url)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit, ttl_dns_cache=300)
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-                auto_decompress=True,
-            )
-            self._sessions[base_url] = session
-        return session
-
-    async def aclose(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+async def _sse_data(resp: Response) -> AsyncIterator[bytes]:
+    """The `data:` payloads of an SSE body, one per line, as the chunks arrive (blank separators,
+    comments and event names skipped)."""
+    pending = b""
+    async for chunk in resp.chunks():
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    if pending.startswith(b"data:"):
+        yield pending[5:].strip()
 
 
 def _upstream_error(status: int, body: bytes) -> errors.UpstreamHTTPError:
@@ -86,22 +73,29 @@ def _upstream_error(status: int, body: bytes) -> errors.UpstreamHTTPError:
 
 class OpenAICompatBackend:
     def __init__(self, public_name: str, upstream_model: str, *, api_base: str, api_key: str | None,
-                 pool: SessionPool, timeout: float, stream_timeout: float | None = None):
+                 pool: ClientPool, timeout: float, stream_timeout: float | None = None):
         self.public_name = public_name
         self.upstream_model = upstream_model
         self.base = api_base.rstrip("/")
         self._pool = pool
-        self._headers = {"Content-Type": "application/json"}
+        self._path = urlsplit(self.base).path
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=stream_timeout or timeout)
+        self._heads: dict[tuple[str, str], bytes] = {}
+        self._timeout = timeout
+        self._stream_timeout = stream_timeout or timeout  # streams: the longest silence between two reads
         self._public_field = b'"model":' + orjson.dumps(public_name)
 
     @property
-    def _session(self) -> aiohttp.ClientSession:
-        """The upstream's pooled session, made on first use (so building a backend needs no loop)."""
+    def _origin(self) -> Origin:
         return self._pool.get(self.base)
+
+    def _head(self, method: str, path: str) -> bytes:
+        head = self._heads.get((method, path))
+        if head is None:
+            head = self._heads[(method, path)] = self._origin.request_head(method, self._path + path, self._headers)
+        return head
 
     def _rename(self, data: bytes) -> bytes:
         return _MODEL_FIELD.sub(self._public_field, data, count=1)
@@ -109,15 +103,13 @@ class OpenAICompatBackend:
     async def _post(self, path: str, body: dict) -> Completion:
         payload = orjson.dumps({**body, "model": self.upstream_model})
         try:
-            async with self._session.post(self.base + path, data=payload, headers=self._headers,
-                                          timeout=self._timeout) as resp:
-                data = await resp.read()
-                if resp.status >= 400:
-                    raise _upstream_error(resp.status, data)
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            status, data = await self._origin.fetch(self._head("POST", path), payload, self._timeout)
+        except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise errors.UpstreamUnreachable(f"upstream {self.public_name} unreachable: {type(exc).__name__}") from exc
+        except HTTPClientError as exc:
+            raise errors.UpstreamUnreachable(f"upstream {self.public_name} unreachable: {exc}") from exc
+        if status >= 400:
+            raise _upstream_error(status, data)
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -128,14 +120,10 @@ class OpenAICompatBackend:
     async def _stream(self, path: str, body: dict) -> AsyncIterator[Chunk]:
         payload = orjson.dumps({**body, "model": self.upstream_model, "stream": True})
         try:
-            async with self._session.post(self.base + path, data=payload, headers=self._headers,
-                                          timeout=self._stream_timeout) as resp:
+            async with await self._origin.open(self._head("POST", path), payload, self._stream_timeout) as resp:
                 if resp.status >= 400:
                     raise _upstream_error(resp.status, await resp.read())
-                async for line in resp.content:
-                    if not line.startswith(b"data:"):
-                        continue  # blank separators, comments, event names
-                    data = line[5:].strip()
+                async for data in _sse_data(resp):
                     if data == b"[DONE]":
                         return
                     usage = None
@@ -145,10 +133,10 @@ class OpenAICompatBackend:
                         except (orjson.JSONDecodeError, AttributeError):
                             usage = None
                     yield Chunk(self._rename(data), usage)
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} stopped sending") from exc
-        except aiohttp.ClientError as exc:
-            raise errors.UpstreamUnreachable(f"upstream {self.public_name} dropped the stream: {type(exc).__name__}") from exc
+        except HTTPClientError as exc:
+            raise errors.UpstreamUnreachable(f"upstream {self.public_name} dropped the stream: {exc}") from exc
         raise errors.UpstreamUnreachable(f"upstream {self.public_name} ended the stream without [DONE]")
 
     async def chat(self, body: dict) -> Completion:
@@ -171,11 +159,10 @@ class OpenAICompatBackend:
 
     async def health(self) -> bool:
         try:
-            async with self._session.get(self.base + "/models", headers=self._headers,
-                                         timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                return resp.status < 500
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+            status, _ = await self._origin.fetch(self._head("GET", "/models"), b"", 5.0)
+            return status < 500
+        except HTTPClientError:
             return False
 
     async def aclose(self) -> None:
-        """Sessions belong to the SessionPool, which closes them."""
+        """Connections belong to the ClientPool, which closes them."""

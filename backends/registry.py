@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Backend
-from .openai_compat import OPENAI_COMPATIBLE, OpenAICompatBackend, SessionPool
+from .http import ClientPool
+from .openai_compat import OPENAI_COMPATIBLE, OpenAICompatBackend
 
 LOCAL_PROVIDERS = ("llamacpp", "llama_cpp_python")
 
 
-def make_backend(public_name: str, params: dict[str, Any], *, pool: SessionPool, timeout: float) -> Backend:
+def make_backend(public_name: str, params: dict[str, Any], *, pool: ClientPool, timeout: float) -> Backend:
     """`params` is a deployment's litellm_params (env references already resolved)."""
     params = dict(params)
     provider, upstream = params.pop("model").split("/", 1)

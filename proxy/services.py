@@ -12,7 +12,7 @@ from typing import Annotated
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
-from backends.openai_compat import SessionPool
+from backends.http import ClientPool
 from backends.registry import make_backend
 from backends.router import Deployment, Router, RouterPolicy
 
@@ -38,7 +38,7 @@ def _price(entry: ModelEntry, field: str) -> float | None:
     return value if value is not None else entry.litellm_params.extra_params().get(field)
 
 
-def build_router(config: FileConfig, options: KeystileSettings, pool: SessionPool) -> Router:
+def build_router(config: FileConfig, options: KeystileSettings, pool: ClientPool) -> Router:
     deployments = []
     for i, entry in enumerate(config.model_list):
         p = entry.litellm_params
@@ -66,7 +66,7 @@ def build_router(config: FileConfig, options: KeystileSettings, pool: SessionPoo
 def check_deployments(config: FileConfig) -> None:
     """Build every deployment's backend once, without starting anything, so a bad entry stops
     `keystile serve` with a ConfigError naming it before the server binds."""
-    build_router(config, config.effective(), SessionPool())
+    build_router(config, config.effective(), ClientPool())
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Services:
     settings: Settings
     config: FileConfig
     options: KeystileSettings
-    pool: SessionPool
+    pool: ClientPool
     router: Router
     db: Database
     redis: aioredis.Redis | None
@@ -91,7 +91,7 @@ class Services:
     @classmethod
     async def start(cls, settings: Settings, config: FileConfig) -> Services:
         options = config.effective()
-        pool = SessionPool(connect_timeout=options.connect_timeout)
+        pool = ClientPool(connect_timeout=options.connect_timeout)
         router = build_router(config, options, pool)
         master = settings.keystile_master_key or config.general_settings.get("master_key")
         db = Database(settings.database_url)

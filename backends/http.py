@@ -1,0 +1,344 @@
+"""The upstream HTTP/1.1 client: keep-alive connections pooled per origin, on asyncio protocols,
+responses parsed by httptools (uvicorn's parser, in C). It does what a relay needs and no more:
+send a prepared request, read the answer whole (with a deadline) or chunk by chunk as it arrives
+(with an idle limit). aiohttp's client, which this replaced, spent about 60 µs of CPU per request
+here; this spends about 15 (bench/README.md).
+
+Failures are HTTPClientError subclasses: ConnectFailed, Timeout, Disconnected (the connection
+ended before the response did), BadResponse (not HTTP). A reused keep-alive connection that the
+server closed before sending a byte of the answer (it timed out the idle connection while the
+request was on its way) is retried once on a new connection; connections idle for longer than
+IDLE_REUSE_S are not reused at all, which keeps that race rare. Bodies that end only when the
+server closes the connection (no Content-Length, not chunked) are not supported: they fail as
+Disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+IDLE_REUSE_S = 4.0  # servers commonly close idle keep-alive connections after 5 s (uvicorn, vLLM)
+MAX_IDLE = 256  # idle connections kept per origin
+PAUSE_AT = 1 << 20  # stop reading from the upstream while this much of a stream waits unread
+
+
+class HTTPClientError(Exception):
+    """The exchange with the upstream failed below HTTP."""
+
+
+class ConnectFailed(HTTPClientError):
+    pass
+
+
+class Timeout(HTTPClientError):
+    pass
+
+
+class Disconnected(HTTPClientError):
+    pass
+
+
+class BadResponse(HTTPClientError):
+    pass
+
+
+class _Exchange:
+    """One request's answer as it arrives: the status once the headers are in, body parts, the end
+    or an error. The one task waiting on it is woken at each step."""
+
+    __slots__ = ("conn", "status", "parts", "buffered", "done", "error", "received", "_waiter", "_timer")
+
+    def __init__(self, conn: _Connection):
+        self.conn = conn
+        self.status = 0
+        self.parts: list[bytes] = []
+        self.buffered = 0
+        self.done = False
+        self.error: HTTPClientError | None = None
+        self.received = False  # any byte of the answer
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something happens; raises the exchange's error if that is what happened."""
+        if self.error is None:
+            self._waiter = self.conn.loop.create_future()
+            await self._waiter
+        if self.error is not None:
+            raise self.error
+
+    def fail(self, error: HTTPClientError) -> None:
+        if not self.done and self.error is None:
+            self.error = error
+            self.wake()
+
+    def limit(self, seconds: float, *, idle: bool) -> None:
+        """Fail with Timeout after `seconds` in all, or (idle) after `seconds` without a byte."""
+        loop = self.conn.loop
+        self._timer = loop.call_at(loop.time() + seconds, self._expire, seconds, idle)
+
+    def _expire(self, seconds: float, idle: bool) -> None:
+        self._timer = None
+        if self.done or self.error is not None:
+            return
+        loop = self.conn.loop
+        if idle and (quiet := loop.time() - self.conn.last_read) < seconds:
+            self._timer = loop.call_at(loop.time() + seconds - quiet, self._expire, seconds, idle)
+            return
+        self.fail(Timeout(f"no {'data' if idle else 'complete answer'} from the upstream within {seconds:g} s"))
+        self.conn.abort()
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts.clear()
+        self.buffered = 0
+        self.conn.resume()
+        return data
+
+    def close(self) -> None:
+        """The caller is done with it: stop the timer; an unfinished answer costs the connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.done:
+            self.conn.abort()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, origin: Origin, loop: asyncio.AbstractEventLoop):
+        self.origin = origin
+        self.loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.lost = False
+        self.idle_since = 0.0
+        self.last_read = 0.0
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:  # nothing was asked: a server talking out of turn can't be trusted with the next request
+            self.abort()
+            return
+        self.last_read = self.loop.time()
+        ex.received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            ex.fail(BadResponse(f"upstream answered with invalid HTTP ({exc})"))
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.origin.forget(self)
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.fail(Disconnected(f"upstream closed the connection{f' ({exc})' if exc else ''}"))
+
+    # httptools callbacks
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.status = self._parser.get_status_code()
+            ex.wake()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.parts.append(body)
+            ex.buffered += len(body)
+            if ex.buffered > PAUSE_AT and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
+            ex.wake()
+
+    def on_message_complete(self) -> None:
+        ex, self.exchange = self.exchange, None
+        if ex is None:
+            return
+        ex.done = True
+        if ex._timer is not None:
+            ex._timer.cancel()
+            ex._timer = None
+        ex.wake()
+        if self._parser.should_keep_alive() and not self.lost:
+            self.resume()
+            self.origin.release(self)
+        else:
+            self.abort()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        if not self.lost:
+            self.lost = True
+            self.exchange = None
+            self.origin.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+
+
+class Origin:
+    """Pooled connections to one scheme://host:port."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None):
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.https = url.scheme == "https"
+        self.host = url.hostname
+        self.port = url.port or (443 if self.https else 80)
+        self.host_header = url.netloc.rsplit("@", 1)[-1]
+        self._ssl = (ssl_context or ssl.create_default_context()) if self.https else None
+        self._connect_timeout = connect_timeout
+        self._idle: deque[_Connection] = deque()
+
+    def request_head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
+        """The request line and headers up to `Content-Length: ` (the caller appends the length,
+        a blank line and the body)."""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}", "User-Agent: keystile"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+
+    async def fetch(self, head: bytes, body: bytes, timeout: float) -> tuple[int, bytes]:
+        """Send the request; the status and whole body, all within `timeout` seconds."""
+        ex = await self._start(head, body, timeout, idle=False)
+        try:
+            while not ex.done:
+                await ex.wait()
+            return ex.status, ex.take()
+        finally:
+            ex.close()
+
+    async def open(self, head: bytes, body: bytes, idle_timeout: float) -> Response:
+        """Send the request; return once the answer's headers are in, to read its body as it comes."""
+        return Response(await self._start(head, body, idle_timeout, idle=True))
+
+    async def _start(self, head: bytes, body: bytes, timeout: float, *, idle: bool) -> _Exchange:
+        request = b"%s%d\r\n\r\n%s" % (head, len(body), body)
+        for attempt in (1, 2):
+            conn, reused = await self._connection()
+            ex = conn.exchange = _Exchange(conn)
+            ex.limit(timeout, idle=idle)
+            conn.last_read = conn.loop.time()
+            conn.transport.write(request)  # type: ignore[union-attr]
+            try:
+                while ex.status == 0:
+                    await ex.wait()
+                return ex
+            except Disconnected:
+                ex.close()
+                if reused and not ex.received and attempt == 1:
+                    continue  # the server had closed it while the request was on its way
+                raise
+            except BaseException:
+                ex.close()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _connection(self) -> tuple[_Connection, bool]:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.lost and now - conn.idle_since < IDLE_REUSE_S:
+                return conn, True
+            conn.abort()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self, loop), self.host, self.port, ssl=self._ssl),
+                self._connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port} ({exc or type(exc).__name__})") from exc
+        return conn, False
+
+    def release(self, conn: _Connection) -> None:
+        conn.idle_since = conn.loop.time()
+        if len(self._idle) < MAX_IDLE:
+            self._idle.append(conn)
+        else:
+            conn.abort()
+
+    def forget(self, conn: _Connection) -> None:
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().abort()
+
+
+class Response:
+    """A streamed answer: `status`, then `chunks()` as they arrive; `close()` when done (an
+    unfinished answer closes its connection)."""
+
+    def __init__(self, exchange: _Exchange):
+        self._ex = exchange
+        self.status = exchange.status
+
+    async def read(self) -> bytes:
+        while not self._ex.done:
+            await self._ex.wait()
+        return self._ex.take()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        ex = self._ex
+        while True:
+            if ex.parts:
+                yield ex.take()
+            elif ex.done:
+                return
+            else:
+                await ex.wait()
+
+    def close(self) -> None:
+        self._ex.close()
+
+    async def __aenter__(self) -> Response:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ClientPool:
+    """One Origin per scheme://host:port, shared by every deployment that calls it."""
+
+    def __init__(self, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None):
+        self._origins: dict[str, Origin] = {}
+        self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
+
+    def get(self, base_url: str) -> Origin:
+        url = urlsplit(base_url)
+        key = f"{url.scheme}://{url.netloc}"
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = Origin(key, connect_timeout=self._connect_timeout,
+                                                 ssl_context=self._ssl_context)
+        return origin
+
+    async def aclose(self) -> None:
+        for origin in self._origins.values():
+            origin.close()
+        self._origins.clear()
