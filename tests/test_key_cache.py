@@ -73,6 +73,21 @@ async def test_stale_entries_are_served_while_one_refresh_runs():
     assert (await cache.get("h")).key_alias == "new" and store.calls == 2
 
 
+async def test_a_burst_on_a_stale_entry_starts_one_refresh():
+    """Many requests in the same event-loop turn find the entry stale: one reload, not one each
+    (each would be a database query, and their bookkeeping used to collide)."""
+    store, clock = Store(), Clock()
+    store.rows["h"] = Principal(key_hash="h", key_alias="old")
+    cache = KeyCache(store.load, ttl=1, clock=clock)
+    await cache.get("h")
+    store.rows["h"] = Principal(key_hash="h", key_alias="new")
+    clock.now = 2
+    results = await asyncio.gather(*(cache.get("h") for _ in range(32)))
+    assert {r.key_alias for r in results} == {"old"}
+    await asyncio.gather(*cache._refreshing)
+    assert store.calls == 2 and (await cache.get("h")).key_alias == "new"
+
+
 async def test_a_load_in_flight_during_an_invalidation_is_not_written_back():
     store = Store()
     store.rows["h"] = Principal(key_hash="h", key_alias="before")

@@ -49,7 +49,7 @@ class KeyCache:
         now = self._clock()
         if entry is not None:
             if now - entry.loaded_at > self._ttl and token_hash not in self._inflight:
-                task = asyncio.create_task(self._fetch(token_hash))
+                task = asyncio.create_task(self._fetch(token_hash, self._claim(token_hash)))
                 self._refreshing.add(task)
                 task.add_done_callback(self._refreshing.discard)
             return entry.value
@@ -59,11 +59,16 @@ class KeyCache:
         pending = self._inflight.get(token_hash)
         if pending is not None:
             return await asyncio.shield(pending)
-        return await self._fetch(token_hash)
+        return await self._fetch(token_hash, self._claim(token_hash))
 
-    async def _fetch(self, token_hash: str) -> Loaded:
+    def _claim(self, token_hash: str) -> asyncio.Future[Loaded]:
+        """Mark a load of `token_hash` as in flight, before anything awaits: every later get in
+        the same event-loop turn joins it instead of starting its own."""
         future: asyncio.Future[Loaded] = asyncio.get_running_loop().create_future()
         self._inflight[token_hash] = future
+        return future
+
+    async def _fetch(self, token_hash: str, future: asyncio.Future[Loaded]) -> Loaded:
         try:
             for _ in range(5):
                 generation = self.generation
@@ -78,7 +83,8 @@ class KeyCache:
             future.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         finally:
-            del self._inflight[token_hash]
+            if self._inflight.get(token_hash) is future:
+                del self._inflight[token_hash]
 
     def _store(self, token_hash: str, value: Loaded) -> None:
         now = self._clock()
