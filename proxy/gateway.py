@@ -30,7 +30,7 @@ from .auth.principal import Principal
 from .errors import Forbidden, NotFound, as_keystile, error_body
 from .limits import Lease, Limiter, LimitExceeded, deployment_limit, request_limits
 from .requests import read_json, validate
-from .streaming import RelayStream, unless_disconnected
+from .streaming import JSONAnswer, RelayStream, unless_disconnected
 from .usage import estimate_prompt_tokens, requested_completion_tokens, streamed_text
 
 Kind = Literal["chat", "completions", "embeddings"]
@@ -125,7 +125,7 @@ class Gateway:
                 call.deployment, result = await unless_disconnected(
                     request.receive, self.router.call(name, self._attempt(op.call, body, lease.tokens)))
                 call.usage = result.usage
-                return Response(result.body, media_type="application/json", headers=lease.headers())
+                return JSONAnswer(result.body, lease.headers())
             except BaseException as exc:
                 call.fail(exc)
                 raise

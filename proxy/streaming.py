@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import ClientDisconnect
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -49,11 +49,25 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
             watcher.cancel()
 
 
+class JSONAnswer(Response):
+    """A JSON body that is bytes already, with raw ASGI headers: a Response without Starlette's
+    per-header encoding, for the answer every successful JSON request gets."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]] = ()):
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *headers]
+
+
 class RelayStream(StreamingResponse):
     """SSE out as chunks arrive; a client that hangs up cancels the relay at once."""
 
-    def __init__(self, content, headers: dict[str, str] | None = None):
-        super().__init__(content, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
+    def __init__(self, content, headers: list[tuple[bytes, bytes]] = ()):
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.raw_headers += headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

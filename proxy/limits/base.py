@@ -96,22 +96,32 @@ class Lease:
     owner: object = None
     released: bool = field(default=False)
 
-    def headers(self) -> dict[str, str]:
-        """OpenAI's x-ratelimit-* headers for the tightest rpm and tpm limit of this request.
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """OpenAI's x-ratelimit-* headers for the tightest rpm and tpm limit of this request, as raw
+        ASGI header pairs (they go on every answer, so they are made without a detour through str).
 
         Tightest = fewest remaining after this request (ties: the smaller limit). Resets are the
         time to the end of the current 60 s window, formatted like OpenAI (`37s`, `1m0s`,
         `250ms`). Empty when no rpm or tpm limit applied.
         """
-        out: dict[str, str] = {}
-        rpm = [(u.spec.rpm - u.requests, u.spec.rpm) for u in self.usage if u.spec.rpm is not None]
-        tpm = [(u.spec.tpm - u.tokens, u.spec.tpm) for u in self.usage if u.spec.tpm is not None]
-        for kind, candidates in (("requests", rpm), ("tokens", tpm)):
-            if candidates:
-                remaining, limit = min(candidates)
-                out[f"x-ratelimit-limit-{kind}"] = str(limit)
-                out[f"x-ratelimit-remaining-{kind}"] = str(max(0, remaining))
-                out[f"x-ratelimit-reset-{kind}"] = format_reset(self.reset_s)
+        rpm: tuple[int, int] | None = None
+        tpm: tuple[int, int] | None = None
+        for u in self.usage:
+            spec = u.spec
+            if spec.rpm is not None and (rpm is None or (spec.rpm - u.requests, spec.rpm) < rpm):
+                rpm = (spec.rpm - u.requests, spec.rpm)
+            if spec.tpm is not None and (tpm is None or (spec.tpm - u.tokens, spec.tpm) < tpm):
+                tpm = (spec.tpm - u.tokens, spec.tpm)
+        if rpm is None and tpm is None:
+            return []
+        reset = format_reset(self.reset_s).encode()
+        out: list[tuple[bytes, bytes]] = []
+        if rpm is not None:
+            out += [(b"x-ratelimit-limit-requests", b"%d" % rpm[1]),
+                    (b"x-ratelimit-remaining-requests", b"%d" % max(0, rpm[0])), (b"x-ratelimit-reset-requests", reset)]
+        if tpm is not None:
+            out += [(b"x-ratelimit-limit-tokens", b"%d" % tpm[1]),
+                    (b"x-ratelimit-remaining-tokens", b"%d" % max(0, tpm[0])), (b"x-ratelimit-reset-tokens", reset)]
         return out
 
 
