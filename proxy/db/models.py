@@ -94,4 +94,5 @@ class SpendLog(Base):
         Index("ix_spend_logs_team_time", "team_id", "created_at"),
         Index("ix_spend_logs_user_time", "user_id", "created_at"),
         Index("ix_spend_logs_time", "created_at"),
+        Index("ix_spend_logs_model_time", "model", "created_at"),
     )
