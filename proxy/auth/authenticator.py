@@ -63,7 +63,7 @@ class Authenticator:
             raise Unauthorized("no API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
         if self._master is not None and hmac.compare_digest(token.encode(), self._master):
             return MASTER
-        client = request.client.host if request.client else "unknown"
+        client = (request.scope.get("client") or ("unknown",))[0]
         self._throttle.check(client)
         if self._jwt is not None and looks_like_jwt(token):
             try:

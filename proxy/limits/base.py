@@ -30,12 +30,16 @@ Semantics common to every implementation:
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .windows import format_reset
+from .windows import WINDOW_S, format_reset
+
+_RESETS = tuple(format_reset(s).encode() for s in range(WINDOW_S + 1))
+"""`format_reset` of each whole second a rate window can have left, made once (headers on every answer)."""
 
 BUDGET_EPS = 1e-9
 """Tolerance, in currency units, for float sums in budget checks."""
@@ -114,7 +118,8 @@ class Lease:
                 tpm = (spec.tpm - u.tokens, spec.tpm)
         if rpm is None and tpm is None:
             return []
-        reset = format_reset(self.reset_s).encode()
+        whole = math.ceil(self.reset_s)
+        reset = _RESETS[whole] if 1 <= whole <= WINDOW_S and self.reset_s >= 1 else format_reset(self.reset_s).encode()
         out: list[tuple[bytes, bytes]] = []
         if rpm is not None:
             out += [(b"x-ratelimit-limit-requests", b"%d" % rpm[1]),
@@ -158,15 +163,17 @@ def normalize(limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec], tokens
         raise ValueError(f"tokens and max_cost must be >= 0, got {tokens!r} and {max_cost!r}")
     merged: dict[str, LimitSpec] = {}
     for spec in limits:
-        for name in ("rpm", "tpm", "parallel"):
-            value = getattr(spec, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{spec.scope}: {name} must be >= 0 or None, got {value!r}")
-        if spec.rpm is None and spec.tpm is None and spec.parallel is None:
+        rpm, tpm, parallel = spec.rpm, spec.tpm, spec.parallel
+        if rpm is None and tpm is None and parallel is None:
             continue
+        if (rpm or 0) < 0 or (tpm or 0) < 0 or (parallel or 0) < 0:
+            raise ValueError(f"{spec.scope}: limits must be >= 0 or None, got rpm={rpm!r} tpm={tpm!r} "
+                             f"parallel={parallel!r}")
         old = merged.get(spec.scope)
         merged[spec.scope] = spec if old is None else LimitSpec(
             spec.scope, _tighter(old.rpm, spec.rpm), _tighter(old.tpm, spec.tpm), _tighter(old.parallel, spec.parallel))
+    if not budgets:
+        return tuple(merged.values()), ()
     by_window: dict[tuple[str, float | None], BudgetSpec] = {}
     for b in budgets:
         key = (b.scope, b.window_reset_at)

@@ -68,16 +68,18 @@ class LocalLimiter:
             return Lease(self._new_id(), (), (), tokens, max_cost, 0, float(WINDOW_S), owner=self)
         now = self._clock()
         window, reset_s = rate_window(now)
-        self._sweep(now, window)
+        if now - self._swept_at >= SWEEP_EVERY_S:
+            self._sweep(now, window)
+        rates, parallel = self._rates, self._parallel
         for spec in specs:
-            rate = self._rates.get(spec.scope)
-            used_r, used_t = (rate.requests, rate.tokens) if rate and rate.window == window else (0, 0)
+            rate = rates.get(spec.scope)
+            used_r, used_t = (rate.requests, rate.tokens) if rate is not None and rate.window == window else (0, 0)
             if spec.rpm is not None and not rate_admits(used_r, 1, spec.rpm):
                 raise rate_refused(spec, "rpm", used_r, tokens, reset_s)
             if spec.tpm is not None and not rate_admits(used_t, tokens, spec.tpm):
                 raise rate_refused(spec, "tpm", used_t, tokens, reset_s)
             if spec.parallel is not None:
-                in_flight = len(self._parallel.get(spec.scope, ()))
+                in_flight = len(parallel.get(spec.scope, ()))
                 if not rate_admits(in_flight, 1, spec.parallel):
                     raise rate_refused(spec, "parallel", in_flight, tokens, reset_s)
         for b in buds:
@@ -89,15 +91,18 @@ class LocalLimiter:
         lease_id = self._new_id()
         usage = []
         for spec in specs:
-            if spec.counted:
-                rate = self._rates.get(spec.scope)
+            if spec.rpm is not None or spec.tpm is not None:
+                rate = rates.get(spec.scope)
                 if rate is None or rate.window != window:
-                    rate = self._rates[spec.scope] = _Rate(window)
+                    rate = rates[spec.scope] = _Rate(window)
                 rate.requests += 1
                 rate.tokens += tokens
                 usage.append(Usage(spec, rate.requests, rate.tokens))
             if spec.parallel is not None:
-                self._parallel.setdefault(spec.scope, set()).add(lease_id)
+                slots = parallel.get(spec.scope)
+                if slots is None:
+                    slots = parallel[spec.scope] = set()
+                slots.add(lease_id)
         for b in buds:
             state = self._budgets.setdefault((b.scope, b.window_reset_at), _Budget(b.seed_spend, now))
             state.touched = now
@@ -131,9 +136,8 @@ class LocalLimiter:
             state.spend += cost
 
     def _sweep(self, now: float, window: int) -> None:
-        """Drop counters of ended windows (at most once a minute, so admission stays O(limits))."""
-        if now - self._swept_at < SWEEP_EVERY_S:
-            return
+        """Drop counters of ended windows (admit calls it at most once a minute, so admission stays
+        O(limits))."""
         self._swept_at = now
         for scope in [s for s, r in self._rates.items() if r.window < window]:
             del self._rates[scope]

@@ -15,12 +15,12 @@ from .windows import next_reset, parse_duration
 
 def request_limits(principal: Principal, model: str, *, now: float) -> tuple[list[LimitSpec], list[BudgetSpec]]:
     """Limits of key, user and team, the key's per-model limits for `model`, and their budgets."""
-    limits = [LimitSpec(s.name, rpm=s.rpm, tpm=s.tpm, parallel=s.parallel) for s in principal.scopes]
+    limits = [LimitSpec(s.name, s.rpm, s.tpm, s.parallel) for s in principal.scopes]
     rpm, tpm = principal.model_rpm.get(model), principal.model_tpm.get(model)
     if principal.key_hash and (rpm is not None or tpm is not None):
         limits.append(LimitSpec(f"key:{principal.key_hash}:model:{model}", rpm=rpm, tpm=tpm))
-    budgets = [b for b in (budget_spec(s, now) for s in principal.scopes) if b is not None]
-    return limits, budgets
+    budgets = [budget_spec(s, now) for s in principal.scopes if s.max_budget is not None]
+    return limits, budgets  # type: ignore[return-value]
 
 
 def budget_spec(scope: Scope, now: float) -> BudgetSpec | None:
