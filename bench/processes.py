@@ -94,8 +94,8 @@ def start_upstream(log_dir: Path, cpus: set[int] | None) -> Server:
                  port=port, log_dir=log_dir, cpus=cpus)
 
 
-def start_relay(upstream_url: str, log_dir: Path, cpus: set[int] | None) -> Server:
+def start_relay(upstream_url: str, log_dir: Path, cpus: set[int] | None, client: str = "aiohttp") -> Server:
     """bench/minimal_relay.py on a free port, in front of the upstream (not yet waited for)."""
     port = free_port()
     return spawn("relay", [sys.executable, str(BENCH / "minimal_relay.py"), "--port", str(port),
-                           "--upstream", upstream_url], port=port, log_dir=log_dir, cpus=cpus)
+                           "--upstream", upstream_url, "--client", client], port=port, log_dir=log_dir, cpus=cpus)

@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "database there, created with psql and dropped after. Default: SQLite in the temp dir")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
                    help="REDIS_URL for scenarios that use Redis (default redis://127.0.0.1:6379/0)")
+    p.add_argument("--relay-client", choices=["aiohttp", "keystile"], default="aiohttp",
+                   help="the relay's upstream client: aiohttp (default, the targets' baseline) or Keystile's own "
+                        "(backends/http.py), which shows Keystile's overhead without the difference of the clients")
     p.add_argument("--direct", action="store_true", help="also measure the upstream called directly")
     p.add_argument("--pin", action="store_true",
                    help="pin the server under test to CPU 0 and upstream + wrk to the other CPUs")
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             upstream = start_upstream(workdir, wrk_cpus)
             servers.append(upstream)
-            relay = start_relay(upstream.url, workdir, server_cpus)
+            relay = start_relay(upstream.url, workdir, server_cpus, args.relay_client)
             servers.append(relay)
             wait_listening(upstream)
             wait_listening(relay)
@@ -218,12 +221,15 @@ def main(argv: list[str] | None = None) -> int:
                                    args.results, stamp, args.native)
 
             args.results.mkdir(parents=True, exist_ok=True)
+            if args.relay_client != "aiohttp":
+                print(f"note: the relay used the {args.relay_client} client; the targets are defined against the "
+                      "aiohttp relay, so the verdicts above are for information only")
             out = args.results / f"relay_bench-{stamp}.json"
             settings = {"duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
                         "concurrency": args.concurrency, "modes": args.modes, "scenarios": args.scenario,
                         "database": "postgres" if args.database_url else "sqlite",
                         "database_url": redact(args.database_url), "redis_url": redact(args.redis_url),
-                        "pinned": bool(server_cpus), "bodies": BODIES}
+                        "pinned": bool(server_cpus), "bodies": BODIES, "relay_client": args.relay_client}
             if single:
                 settings["scenario"] = scenarios[0].name
             out.write_text(json.dumps({
