@@ -60,13 +60,19 @@ async def test_negative_entries_are_bounded():
     assert store.calls == 51
 
 
-async def test_stale_entries_are_served_while_one_refresh_runs():
+async def stale_entry() -> tuple[Store, KeyCache]:
+    """A cache holding key "h" as "old" past its TTL, while the store has it as "new"."""
     store, clock = Store(), Clock()
     store.rows["h"] = Principal(key_hash="h", key_alias="old")
     cache = KeyCache(store.load, ttl=1, clock=clock)
     await cache.get("h")
     store.rows["h"] = Principal(key_hash="h", key_alias="new")
     clock.now = 2
+    return store, cache
+
+
+async def test_stale_entries_are_served_while_one_refresh_runs():
+    store, cache = await stale_entry()
     assert (await cache.get("h")).key_alias == "old"  # no wait on the database
     await asyncio.sleep(0)
     await asyncio.sleep(0)
@@ -76,12 +82,7 @@ async def test_stale_entries_are_served_while_one_refresh_runs():
 async def test_a_burst_on_a_stale_entry_starts_one_refresh():
     """Many requests in the same event-loop turn find the entry stale: one reload, not one each
     (each would be a database query, and their bookkeeping used to collide)."""
-    store, clock = Store(), Clock()
-    store.rows["h"] = Principal(key_hash="h", key_alias="old")
-    cache = KeyCache(store.load, ttl=1, clock=clock)
-    await cache.get("h")
-    store.rows["h"] = Principal(key_hash="h", key_alias="new")
-    clock.now = 2
+    store, cache = await stale_entry()
     results = await asyncio.gather(*(cache.get("h") for _ in range(32)))
     assert {r.key_alias for r in results} == {"old"}
     await asyncio.gather(*cache._refreshing)
