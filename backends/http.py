@@ -8,9 +8,9 @@ Failures are HTTPClientError subclasses: ConnectFailed, Timeout, Disconnected (t
 ended before the response did), BadResponse (not HTTP). A reused keep-alive connection that the
 server closed before sending a byte of the answer (it timed out the idle connection while the
 request was on its way) is retried once on a new connection; connections idle for longer than
-IDLE_REUSE_S are not reused at all, which keeps that race rare. Bodies that end only when the
-server closes the connection (no Content-Length, not chunked) are not supported: they fail as
-Disconnected.
+IDLE_REUSE_S are not reused at all, which keeps that race rare. A body with neither a
+Content-Length nor chunks ends when the server closes the connection (HTTP/1.0 style). Interim
+1xx answers are not expected (the client sends no `Expect`) and are not skipped.
 """
 
 from __future__ import annotations
@@ -52,10 +52,11 @@ class _Exchange:
     """One request's answer as it arrives: the status once the headers are in, body parts, the end
     or an error. The one task waiting on it is woken at each step."""
 
-    __slots__ = ("conn", "status", "parts", "buffered", "done", "error", "received", "_waiter", "_timer")
+    __slots__ = ("conn", "streamed", "status", "parts", "buffered", "done", "error", "received", "_waiter", "_timer")
 
-    def __init__(self, conn: _Connection):
+    def __init__(self, conn: _Connection, *, streamed: bool):
         self.conn = conn
+        self.streamed = streamed  # read as it comes: reading pauses while much waits unread
         self.status = 0
         self.parts: list[bytes] = []
         self.buffered = 0
@@ -126,6 +127,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.last_read = 0.0
         self._paused = False
+        self._delimited = False  # the answer has a Content-Length or is chunked
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -147,10 +149,22 @@ class _Connection(asyncio.Protocol):
         self.lost = True
         self.origin.forget(self)
         ex, self.exchange = self.exchange, None
-        if ex is not None:
-            ex.fail(Disconnected(f"upstream closed the connection{f' ({exc})' if exc else ''}"))
+        if ex is None:
+            return
+        if exc is None and ex.status and not self._delimited:
+            self.exchange = ex  # a body without length or chunks ends when the server closes
+            self.on_message_complete()
+            return
+        ex.fail(Disconnected(f"upstream closed the connection{f' ({exc})' if exc else ''}"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._delimited = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._delimited = True
+
     def on_headers_complete(self) -> None:
         ex = self.exchange
         if ex is not None:
@@ -162,7 +176,7 @@ class _Connection(asyncio.Protocol):
         if ex is not None:
             ex.parts.append(body)
             ex.buffered += len(body)
-            if ex.buffered > PAUSE_AT and not self._paused and self.transport is not None:
+            if ex.streamed and ex.buffered > PAUSE_AT and not self._paused and self.transport is not None:
                 self._paused = True
                 self.transport.pause_reading()
             ex.wake()
@@ -236,7 +250,7 @@ class Origin:
         request = b"%s%d\r\n\r\n%s" % (head, len(body), body)
         for attempt in (1, 2):
             conn, reused = await self._connection()
-            ex = conn.exchange = _Exchange(conn)
+            ex = conn.exchange = _Exchange(conn, streamed=idle)
             ex.limit(timeout, idle=idle)
             conn.last_read = conn.loop.time()
             conn.transport.write(request)  # type: ignore[union-attr]

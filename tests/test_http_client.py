@@ -224,6 +224,32 @@ async def test_large_stream_read_slowly_arrives_whole():
         await pool.aclose()
 
 
+async def test_large_json_answer_is_read_whole():
+    data = b'{"data":"' + b"x" * (5 << 20) + b'"}'  # 5 MiB: more than streams buffer before pausing
+
+    async def big(n, body, writer):
+        writer.write(reply(data))
+
+    async with Server(big) as server:
+        pool = ClientPool()
+        assert await fetch(pool, server.url, timeout=10) == (200, data)
+        await pool.aclose()
+
+
+async def test_body_ending_with_the_connection():
+    async def http10(n, body, writer):  # neither Content-Length nor chunks: the close ends the body
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"old":"style"}')
+        await writer.drain()
+        return False
+
+    async with Server(http10) as server:
+        pool = ClientPool()
+        assert await fetch(pool, server.url) == (200, b'{"old":"style"}')
+        assert await fetch(pool, server.url) == (200, b'{"old":"style"}')
+        assert server.connections == 2
+        await pool.aclose()
+
+
 async def test_nothing_listening_is_connect_failed():
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
