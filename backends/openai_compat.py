@@ -107,7 +107,7 @@ class OpenAICompatBackend:
         except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} timed out") from exc
         except HTTPClientError as exc:
-            raise errors.UpstreamUnreachable(f"upstream {self.public_name} unreachable: {exc}") from exc
+            raise errors.UpstreamUnreachable(f"upstream {self.public_name} unreachable: {type(exc).__name__}") from exc
         if status >= 400:
             raise _upstream_error(status, data)
         try:
@@ -136,7 +136,7 @@ class OpenAICompatBackend:
         except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} stopped sending") from exc
         except HTTPClientError as exc:
-            raise errors.UpstreamUnreachable(f"upstream {self.public_name} dropped the stream: {exc}") from exc
+            raise errors.UpstreamUnreachable(f"upstream {self.public_name} dropped the stream: {type(exc).__name__}") from exc
         raise errors.UpstreamUnreachable(f"upstream {self.public_name} ended the stream without [DONE]")
 
     async def chat(self, body: dict) -> Completion:

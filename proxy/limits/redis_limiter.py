@@ -24,8 +24,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from contextlib import suppress
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, ResponseError, TimeoutError
@@ -181,9 +181,12 @@ class RedisLimiter:
         exc = None if done.cancelled() else done.exception()
         if exc is None:
             return
-        if isinstance(exc, OUTAGE) or _no_script(exc):
-            self._pending.append((keys, args))  # replayed (with EVAL) by the probe
-            self._went_down(exc) if isinstance(exc, OUTAGE) else self._maybe_probe()
+        if isinstance(exc, OUTAGE):
+            self._pending.append((keys, args))  # replayed (with EVAL) by the probe once Redis is back
+            self._went_down(exc)
+        elif _no_script(exc):
+            self._pending.append((keys, args))
+            self._maybe_probe()
         else:
             log.error("redis limiter: release failed: %s", exc)
 
