@@ -25,6 +25,7 @@ import httptools
 
 IDLE_REUSE_S = 4.0  # servers commonly close idle keep-alive connections after 5 s (uvicorn, vLLM)
 MAX_IDLE = 256  # idle connections kept per origin
+MAX_CONNECTIONS = 256  # open connections per origin; more requests wait for one
 PAUSE_AT = 1 << 20  # stop reading from the upstream while this much of a stream waits unread
 
 
@@ -128,6 +129,7 @@ class _Connection(asyncio.Protocol):
         self.last_read = 0.0
         self._paused = False
         self._delimited = False  # the answer has a Content-Length or is chunked
+        self.holds_slot = False  # counted in its origin's connections until it closes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -146,8 +148,9 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.origin.forget(self)
+        if not self.lost:
+            self.lost = True
+            self.origin.closed(self)
         ex, self.exchange = self.exchange, None
         if ex is None:
             return
@@ -205,7 +208,7 @@ class _Connection(asyncio.Protocol):
         if not self.lost:
             self.lost = True
             self.exchange = None
-            self.origin.forget(self)
+            self.origin.closed(self)
             if self.transport is not None:
                 self.transport.abort()
 
@@ -213,7 +216,8 @@ class _Connection(asyncio.Protocol):
 class Origin:
     """Pooled connections to one scheme://host:port."""
 
-    def __init__(self, base_url: str, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, base_url: str, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
+                 max_connections: int = MAX_CONNECTIONS):
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -224,6 +228,9 @@ class Origin:
         self._ssl = (ssl_context or ssl.create_default_context()) if self.https else None
         self._connect_timeout = connect_timeout
         self._idle: deque[_Connection] = deque()
+        self._max = max_connections
+        self._open = 0  # connections open or being opened
+        self._waiters: deque[asyncio.Future[None]] = deque()  # requests waiting for one
 
     def request_head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
         """The request line and headers up to `Content-Length: ` (the caller appends the length,
@@ -269,33 +276,69 @@ class Origin:
         raise AssertionError("unreachable")
 
     async def _connection(self) -> tuple[_Connection, bool]:
+        """An idle connection, else a new one; at `max_connections`, wait for either."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.lost and now - conn.idle_since < IDLE_REUSE_S:
-                return conn, True
-            conn.abort()
+        while True:
+            now = loop.time()
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.lost and now - conn.idle_since < IDLE_REUSE_S:
+                    return conn, True
+                conn.abort()
+            if self._open < self._max:
+                break
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.cancelled():
+                    self._waiters.remove(waiter)
+                else:
+                    self._wake()  # our turn came as we were cancelled: pass it on
+                raise
+        self._open += 1
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self, loop), self.host, self.port, ssl=self._ssl),
                 self._connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port} ({exc or type(exc).__name__})") from exc
+        except BaseException as exc:
+            self._open -= 1
+            self._wake()
+            if isinstance(exc, (OSError, asyncio.TimeoutError)):
+                raise ConnectFailed(f"cannot connect to {self.host}:{self.port} ({exc or type(exc).__name__})") from exc
+            raise
+        conn.holds_slot = True
+        if conn.lost:  # closed by the server before this task got to it
+            self.closed(conn)
+            raise ConnectFailed(f"{self.host}:{self.port} closed the connection as soon as it opened")
         return conn, False
 
     def release(self, conn: _Connection) -> None:
         conn.idle_since = conn.loop.time()
         if len(self._idle) < MAX_IDLE:
             self._idle.append(conn)
+            self._wake()
         else:
             conn.abort()
 
-    def forget(self, conn: _Connection) -> None:
+    def closed(self, conn: _Connection) -> None:
+        """`conn` is gone: out of the idle list, and its slot to the next request waiting."""
         try:
             self._idle.remove(conn)
         except ValueError:
             pass
+        if conn.holds_slot:
+            conn.holds_slot = False
+            self._open -= 1
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def close(self) -> None:
         while self._idle:
@@ -338,10 +381,12 @@ class Response:
 class ClientPool:
     """One Origin per scheme://host:port, shared by every deployment that calls it."""
 
-    def __init__(self, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
+                 max_connections: int = MAX_CONNECTIONS):
         self._origins: dict[str, Origin] = {}
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
+        self._max_connections = max_connections
 
     def get(self, base_url: str) -> Origin:
         url = urlsplit(base_url)
@@ -349,7 +394,7 @@ class ClientPool:
         origin = self._origins.get(key)
         if origin is None:
             origin = self._origins[key] = Origin(key, connect_timeout=self._connect_timeout,
-                                                 ssl_context=self._ssl_context)
+                                                 ssl_context=self._ssl_context, max_connections=self._max_connections)
         return origin
 
     async def aclose(self) -> None:

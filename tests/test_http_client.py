@@ -250,6 +250,34 @@ async def test_body_ending_with_the_connection():
         await pool.aclose()
 
 
+async def test_connections_per_origin_are_capped_and_waiting_requests_take_turns():
+    open_now = peak = 0
+
+    async def slow(n, body, writer):
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        await asyncio.sleep(0.05)
+        open_now -= 1
+        writer.write(reply(b'{"n":%d}' % n))
+
+    async with Server(slow) as server:
+        pool = ClientPool(max_connections=2)
+        results = await asyncio.gather(*(fetch(pool, server.url) for _ in range(8)))
+        assert [status for status, _ in results] == [200] * 8
+        assert server.connections == 2 and peak == 2
+        waiting = [asyncio.create_task(fetch(pool, server.url)) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        for task in waiting[2:]:
+            task.cancel()  # three give up while waiting for a connection
+        done = await asyncio.gather(*waiting, return_exceptions=True)
+        assert [r[0] for r in done[:2]] == [200, 200]
+        assert all(isinstance(r, asyncio.CancelledError) for r in done[2:])
+        assert [s for s, _ in await asyncio.gather(*(fetch(pool, server.url) for _ in range(4)))] == [200] * 4
+        assert server.connections == 2
+        await pool.aclose()
+
+
 async def test_nothing_listening_is_connect_failed():
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
