@@ -306,6 +306,15 @@ def _self_signed(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, ssl.create_default_context(cafile=str(cert_file))
 
 
+async def test_https_trusts_the_ca_bundle_named_by_ssl_cert_file(tmp_path, monkeypatch):
+    server_ctx, _ = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # how an operator trusts a private CA
+    async with Server(echo, ssl_context=server_ctx) as server:
+        pool = ClientPool()
+        assert await fetch(pool, server.url, b"1") == (200, b'{"n":1,"got":1}')
+        await pool.aclose()
+
+
 async def test_https(tmp_path):
     server_ctx, client_ctx = _self_signed(tmp_path)
     async with Server(echo, ssl_context=server_ctx) as server:
