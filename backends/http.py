@@ -105,7 +105,8 @@ class _Exchange:
         data = b"".join(self.parts)
         self.parts.clear()
         self.buffered = 0
-        self.conn.resume()
+        if not self.done:  # a finished answer's connection was resumed when it went back to the pool
+            self.conn.resume()
         return data
 
     def close(self) -> None:

@@ -112,14 +112,16 @@ class Lease:
         tpm: tuple[int, int] | None = None
         for u in self.usage:
             spec = u.spec
-            if spec.rpm is not None and (rpm is None or (spec.rpm - u.requests, spec.rpm) < rpm):
-                rpm = (spec.rpm - u.requests, spec.rpm)
-            if spec.tpm is not None and (tpm is None or (spec.tpm - u.tokens, spec.tpm) < tpm):
-                tpm = (spec.tpm - u.tokens, spec.tpm)
+            if spec.rpm is not None:
+                candidate = (spec.rpm - u.requests, spec.rpm)
+                rpm = candidate if rpm is None else min(rpm, candidate)
+            if spec.tpm is not None:
+                candidate = (spec.tpm - u.tokens, spec.tpm)
+                tpm = candidate if tpm is None else min(tpm, candidate)
         if rpm is None and tpm is None:
             return []
         whole = math.ceil(self.reset_s)
-        reset = _RESETS[whole] if 1 <= whole <= WINDOW_S and self.reset_s >= 1 else format_reset(self.reset_s).encode()
+        reset = _RESETS[whole] if self.reset_s >= 1 and whole <= WINDOW_S else format_reset(self.reset_s).encode()
         out: list[tuple[bytes, bytes]] = []
         if rpm is not None:
             out += [(b"x-ratelimit-limit-requests", b"%d" % rpm[1]),

@@ -91,7 +91,7 @@ class LocalLimiter:
         lease_id = self._new_id()
         usage = []
         for spec in specs:
-            if spec.rpm is not None or spec.tpm is not None:
+            if spec.counted:
                 rate = rates.get(spec.scope)
                 if rate is None or rate.window != window:
                     rate = rates[spec.scope] = _Rate(window)

@@ -105,7 +105,6 @@ class RedisPipe:
 
     def __init__(self, url: str, *, timeout: float = 1.0, connect_timeout: float = 0.5):
         options = parse_url(url)
-        self._url = url
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._path: str | None = options.get("path")
