@@ -114,3 +114,31 @@ async def test_user_and_team_invalidation_drop_their_keys_only():
     assert len(cache) == 1
     cache.invalidate("team", "t2")
     assert len(cache) == 0
+
+
+async def test_keys_seen_before_are_not_hashed_again_and_the_map_stays_bounded(monkeypatch):
+    from starlette.requests import Request
+
+    from proxy.auth import authenticator
+    from proxy.auth.authenticator import Authenticator, FailureThrottle
+    from proxy.auth.secrets import hash_key
+
+    hashed: list[str] = []
+    monkeypatch.setattr(authenticator, "hash_key", lambda token: hashed.append(token) or hash_key(token))
+    store = Store()
+    tokens = [f"sk-test-{i}" for i in range(5)]
+    for t in tokens:
+        store.rows[hash_key(t)] = Principal(key_hash=hash_key(t), key_alias=t)
+    auth = Authenticator(None, KeyCache(store.load, ttl=30, clock=Clock()), FailureThrottle(100), known=2)
+
+    async def who(token: str) -> str | None:
+        request = Request({"type": "http", "headers": [(b"authorization", f"Bearer {token}".encode())],
+                           "client": ("10.0.0.1", 1)})
+        return (await auth.authenticate(request)).key_alias
+
+    assert [await who(t) for t in tokens[:2]] == tokens[:2]
+    assert [await who(t) for t in tokens[:2]] == tokens[:2]
+    assert hashed == tokens[:2]  # the second time, from the map
+    assert [await who(t) for t in tokens] == tokens  # past its bound the map starts over: still right
+    assert hashed == tokens  # each of the three new ones hashed once
+    assert len(auth._known) <= 2

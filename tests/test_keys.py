@@ -194,11 +194,21 @@ def test_failed_auth_is_throttled_per_address(tmp_path, upstream):
     config = relay_config(upstream, auth_failures_per_minute=5)
     with Keystile(tmp_path, config) as s:
         a = Admin(s)
+        used, fresh = a.ok("/key/generate", {})["key"], a.ok("/key/generate", {})["key"]
+        assert a.chat(used) == 200
         codes = [a.chat(f"sk-wrong-{i}") for i in range(8)]
         assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
         r = a.post("/v1/chat/completions", CHAT, key="sk-wrong-x")
         assert int(r.headers["retry-after"]) >= 1
         assert a.chat(s.master_key) == 200  # the master key is not locked out
+        # A key that authenticated before is no guess: it goes on working from this address. A key
+        # never seen here is checked like any other guess.
+        assert a.chat(used) == 200
+        assert a.chat(fresh) == 429
+        # Deleted, the known key is refused (and, refused once, it is throttled like a guess).
+        a.ok("/key/delete", {"keys": [used]})
+        assert a.chat(used) == 401
+        assert a.chat(used) == 429
 
 
 def test_blocked_key_stops_on_a_second_gateway_within_a_second(tmp_path, upstream, pg_url, redis_url):

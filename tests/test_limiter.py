@@ -398,8 +398,10 @@ def test_request_limits_from_a_principal():
     user = Scope("user:u", max_budget=2.0, spend=0.5)
     principal = Principal(key_hash="h", scopes=(key, user, team), model_rpm={"m": 3}, model_tpm={"other": 9})
     limits, budgets = request_limits(principal, "m", now=now.timestamp())
-    assert limits == [LimitSpec("key:h", 10, None, 2), LimitSpec("user:u"), LimitSpec("team:t", tpm=1000),
-                      LimitSpec("key:h:model:m", rpm=3)]
+    # Merged as acquire wants them: the user scope has no rate limit, so it has no spec.
+    assert limits == (LimitSpec("key:h", 10, None, 2), LimitSpec("team:t", tpm=1000), LimitSpec("key:h:model:m", rpm=3))
+    assert request_limits(principal, "m", now=now.timestamp())[0] is limits  # worked out once per model
+    assert request_limits(principal, "other", now=now.timestamp())[0] == limits[:2] + (LimitSpec("key:h:model:other", tpm=9),)
     assert budgets == [BudgetSpec("key:h", 5.0, (now + timedelta(hours=1)).timestamp(), 1.5),
                        BudgetSpec("user:u", 2.0, None, 0.5),
                        BudgetSpec("team:t", 50.0, (now + timedelta(days=29, hours=-1)).timestamp(), 0.0)]

@@ -37,6 +37,13 @@ HELLO = {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 1
 COUNTING = {"prompt": "1, 2, 3, 4, 5,", "max_tokens": 5000, "temperature": 0}
 
 
+def capped(tokens: int, max_tokens: int) -> bool:
+    """`tokens` is what a generation capped at `max_tokens` may report: llama-cpp-python finishes a
+    UTF-8 character that the cap cut (its `multibyte_fix`), so an emoji at the end can add up to 3
+    byte tokens. Seen with 0.3.36: max_tokens 4 answered '🌟🌟', 6 tokens, and reported 6."""
+    return max_tokens <= tokens <= max_tokens + 3
+
+
 def make(**kwargs: object) -> LlamaCppBackend:
     # One thread: ggml's spinning thread barrier makes 2 threads crawl on a busy 2-core machine.
     options: dict = {"n_ctx": 1024, "n_threads": 1, "request_timeout": 30.0, **kwargs}
@@ -108,7 +115,7 @@ async def test_completion_and_completion_stream(backend: LlamaCppBackend) -> Non
     data = orjson.loads(result.body)
     assert data["object"] == "text_completion" and data["model"] == "smollm2"
     assert data["choices"][0]["text"]
-    assert result.usage is not None and result.usage.completion_tokens == 8
+    assert result.usage is not None and capped(result.usage.completion_tokens, 8)
     chunks = await collect(backend.complete_stream(body))
     events = [orjson.loads(c.data) for c in chunks]
     assert "".join(e["choices"][0]["text"] for e in events[:-1]) == data["choices"][0]["text"]
@@ -149,7 +156,7 @@ async def test_sampling_fields_pass_through_and_unknown_fields_are_ignored(backe
         "user": "someone", "stream_options": {"include_usage": True}, "made_up_field": {"x": 1},
     }
     result = await backend.chat(body)
-    assert result.usage is not None and 0 < result.usage.completion_tokens <= 4
+    assert result.usage is not None and 0 < result.usage.completion_tokens <= 4 + 3  # see capped()
     json_mode = await backend.chat({
         "messages": [{"role": "user", "content": "Describe a cat as JSON."}], "max_tokens": 12, "temperature": 0,
         "response_format": {"type": "json_object"},
@@ -191,7 +198,7 @@ async def test_closing_a_stream_cancels_the_generation(
     # Stopped within a few tokens of the cancel, not after the ~1000 it was allowed.
     assert await tokens_before_cancel(caplog) < 300
     result = await backend.chat({**HELLO, "max_tokens": 4})
-    assert result.usage is not None and result.usage.completion_tokens == 4
+    assert result.usage is not None and capped(result.usage.completion_tokens, 4)
     assert backend.queued == 0
 
 
@@ -217,7 +224,7 @@ async def test_timeout_raises_and_cancels_in_worker(caplog: pytest.LogCaptureFix
         assert await tokens_before_cancel(caplog) < 1000
         backend.request_timeout = 30.0  # so the next answer is not timed out on a busy machine
         result = await backend.chat({**HELLO, "max_tokens": 4})
-        assert result.usage is not None and result.usage.completion_tokens == 4
+        assert result.usage is not None and capped(result.usage.completion_tokens, 4)
 
 
 async def test_model_loading_until_ready_then_closed() -> None:

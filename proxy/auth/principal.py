@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,9 @@ class Principal:
     scopes: tuple[Scope, ...] = ()
     model_rpm: dict[str, int] = field(default_factory=dict)
     model_tpm: dict[str, int] = field(default_factory=dict)
+    # What the limiter needs per model, worked out on the first request for it (limits/specs.py):
+    # a principal is immutable and lives until its cache entry is reloaded.
+    limit_plans: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def may_administer(self) -> bool:

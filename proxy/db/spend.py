@@ -163,7 +163,9 @@ async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord],
         cost = _clean(rec.cost, None)
         if rec.key_hash is not None:  # every key used gets its last-used time, costly or not
             spend["key_hash"][rec.key_hash] += cost
-            last_used[rec.key_hash] = max(last_used.get(rec.key_hash, utc(rec.created_at)), utc(rec.created_at))
+            at, seen = utc(rec.created_at), last_used.get(rec.key_hash)
+            if seen is None or at > seen:
+                last_used[rec.key_hash] = at
         for column in ("user_id", "team_id"):
             owner = getattr(rec, column)
             if owner is not None and cost:

@@ -34,7 +34,7 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .windows import WINDOW_S, format_reset
 
@@ -76,8 +76,15 @@ class BudgetSpec:
     seed_spend: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Limits(tuple[LimitSpec, ...]):
+    """LimitSpecs as `normalize` leaves them: validated, one per scope, none empty. `normalize` hands
+    them back as they are, so limits made once (per caller and model, see specs.py) are not merged
+    again on every request."""
+
+    __slots__ = ()
+
+
+class Usage(NamedTuple):
     """Counts of one rate-limited scope right after this request was admitted."""
 
     spec: LimitSpec
@@ -108,18 +115,17 @@ class Lease:
         time to the end of the current 60 s window, formatted like OpenAI (`37s`, `1m0s`,
         `250ms`). Empty when no rpm or tpm limit applied.
         """
+        if not self.usage:
+            return []
         rpm: tuple[int, int] | None = None
         tpm: tuple[int, int] | None = None
-        for u in self.usage:
-            spec = u.spec
+        for spec, requests, tokens in self.usage:
             if spec.rpm is not None:
-                candidate = (spec.rpm - u.requests, spec.rpm)
+                candidate = (spec.rpm - requests, spec.rpm)
                 rpm = candidate if rpm is None else min(rpm, candidate)
             if spec.tpm is not None:
-                candidate = (spec.tpm - u.tokens, spec.tpm)
+                candidate = (spec.tpm - tokens, spec.tpm)
                 tpm = candidate if tpm is None else min(tpm, candidate)
-        if rpm is None and tpm is None:
-            return []
         whole = math.ceil(self.reset_s)
         reset = _RESETS[whole] if self.reset_s >= 1 and whole <= WINDOW_S else format_reset(self.reset_s).encode()
         out: list[tuple[bytes, bytes]] = []
@@ -159,10 +165,25 @@ class LeaseIds:
 
 
 def normalize(limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec], tokens: int,
-              max_cost: float) -> tuple[tuple[LimitSpec, ...], tuple[BudgetSpec, ...]]:
-    """Validate a request's limits and merge duplicates by scope (tightest wins); drop empty specs."""
+              max_cost: float) -> tuple[Limits, tuple[BudgetSpec, ...]]:
+    """Validate a request's limits and merge duplicates by scope (tightest wins); drop empty specs.
+    Limits are handed back as they are."""
     if tokens < 0 or max_cost < 0:
         raise ValueError(f"tokens and max_cost must be >= 0, got {tokens!r} and {max_cost!r}")
+    specs = limits if type(limits) is Limits else merge_limits(limits)
+    if not budgets:
+        return specs, ()
+    by_window: dict[tuple[str, float | None], BudgetSpec] = {}
+    for b in budgets:
+        key = (b.scope, b.window_reset_at)
+        old_b = by_window.get(key)
+        by_window[key] = b if old_b is None else BudgetSpec(
+            b.scope, min(old_b.max_budget, b.max_budget), b.window_reset_at, max(old_b.seed_spend, b.seed_spend))
+    return specs, tuple(by_window.values())
+
+
+def merge_limits(limits: Sequence[LimitSpec]) -> Limits:
+    """The limits validated, merged by scope (tightest wins) and without empty specs."""
     merged: dict[str, LimitSpec] = {}
     for spec in limits:
         rpm, tpm, parallel = spec.rpm, spec.tpm, spec.parallel
@@ -174,15 +195,7 @@ def normalize(limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec], tokens
         old = merged.get(spec.scope)
         merged[spec.scope] = spec if old is None else LimitSpec(
             spec.scope, _tighter(old.rpm, spec.rpm), _tighter(old.tpm, spec.tpm), _tighter(old.parallel, spec.parallel))
-    if not budgets:
-        return tuple(merged.values()), ()
-    by_window: dict[tuple[str, float | None], BudgetSpec] = {}
-    for b in budgets:
-        key = (b.scope, b.window_reset_at)
-        old_b = by_window.get(key)
-        by_window[key] = b if old_b is None else BudgetSpec(
-            b.scope, min(old_b.max_budget, b.max_budget), b.window_reset_at, max(old_b.seed_spend, b.seed_spend))
-    return tuple(merged.values()), tuple(by_window.values())
+    return Limits(merged.values())
 
 
 def _tighter(a: int | None, b: int | None) -> int | None:

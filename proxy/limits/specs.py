@@ -9,18 +9,31 @@ with no `budget_reset_at` at all, windows are aligned to the Unix epoch (see nex
 from __future__ import annotations
 
 from ..auth.principal import Principal, Scope
-from .base import BudgetSpec, LimitSpec
+from .base import BudgetSpec, Limits, LimitSpec, merge_limits
 from .windows import next_reset, parse_duration
 
+NO_LIMITS = Limits()
 
-def request_limits(principal: Principal, model: str, *, now: float) -> tuple[list[LimitSpec], list[BudgetSpec]]:
-    """Limits of key, user and team, the key's per-model limits for `model`, and their budgets."""
+
+def request_limits(principal: Principal, model: str, *, now: float) -> tuple[Limits, list[BudgetSpec]]:
+    """Limits of key, user and team and the key's per-model limits for `model` (merged, see
+    base.normalize), and the budgets of those scopes at `now`.
+
+    Everything but the budget windows is fixed for a principal, so it is worked out once per model
+    and kept on the principal (the models are those the router serves, so the memo stays small)."""
+    plan = principal.limit_plans.get(model)
+    if plan is None:
+        plan = principal.limit_plans[model] = _plan(principal, model)
+    limits, budgeted = plan
+    return limits, [budget_spec(s, now) for s in budgeted] if budgeted else []  # type: ignore[misc]
+
+
+def _plan(principal: Principal, model: str) -> tuple[Limits, tuple[Scope, ...]]:
     limits = [LimitSpec(s.name, s.rpm, s.tpm, s.parallel) for s in principal.scopes]
     rpm, tpm = principal.model_rpm.get(model), principal.model_tpm.get(model)
     if principal.key_hash and (rpm is not None or tpm is not None):
         limits.append(LimitSpec(f"key:{principal.key_hash}:model:{model}", rpm=rpm, tpm=tpm))
-    budgets = [budget_spec(s, now) for s in principal.scopes if s.max_budget is not None]
-    return limits, budgets  # type: ignore[return-value]
+    return merge_limits(limits), tuple(s for s in principal.scopes if s.max_budget is not None)
 
 
 def budget_spec(scope: Scope, now: float) -> BudgetSpec | None:
