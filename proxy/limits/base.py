@@ -115,26 +115,31 @@ class Lease:
         time to the end of the current 60 s window, formatted like OpenAI (`37s`, `1m0s`,
         `250ms`). Empty when no rpm or tpm limit applied.
         """
-        if not self.usage:
-            return []
-        rpm: tuple[int, int] | None = None
+        rpm: tuple[int, int] | None = None  # (remaining, limit) of the tightest so far
         tpm: tuple[int, int] | None = None
         for spec, requests, tokens in self.usage:
-            if spec.rpm is not None:
-                candidate = (spec.rpm - requests, spec.rpm)
-                rpm = candidate if rpm is None else min(rpm, candidate)
-            if spec.tpm is not None:
-                candidate = (spec.tpm - tokens, spec.tpm)
-                tpm = candidate if tpm is None else min(tpm, candidate)
-        whole = math.ceil(self.reset_s)
-        reset = _RESETS[whole] if self.reset_s >= 1 and whole <= WINDOW_S else format_reset(self.reset_s).encode()
+            limit = spec.rpm
+            if limit is not None and (rpm is None or (limit - requests, limit) < rpm):
+                rpm = (limit - requests, limit)
+            limit = spec.tpm
+            if limit is not None and (tpm is None or (limit - tokens, limit) < tpm):
+                tpm = (limit - tokens, limit)
+        if rpm is None and tpm is None:
+            return []
+        reset_s = self.reset_s
+        whole = math.ceil(reset_s)
+        reset = _RESETS[whole] if reset_s >= 1 and whole <= WINDOW_S else format_reset(reset_s).encode()
         out: list[tuple[bytes, bytes]] = []
         if rpm is not None:
-            out += [(b"x-ratelimit-limit-requests", b"%d" % rpm[1]),
-                    (b"x-ratelimit-remaining-requests", b"%d" % max(0, rpm[0])), (b"x-ratelimit-reset-requests", reset)]
+            left, limit = rpm
+            out += ((b"x-ratelimit-limit-requests", b"%d" % limit),
+                    (b"x-ratelimit-remaining-requests", b"%d" % (left if left > 0 else 0)),
+                    (b"x-ratelimit-reset-requests", reset))
         if tpm is not None:
-            out += [(b"x-ratelimit-limit-tokens", b"%d" % tpm[1]),
-                    (b"x-ratelimit-remaining-tokens", b"%d" % max(0, tpm[0])), (b"x-ratelimit-reset-tokens", reset)]
+            left, limit = tpm
+            out += ((b"x-ratelimit-limit-tokens", b"%d" % limit),
+                    (b"x-ratelimit-remaining-tokens", b"%d" % (left if left > 0 else 0)),
+                    (b"x-ratelimit-reset-tokens", reset))
         return out
 
 
