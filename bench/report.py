@@ -62,8 +62,21 @@ def summarize(runs: list, targets: list[str], modes: list[str], concurrencies: l
                 m = cell["master"]
                 cell["vs_master"] = {t: {k: cell[t][k] / m[k] if m[k] else None for k in METRICS}
                                      for t in cell["ratios"]}
+                cell["vs_master_paired"] = {t: _paired(runs, t, mode, c) for t in cell["ratios"]}
             cells[f"{mode}/c{c}"] = cell
     return cells
+
+
+def _paired(runs: list, target: str, mode: str, c: int) -> float | None:
+    """The median over rounds of `target`'s req/s over master's in the same round. This machine's
+    speed drifts within a run (seen: one target at 2,700 and 4,100 req/s a minute apart, with no
+    other load), and a round's two measurements are closer in time than the run's two medians."""
+    by_round: dict[int, dict[str, float]] = {}
+    for r in runs:
+        if r.mode == mode and r.concurrency == c and r.target in (target, "master"):
+            by_round.setdefault(r.round, {})[r.target] = r.rps
+    pairs = [d[target] / d["master"] for d in by_round.values() if target in d and d.get("master")]
+    return statistics.median(pairs) if pairs else None
 
 
 def _verdict(text: str, scenario: str | None, ratio: float | None, op: str, bound: float, errors_in: list[dict],
@@ -109,9 +122,9 @@ def evaluate(cells: dict, target_of: dict[str, str] | None = None) -> list[dict]
             involved = [cell[t], cell["relay"]] if measured else []
             note = ""
         else:
-            text = f"{scenario}: {mode} {label[metric]} ratio at c={c} {op} {bound} x master's ratio"
+            text = f"{scenario}: {mode} {label[metric]} ratio at c={c} {op} {bound} x master's ratio (paired)"
             measured = t in cell and "relay" in cell and "vs_master" in cell
-            ratio = cell["vs_master"][t][metric] if measured else None
+            ratio = (cell["vs_master_paired"][t] if metric == "rps" else cell["vs_master"][t][metric]) if measured else None
             involved = [cell[t], cell["relay"], cell["master"]] if measured else []
             note = "" if "master" in target_of else "needs --scenario master in the same run"
         verdicts.append({**_verdict(text, scenario, ratio, op, bound, involved, measured, note), "issue": issue})
@@ -145,9 +158,10 @@ def print_table(cells: dict, targets: list[str]) -> None:
 
 def print_scenarios(cells: dict, target_of: dict[str, str]) -> None:
     """One line per scenario and cell: its req/s ratio to the relay and, with master in the run, to
-    master's ratio (= its req/s over master's, as both face the same relay measurements)."""
+    master's ratio (= its req/s over master's, as both face the same relay measurements): of the
+    medians, and paired (the median of each round's ratio, see _paired)."""
     w = max(10, *(len(s) + 1 for s in target_of))
-    head = f"{'scenario':<{w}}{'cell':<10}{'req/s / relay':>15}{'vs master':>11}{'cpu us/req / relay':>20}" \
+    head = f"{'scenario':<{w}}{'cell':<10}{'req/s / relay':>15}{'vs master':>11}{'paired':>8}{'cpu us/req / relay':>20}" \
            f"{'redis/db us/req':>17}{'errors':>8}"
     print(head)
     print("-" * len(head))
@@ -157,6 +171,8 @@ def print_scenarios(cells: dict, target_of: dict[str, str]) -> None:
             if r is None:
                 continue
             vm = cell.get("vs_master", {}).get(t, {}).get("rps")
+            vp = cell.get("vs_master_paired", {}).get(t)
             print(f"{scenario:<{w}}{key:<10}{r['rps']:>15.3f}{(f'{vm:.3f}' if vm is not None else 'n/a'):>11}"
+                  f"{(f'{vp:.3f}' if vp is not None else 'n/a'):>8}"
                   f"{r['cpu_us_per_req']:>20.2f}{cell[t]['aux_cpu_us_per_req']:>17.0f}{cell[t]['errors']:>8}")
     print()
