@@ -413,3 +413,10 @@ async def test_make_limiter_picks_the_implementation():
     remote = make_limiter(os.environ.get("REDIS_URL", REDIS_URL))
     assert isinstance(remote, RedisLimiter)
     await remote.aclose()
+
+
+def test_request_limits_of_a_principal_without_limits_keep_nothing():
+    from proxy.auth.principal import MASTER
+
+    assert request_limits(MASTER, "m", now=0.0) == ((), [])
+    assert MASTER.limit_plans == {}  # a module-level principal holds no per-process state

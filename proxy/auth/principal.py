@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..limits.base import Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,7 @@ class Principal:
     model_tpm: dict[str, int] = field(default_factory=dict)
     # What the limiter needs per model, worked out on the first request for it (limits/specs.py):
     # a principal is immutable and lives until its cache entry is reloaded.
-    limit_plans: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    limit_plans: dict[str, tuple[Limits, tuple[Scope, ...]]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def may_administer(self) -> bool:

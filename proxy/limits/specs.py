@@ -20,7 +20,10 @@ def request_limits(principal: Principal, model: str, *, now: float) -> tuple[Lim
     base.normalize), and the budgets of those scopes at `now`.
 
     Everything but the budget windows is fixed for a principal, so it is worked out once per model
-    and kept on the principal (the models are those the router serves, so the memo stays small)."""
+    and kept on the principal (the models are those the router serves, so the memo stays small).
+    A principal without limits of its own (the master key, a JWT) shares one empty answer."""
+    if not principal.scopes and not principal.model_rpm and not principal.model_tpm:
+        return NO_LIMITS, []
     plan = principal.limit_plans.get(model)
     if plan is None:
         plan = principal.limit_plans[model] = _plan(principal, model)
