@@ -101,6 +101,12 @@ class _Exchange:
         self.fail(Timeout(f"no {'data' if idle else 'complete answer'} from the upstream within {seconds:g} s"))
         self.conn.abort()
 
+    async def body(self) -> bytes:
+        """The rest of the answer, once it has all arrived."""
+        while not self.done:
+            await self.wait()
+        return self.take()
+
     def take(self) -> bytes:
         data = b"".join(self.parts)
         self.parts.clear()
@@ -109,11 +115,14 @@ class _Exchange:
             self.conn.resume()
         return data
 
-    def close(self) -> None:
-        """The caller is done with it: stop the timer; an unfinished answer costs the connection."""
+    def stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def close(self) -> None:
+        """The caller is done with it: stop the timer; an unfinished answer costs the connection."""
+        self.stop_timer()
         if not self.done:
             self.conn.abort()
 
@@ -190,9 +199,7 @@ class _Connection(asyncio.Protocol):
         if ex is None:
             return
         ex.done = True
-        if ex._timer is not None:
-            ex._timer.cancel()
-            ex._timer = None
+        ex.stop_timer()
         ex.wake()
         if self._parser.should_keep_alive() and not self.lost:
             self.resume()
@@ -244,9 +251,7 @@ class Origin:
         """Send the request; the status and whole body, all within `timeout` seconds."""
         ex = await self._start(head, body, timeout, idle=False)
         try:
-            while not ex.done:
-                await ex.wait()
-            return ex.status, ex.take()
+            return ex.status, await ex.body()
         finally:
             ex.close()
 
@@ -355,9 +360,7 @@ class Response:
         self.status = exchange.status
 
     async def read(self) -> bytes:
-        while not self._ex.done:
-            await self._ex.wait()
-        return self._ex.take()
+        return await self._ex.body()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         ex = self._ex
