@@ -75,8 +75,8 @@ class RedisLimiter:
     async def acquire(self, limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec] = (), *,
                       tokens: int = 0, max_cost: float = 0.0) -> Lease:
         specs, buds = normalize(limits, budgets, tokens, max_cost)
-        if not specs and not buds:
-            return Lease(self._new_id(), (), (), tokens, max_cost, 0, float(WINDOW_S), owner=self)
+        if not specs and not buds:  # nothing to count anywhere: the in-process limiter's empty lease
+            return self._local.admit(specs, buds, tokens=tokens, max_cost=max_cost)
         if self._down:
             self._maybe_probe()
             return self._local.admit(specs, buds, tokens=tokens, max_cost=max_cost)
