@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench clean
+.PHONY: run test install doctor bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ install: $(STAMP)
 run: $(STAMP) .env
 	set -a; . ./.env; set +a; $(BIN)/keystile db upgrade && exec $(BIN)/keystile serve
 
-test: $(STAMP)
+# The bundled model loads and generates before the suite runs: a llama.cpp build that cannot run on
+# this CPU is one clear failure here, not every local-model test failing on its own.
+doctor: $(STAMP)
+	$(BIN)/keystile doctor --config config.yaml
+
+test: doctor
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

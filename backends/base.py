@@ -37,10 +37,21 @@ class Completion:
 
 @dataclass(slots=True)
 class Chunk:
-    """One streamed event: the JSON of one `data:` line, and the usage if this chunk carries it."""
+    """One streamed event: the JSON of one `data:` line, the usage if this chunk carries it, and
+    whether it carries nothing else (`choices: []`, sent only to clients that asked for usage)."""
 
     data: bytes
     usage: Usage | None = None
+    usage_only: bool = False
+
+    @classmethod
+    def parsed(cls, data: bytes, obj: object) -> Chunk:
+        """A chunk from its JSON and the object it parses to (decided on the value, not the bytes:
+        upstreams write `"choices": []` with or without spaces)."""
+        if not isinstance(obj, dict):
+            return cls(data)
+        usage = Usage.from_openai(obj.get("usage"))
+        return cls(data, usage, usage is not None and not obj.get("choices"))
 
 
 class Backend(Protocol):

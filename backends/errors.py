@@ -19,9 +19,11 @@ class UpstreamHTTPError(BackendError):
     """The upstream answered with an error status. 4xx other than 408/429 are the caller's fault
     and not worth retrying elsewhere."""
 
-    def __init__(self, message: str, *, status: int, code: str | None = None, param: str | None = None):
+    def __init__(self, message: str, *, status: int, code: str | None = None, param: str | None = None,
+                 retry_after: float | None = None):
         super().__init__(message, status=status, code=code)
         self.param = param
+        self.retry_after = retry_after  # seconds, from the upstream's Retry-After
         self.retriable = status in (408, 429) or status >= 500
 
 
@@ -45,6 +47,15 @@ class BackendOverloaded(BackendError):
 
 class WorkerCrashed(BackendError):
     """A managed worker process died while serving the request."""
+
+
+class ModelCrashed(WorkerCrashed):
+    """A local model's worker keeps dying without serving a token (or is being restarted after a
+    death): nothing can be served now. `retry_after` is when the next attempt is due."""
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message, status=503, code="model_crashed")
+        self.retry_after = retry_after
 
 
 class NotSupported(BackendError):

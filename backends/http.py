@@ -19,6 +19,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import httptools
@@ -53,12 +54,14 @@ class _Exchange:
     """One request's answer as it arrives: the status once the headers are in, body parts, the end
     or an error. The one task waiting on it is woken at each step."""
 
-    __slots__ = ("conn", "streamed", "status", "parts", "buffered", "done", "error", "received", "_waiter", "_timer")
+    __slots__ = ("conn", "streamed", "status", "retry_after", "parts", "buffered", "done", "error", "received",
+                 "_waiter", "_timer")
 
     def __init__(self, conn: _Connection, *, streamed: bool):
         self.conn = conn
         self.streamed = streamed  # read as it comes: reading pauses while much waits unread
         self.status = 0
+        self.retry_after: str | None = None  # the answer's Retry-After header, as sent
         self.parts: list[bytes] = []
         self.buffered = 0
         self.done = False
@@ -175,8 +178,11 @@ class _Connection(asyncio.Protocol):
         self._delimited = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding"):
             self._delimited = True
+        elif name == b"retry-after" and self.exchange is not None:
+            self.exchange.retry_after = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
@@ -249,9 +255,14 @@ class Origin:
 
     async def fetch(self, head: bytes, body: bytes, timeout: float) -> tuple[int, bytes]:
         """Send the request; the status and whole body, all within `timeout` seconds."""
+        answer = await self.exchange(head, body, timeout)
+        return answer.status, answer.body
+
+    async def exchange(self, head: bytes, body: bytes, timeout: float) -> Answer:
+        """`fetch` with the headers a caller acts on (Retry-After)."""
         ex = await self._start(head, body, timeout, idle=False)
         try:
-            return ex.status, await ex.body()
+            return Answer(ex.status, await ex.body(), ex.retry_after)
         finally:
             ex.close()
 
@@ -351,6 +362,14 @@ class Origin:
             self._idle.pop().abort()
 
 
+class Answer(NamedTuple):
+    """A whole answer: status, body and its Retry-After header (None when absent)."""
+
+    status: int
+    body: bytes
+    retry_after: str | None
+
+
 class Response:
     """A streamed answer: `status`, then `chunks()` as they arrive; `close()` when done (an
     unfinished answer closes its connection)."""
@@ -358,6 +377,7 @@ class Response:
     def __init__(self, exchange: _Exchange):
         self._ex = exchange
         self.status = exchange.status
+        self.retry_after = exchange.retry_after
 
     async def read(self) -> bytes:
         return await self._ex.body()

@@ -3,8 +3,12 @@
 The gateway never imports llama_cpp: `LlamaCppBackend` starts `backends.llamacpp_worker` as a child
 process and talks newline-delimited JSON with it over stdin/stdout, many requests multiplexed by id.
 The worker generates one answer at a time; further requests wait here in a bounded queue
-(full: BackendOverloaded). A worker that dies fails what it held (WorkerCrashed) and is restarted;
-until a worker has loaded its model, calls raise ModelLoading.
+(full: BackendOverloaded). A worker that dies fails what it held (WorkerCrashed) and is restarted
+with backoff; while a worker loads its model, calls raise ModelLoading, and while none is alive,
+ModelCrashed naming how the last one ended. After `crash_limit` deaths in a row without serving a
+token (a library built for another CPU segfaults on its first decode) the model is `failed`: calls
+raise ModelCrashed until the next attempt, `crash_retry` seconds later (doubling up to
+_MAX_CRASH_RETRY) or at once through `retry()`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ _DEFAULT_THREADS = 2
 _MAX_RESTART_DELAY = 30.0
 _CANCEL_GRACE = 30.0  # a worker still busy with a cancelled request after this long is killed
 _HEALTHY_UPTIME = 30.0  # a worker that lived this long restarts at once; a crash loop backs off
+_MAX_CRASH_RETRY = 900.0
+_CPU_HINT = ("a worker killed by SIGSEGV or SIGILL on its first token usually means llama-cpp-python was "
+             "built for another CPU: rebuild it with scripts/llama-wheel.sh (see README)")
 
 # OpenAI request fields -> llama-cpp-python keyword arguments (shared by chat and text completions).
 _SAMPLING = {
@@ -71,6 +78,8 @@ class LlamaCppBackend:
         n_threads: int | None = None,
         max_queue: int = 16,
         request_timeout: float = 120.0,
+        crash_limit: int = 3,
+        crash_retry: float = 60.0,
         **extra: Any,
     ):
         self.public_name = public_name
@@ -91,6 +100,12 @@ class LlamaCppBackend:
         self._supervisor: asyncio.Task[None] | None = None
         self._closed = False
         self.restarts = 0
+        self.crash_limit = max(1, int(crash_limit))
+        self.crash_retry = float(crash_retry)
+        self._crashes = 0  # deaths in a row without serving a token
+        self.last_crash: str | None = None  # how the last worker died, with its last stderr lines
+        self._failed_until: float | None = None  # loop time of the next attempt while failed
+        self._retry_now = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -118,6 +133,12 @@ class LlamaCppBackend:
         return self._worker is not None and self._worker.ready
 
     @property
+    def crashes(self) -> int:
+        """Workers that died in a row without serving a token (0 once the current one has served)."""
+        worker = self._worker
+        return 0 if worker is not None and worker.alive and worker.served else self._crashes
+
+    @property
     def pid(self) -> int | None:
         """The current worker's process id (None before start)."""
         return self._worker.pid if self._worker is not None else None
@@ -141,6 +162,8 @@ class LlamaCppBackend:
                         return
                     if worker.load_error:
                         raise errors.WorkerCrashed(self._load_failed(worker.load_error))
+                    if self._failed_until is not None:
+                        raise self._crashed()
                     await asyncio.sleep(0.05)  # it died: the supervisor is starting the next one
         except TimeoutError:
             raise errors.ModelLoading(f"model {self.public_name!r} is still loading") from None
@@ -154,22 +177,34 @@ class LlamaCppBackend:
         return worker
 
     async def _supervise(self, worker: WorkerProcess) -> None:
-        """Restart the worker whenever it dies: at once after a crash while serving, with a growing
-        pause while it keeps failing to load (or to start at all)."""
-        delay = 0.5
+        """Restart the worker whenever it dies: at once after a crash of a worker that served, with
+        a growing pause while they keep dying unserved, and after `crash_limit` such deaths in a row
+        only when the failed state's retry is due (or `retry()` asks)."""
         loop = asyncio.get_running_loop()
+        retry_delay = self.crash_retry
         while not self._closed:
             started = loop.time()
             await worker.exited.wait()
             if self._closed:
                 return
-            if worker.was_ready and loop.time() - started >= _HEALTHY_UPTIME:
-                delay = 0.5
-            pause = 0.1 if worker.was_ready else delay
-            if not worker.was_ready:
-                delay = min(delay * 2, _MAX_RESTART_DELAY)
+            lived = loop.time() - started
+            if worker.served or (worker.was_ready and lived >= _HEALTHY_UPTIME):
+                self._crashes, retry_delay = 0, self.crash_retry
+            else:
+                self._crashes += 1
+            self.last_crash = self._describe_death(worker)
+            failed = self.crashes >= self.crash_limit
+            if failed:
+                pause = retry_delay
+                self._failed_until = loop.time() + pause
+                log.error("model %r is failed; next attempt in %.0fs (or POST /health/restart): %s",
+                          self.public_name, pause, self._crashed().message)
+                retry_delay = min(retry_delay * 2, _MAX_CRASH_RETRY)
+            else:
+                pause = 0.1 if self.crashes == 0 else min(0.5 * 2 ** (self.crashes - 1), _MAX_RESTART_DELAY)
             while True:
-                await asyncio.sleep(pause)
+                await self._pause(pause)
+                self._failed_until = None  # the attempt is being made
                 if self._closed:
                     return
                 try:
@@ -177,9 +212,44 @@ class LlamaCppBackend:
                     break
                 except OSError as exc:
                     log.error("cannot start llama.cpp worker for %r: %s", self.public_name, exc)
-                    pause, delay = delay, min(delay * 2, _MAX_RESTART_DELAY)
+                    pause = min(max(pause, 0.5) * 2, _MAX_RESTART_DELAY)
+            if failed:
+                self._crashes = self.crash_limit - 1  # one more attempt: a death fails it again at once
             self.restarts += 1
             log.warning("restarted llama.cpp worker for %r (restart %d)", self.public_name, self.restarts)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep before the next start, cut short by retry()."""
+        self._retry_now.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._retry_now.wait(), seconds)
+
+    def retry(self) -> bool:
+        """Start the next attempt now instead of when it is due; False if no worker is awaited."""
+        worker = self._worker
+        if self._closed or worker is None or worker.alive:
+            return False
+        self._failed_until = None
+        self._retry_now.set()
+        return True
+
+    def _describe_death(self, worker: WorkerProcess) -> str:
+        how = f"failed to load: {worker.load_error}" if worker.load_error else worker.exit_description
+        tail = worker.stderr_tail()
+        return f"{how}; last stderr: {tail}" if tail else how
+
+    def status(self) -> dict[str, Any]:
+        """The model's state for /health: loading, ready, restarting, failed or stopped."""
+        worker = self._worker
+        if self._closed or worker is None:
+            return {"state": "stopped"}
+        if worker.alive and worker.load_error is None:
+            return {"state": "ready" if worker.ready else "loading", "pid": worker.pid, "restarts": self.restarts,
+                    "consecutive_crashes": self.crashes, **({"last_crash": self.last_crash} if self.last_crash else {})}
+        crashed = self._crashed()
+        return {"state": "failed" if self._failed_until is not None else "restarting", "code": crashed.code,
+                "error": crashed.message, "retry_in_s": round(crashed.retry_after, 1),
+                "restarts": self.restarts, "consecutive_crashes": self.crashes}
 
     def _load_failed(self, message: str) -> str:
         return f"model {self.public_name!r} failed to load from {self.model_path}: {message}"
@@ -189,10 +259,23 @@ class LlamaCppBackend:
         if self._closed or worker is None:
             raise errors.WorkerCrashed(f"llama.cpp backend {self.public_name!r} is not running")
         if not worker.ready:
-            if worker.load_error:
-                raise errors.WorkerCrashed(self._load_failed(worker.load_error))
-            raise errors.ModelLoading(f"model {self.public_name!r} is loading, retry shortly")
+            if worker.alive and worker.load_error is None:
+                raise errors.ModelLoading(f"model {self.public_name!r} is loading, retry shortly")
+            raise self._crashed()
         return worker
+
+    def _crashed(self) -> errors.ModelCrashed:
+        """The refusal while no worker is alive: failed (until the retry is due) or restarting."""
+        worker = self._worker
+        last = self.last_crash if self.last_crash is not None else self._describe_death(worker) if worker else "?"
+        hint = f"; {_CPU_HINT}" if "SIGSEGV" in last or "SIGILL" in last or "SIGBUS" in last else ""
+        if self._failed_until is not None:
+            message = (f"model {self.public_name!r} crashed: its llama.cpp worker died {self.crashes} times in a "
+                       f"row without serving a token ({last}){hint}")
+            retry_after = self._failed_until - asyncio.get_running_loop().time()
+        else:
+            message, retry_after = f"model {self.public_name!r} crashed ({last}); restarting{hint}", 1.0
+        return errors.ModelCrashed(message, retry_after=retry_after)
 
     # -- the protocol ------------------------------------------------------------------------------
 
@@ -251,7 +334,7 @@ class LlamaCppBackend:
                     "choices": [],
                     "usage": usage,
                 }
-                yield Chunk(orjson.dumps(final), Usage.from_openai(usage))
+                yield Chunk(orjson.dumps(final), Usage.from_openai(usage), usage_only=True)
 
     async def _call(self, op: str, params: dict, *, stream: bool) -> AsyncGenerator[tuple[str, Any], None]:
         """Run one generation: wait for the worker's slot, send, relay what comes back. Leaving early

@@ -81,6 +81,7 @@ class WorkerProcess:
         self.log = log
         self.ready = False
         self.was_ready = False
+        self.served = False  # it delivered at least one token (chunk) or answer
         self.load_error: str | None = None
         self.settled = asyncio.Event()  # ready, failed to load, or exited
         self.exited = asyncio.Event()
@@ -88,7 +89,7 @@ class WorkerProcess:
         self._busy = False
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._stopping = False
-        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._stderr_tail: deque[str] = deque(maxlen=40)
         self._stdout_task = asyncio.create_task(self._read_stdout(), name=f"llamacpp-out:{name}")
         self._stderr_task = asyncio.create_task(self._read_stderr(), name=f"llamacpp-err:{name}")
 
@@ -221,6 +222,7 @@ class WorkerProcess:
         if request is None:
             return
         if "chunk" in message:
+            self.served = True
             if not request.abandoned:
                 request.queue.put_nowait(("chunk", message["chunk"]))
             return
@@ -234,6 +236,7 @@ class WorkerProcess:
             self.log.debug("request %d to %r stopped after cancel (%s tokens generated)", request_id, self.name, tokens)
             return
         if "result" in message:
+            self.served = self.served or request.holds_slot  # a generation answered (not a tokenize)
             request.queue.put_nowait(("result", message["result"]))
         else:
             request.queue.put_nowait(("error", self._error(message.get("error") or {})))
@@ -284,15 +287,13 @@ class WorkerProcess:
         if self.exited.is_set():
             return
         if not self.was_ready and self.load_error is None and not self._stopping:
-            self.load_error = f"the worker exited while loading ({self._describe_exit()})"
+            self.load_error = f"the worker exited while loading ({self.exit_description})"
         self.ready = False
         self.exited.set()
         self.settled.set()
         if not self._stopping:
-            self.log.warning(
-                "llama.cpp worker for %r exited (%s); last output: %s",
-                self.name, self._describe_exit(), " | ".join(self._stderr_tail) or "(none)",
-            )
+            self.log.warning("llama.cpp worker for %r exited (%s); last output: %s",
+                             self.name, self.exit_description, self.stderr_tail() or "(none)")
         error = self._crash_error()
         for request in list(self._pending.values()):
             request.done = True
@@ -305,7 +306,24 @@ class WorkerProcess:
                 waiter.set_exception(error)
         self._busy = False
 
-    def _describe_exit(self) -> str:
+    def stderr_tail(self, lines: int = 5) -> str:
+        """The worker's last lines of stderr, joined with ' | '. After a fatal signal, faulthandler's
+        report instead: the error and the innermost frames (where llama.cpp was when it died)."""
+        tail = list(self._stderr_tail)
+        fatal = next((i for i, line in enumerate(tail) if line.startswith("Fatal Python error")), None)
+        if fatal is not None:
+            start = next((i for i in range(fatal, len(tail)) if tail[i].startswith("Current thread")), fatal)
+            frames = []
+            for line in tail[start + 1:]:
+                if not line.strip().startswith("File "):
+                    break
+                frames.append(line.strip())
+            return " | ".join([tail[fatal], *frames[:lines - 1]])
+        return " | ".join(tail[-lines:])
+
+    @property
+    def exit_description(self) -> str:
+        """How the worker ended: 'killed by SIGSEGV' or 'exit code 1'."""
         code = self.proc.returncode
         if code is not None and code < 0:
             with contextlib.suppress(ValueError):
@@ -315,7 +333,9 @@ class WorkerProcess:
     def _crash_error(self) -> errors.WorkerCrashed:
         if self._stopping:
             return errors.WorkerCrashed(f"llama.cpp backend {self.name!r} is shutting down")
-        return errors.WorkerCrashed(f"llama.cpp worker for {self.name!r} died ({self._describe_exit()})")
+        tail = self.stderr_tail(3)
+        return errors.WorkerCrashed(f"llama.cpp worker for {self.name!r} died ({self.exit_description})"
+                                    + (f"; last stderr: {tail}" if tail else ""))
 
     async def stop(self) -> None:
         """Close stdin (the worker finishes its current token and exits), then escalate."""

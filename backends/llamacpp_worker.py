@@ -16,6 +16,7 @@ EOF on stdin ends the worker. Anything llama.cpp prints goes to stderr, never in
 from __future__ import annotations
 
 import base64
+import faulthandler
 import inspect
 import os
 import queue
@@ -277,6 +278,7 @@ def _protocol_stdout() -> BinaryIO:
 
 
 def main() -> int:
+    faulthandler.enable()  # a crash in llama.cpp (SIGSEGV, SIGILL) prints where it was to stderr
     stdin = sys.stdin.buffer
     config = orjson.loads(stdin.readline())
     out = _protocol_stdout()

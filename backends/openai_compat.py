@@ -6,8 +6,11 @@ answers. Streams are relayed event by event as they arrive, never buffered.
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import re
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import orjson
@@ -50,7 +53,23 @@ async def _sse_data(resp: Response) -> AsyncIterator[bytes]:
         yield pending[5:].strip()
 
 
-def _upstream_error(status: int, body: bytes) -> errors.UpstreamHTTPError:
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (delay-seconds or an HTTP date) as seconds from now; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _upstream_error(status: int, body: bytes, retry_after: str | None = None) -> errors.UpstreamHTTPError:
     message, code, param = None, None, None
     try:
         parsed = orjson.loads(body)
@@ -68,6 +87,7 @@ def _upstream_error(status: int, body: bytes) -> errors.UpstreamHTTPError:
     return errors.UpstreamHTTPError(
         message[:_MAX_ERROR_MESSAGE], status=status,
         code=str(code) if code is not None else None, param=param if isinstance(param, str) else None,
+        retry_after=retry_after_seconds(retry_after),
     )
 
 
@@ -103,13 +123,13 @@ class OpenAICompatBackend:
     async def _post(self, path: str, body: dict) -> Completion:
         payload = orjson.dumps({**body, "model": self.upstream_model})
         try:
-            status, data = await self._origin.fetch(self._head("POST", path), payload, self._timeout)
+            status, data, retry_after = await self._origin.exchange(self._head("POST", path), payload, self._timeout)
         except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} timed out") from exc
         except HTTPClientError as exc:
             raise errors.UpstreamUnreachable(f"upstream {self.public_name} unreachable: {type(exc).__name__}") from exc
         if status >= 400:
-            raise _upstream_error(status, data)
+            raise _upstream_error(status, data, retry_after)
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -122,17 +142,15 @@ class OpenAICompatBackend:
         try:
             async with await self._origin.open(self._head("POST", path), payload, self._stream_timeout) as resp:
                 if resp.status >= 400:
-                    raise _upstream_error(resp.status, await resp.read())
+                    raise _upstream_error(resp.status, await resp.read(), resp.retry_after)
                 async for data in _sse_data(resp):
                     if data == b"[DONE]":
                         return
-                    usage = None
-                    if b'"usage"' in data:
-                        try:
-                            usage = Usage.from_openai(orjson.loads(data).get("usage"))
-                        except (orjson.JSONDecodeError, AttributeError):
-                            usage = None
-                    yield Chunk(self._rename(data), usage)
+                    parsed = None
+                    if b'"usage"' in data:  # only chunks that may carry usage are parsed
+                        with contextlib.suppress(orjson.JSONDecodeError):
+                            parsed = orjson.loads(data)
+                    yield Chunk.parsed(self._rename(data), parsed)
         except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} stopped sending") from exc
         except HTTPClientError as exc:

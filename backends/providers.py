@@ -80,8 +80,7 @@ class LiteLLMBackend:
             args = {**self._body(body), "stream": True, "stream_options": {"include_usage": True}}
             stream = await getattr(self._litellm, fn)(**args)
             async for part in stream:
-                raw, data = self._dump(part)
-                yield Chunk(raw, Usage.from_openai(data.get("usage")))
+                yield Chunk.parsed(*self._dump(part))
         except errors.BackendError:
             raise
         except Exception as exc:

@@ -7,6 +7,7 @@ Backend errors (backends.errors) are mapped here too, so no route ever formats a
 from __future__ import annotations
 
 import logging
+import math
 
 import orjson
 from fastapi import FastAPI, Request
@@ -17,6 +18,9 @@ from starlette.responses import Response
 from backends import errors as be
 
 log = logging.getLogger("keystile")
+
+MAX_RETRY_AFTER_S = 60.0
+"""The longest Retry-After passed on from an upstream: clients that honour it should not stall longer."""
 
 
 class KeystileError(Exception):
@@ -97,9 +101,11 @@ def from_backend(exc: be.BackendError) -> KeystileError:
     match exc:
         case be.ModelLoading():
             return Unavailable(exc.message or "model is still loading, retry shortly", headers={"Retry-After": "5"})
+        case be.ModelCrashed():
+            return Unavailable(exc.message, code="model_crashed", headers={"Retry-After": _seconds(exc.retry_after)})
         case be.DeploymentAtCapacity():
             return RateLimited(exc.message, code="deployment_rate_limited",
-                               headers={"Retry-After": str(max(1, int(exc.retry_after + 0.999)))})
+                               headers={"Retry-After": _seconds(exc.retry_after)})
         case be.BackendOverloaded():
             return RateLimited(exc.message or "model queue is full", code="queue_full", headers={"Retry-After": "1"})
         case be.UpstreamTimeout():
@@ -112,9 +118,17 @@ def from_backend(exc: be.BackendError) -> KeystileError:
             err.status = 404 if exc.status == 404 else 400 if exc.status != 413 else 413
             return err
         case be.UpstreamHTTPError() if exc.status == 429:
-            return RateLimited(f"upstream rate limit: {exc.message}", code="upstream_rate_limited")
+            # The upstream's Retry-After is kept (at most MAX_RETRY_AFTER_S); 1 s when it gave none.
+            wait = min(exc.retry_after if exc.retry_after is not None else 1.0, MAX_RETRY_AFTER_S)
+            return RateLimited(f"upstream rate limit: {exc.message}", code="upstream_rate_limited",
+                               headers={"Retry-After": _seconds(wait)})
         case _:
             return UpstreamFailed(exc.message or "upstream error")
+
+
+def _seconds(delay: float) -> str:
+    """A Retry-After value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(delay)))
 
 
 def error_body(exc: KeystileError) -> bytes:

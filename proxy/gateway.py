@@ -27,7 +27,7 @@ from .accounting.prices import PriceMap
 from .accounting.record import UsageRecord
 from .accounting.writer import UsageWriter
 from .auth.principal import Principal
-from .errors import Forbidden, NotFound, as_keystile, error_body
+from .errors import Forbidden, KeystileError, NotFound, as_keystile, error_body
 from .limits import Lease, Limiter, LimitExceeded, deployment_limit, request_limits
 from .requests import read_json, validate
 from .streaming import JSONAnswer, RelayStream, unless_disconnected
@@ -77,8 +77,12 @@ class Call:
         return (time.perf_counter() - self.started) * 1000
 
 
-def _usage_only(chunk: Chunk) -> bool:
-    return chunk.usage is not None and b'"choices":[]' in chunk.data
+def _with_lease_headers(exc: BackendError, lease: Lease) -> KeystileError:
+    """A failure after admission answers with the same x-ratelimit-* headers as a success would."""
+    err = as_keystile(exc)
+    for name, value in lease.headers():
+        err.headers.setdefault(name.decode(), value.decode())
+    return err
 
 
 class Gateway:
@@ -126,6 +130,9 @@ class Gateway:
                     request.receive, self.router.call(name, self._attempt(op.call, body, lease.tokens)))
                 call.usage = result.usage
                 return JSONAnswer(result.body, lease.headers())
+            except BackendError as exc:
+                call.fail(exc)
+                raise _with_lease_headers(exc, lease) from exc
             except BaseException as exc:
                 call.fail(exc)
                 raise
@@ -198,6 +205,8 @@ class Gateway:
         except BaseException as exc:
             call.fail(exc)
             await self._settle(call, lease)
+            if isinstance(exc, BackendError):
+                raise _with_lease_headers(exc, lease) from exc
             raise
         return RelayStream(self._sse(call, lease, stream, bool(options.get("include_usage")), body),
                            headers=lease.headers())
@@ -211,7 +220,7 @@ class Gateway:
                     call.ttft_ms = call.elapsed_ms()
                 if chunk.usage is not None:
                     call.usage = chunk.usage
-                    if not include_usage and _usage_only(chunk):
+                    if not include_usage and chunk.usage_only:
                         continue
                 relayed.append(chunk.data)
                 yield b"data: " + chunk.data + b"\n\n"

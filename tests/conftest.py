@@ -1,9 +1,26 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from .servers import Keystile
 from .upstream import FakeUpstream
+
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a skip is a failure (a service that is not running must not pass as green),
+    unless the test is marked `may_skip` (a feature this machine's packages may lack)."""
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("may_skip") is None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"would be skipped, and CI=true allows no skip: {reason}"
 
 
 @pytest.fixture(scope="session")

@@ -184,7 +184,20 @@ def test_usage_report(server):
             break
         time.sleep(0.2)
     assert rows == [{"group": "echo", "requests": 2, "prompt_tokens": 14, "completion_tokens": 4,
-                     "cost": rows[0]["cost"]}]
+                     "cost": rows[0]["cost"], "label": None}]
+    assert js(server, "usage", "--key", "usage-bot", "--by", "model", "--since", "1h")["data"] == rows  # by alias
+    by_key = js(server, "usage", "--key", "usage-bot", "--by", "key")["data"]
+    assert [(r["label"], r["requests"]) for r in by_key] == [("usage-bot", 2)]
+    table = ok(server, "usage", "--by", "key", "--since", "1h")
+    assert "usage-bot" in table and not re.search(r"[0-9a-f]{64}", table)  # aliases, never hashes
     table = ok(server, "usage", "--by", "day")
     assert "usage by day" in table and "requests" in table
     assert "invalid duration" in failure(cli(server, "usage", "--since", "soon"))
+
+
+def test_keys_for_models_the_gateway_does_not_serve_are_refused(server):
+    message = failure(cli(server, "keys", "create", "--alias", "typo-bot", "--models", "echo,nosuchmodel"), 2)
+    assert "not served by this gateway: nosuchmodel (" in message and "--allow-unknown-models" in message
+    assert js(server, "keys", "list", "--alias", "typo-bot")["keys"] == []  # nothing was created
+    made = js(server, "keys", "create", "--alias", "later-bot", "--models", "nosuchmodel", "--allow-unknown-models")
+    assert made["models"] == ["nosuchmodel"]

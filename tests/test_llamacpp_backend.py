@@ -305,3 +305,55 @@ async def test_gateway_process_never_imports_llama_cpp() -> None:
     )
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+async def kill_when_ready(backend: LlamaCppBackend, signum: int = signal.SIGSEGV) -> int:
+    """Wait for a loaded worker, then kill it with `signum` (as a CPU-mismatched build dies)."""
+    async with asyncio.timeout(60):
+        while not backend.ready:
+            await asyncio.sleep(0.02)
+    pid = backend.pid
+    assert pid is not None
+    os.kill(pid, signum)
+    return pid
+
+
+async def test_workers_dying_unserved_fail_the_model_as_crashed_until_retried() -> None:
+    backend = make(crash_limit=2, crash_retry=300)
+    await backend.start()
+    try:
+        await kill_when_ready(backend)
+        async with asyncio.timeout(10):  # while no worker is alive: crashed and restarting, not loading
+            while backend.status()["state"] != "restarting":
+                await asyncio.sleep(0.005)
+        await kill_when_ready(backend)
+        async with asyncio.timeout(10):
+            while backend.status()["state"] != "failed":
+                await asyncio.sleep(0.02)
+        with pytest.raises(errors.ModelCrashed) as refused:
+            await backend.chat(HELLO)
+        assert "SIGSEGV" in refused.value.message and "2 times in a row" in refused.value.message
+        assert "scripts/llama-wheel.sh" in refused.value.message  # a signal points at the build
+        assert refused.value.code == "model_crashed" and 250 < refused.value.retry_after <= 300
+        with pytest.raises(errors.ModelCrashed):
+            await backend.wait_ready(5)  # failed is not "still loading"
+        status = backend.status()
+        assert status["state"] == "failed" and status["consecutive_crashes"] == 2 and "SIGSEGV" in status["error"]
+        assert not await backend.health()
+
+        assert backend.retry()  # on demand: starts at once instead of in 300 s
+        await backend.wait_ready(60)
+        assert orjson.loads((await backend.chat({**HELLO, "max_tokens": 2})).body)["choices"]
+        assert backend.status()["state"] == "ready" and backend.crashes == 0 and backend.restarts == 2
+        assert not backend.retry()  # nothing to retry while a worker lives
+    finally:
+        await backend.aclose()
+
+
+async def test_a_worker_that_served_restarts_at_once_and_is_never_failed() -> None:
+    async with running(crash_limit=1) as backend:
+        assert (await backend.chat({**HELLO, "max_tokens": 2})).usage is not None
+        os.kill(backend.pid, signal.SIGSEGV)
+        await asyncio.sleep(0.3)
+        await backend.wait_ready(60)  # restarted: one death after serving is not a crash loop
+        assert backend.status()["state"] == "ready" and backend.restarts == 1

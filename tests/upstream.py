@@ -2,11 +2,14 @@
 
 The requested model name picks the behaviour: `echo*` answers normally (JSON and SSE), `fail`
 answers 500, `badreq` answers 400, `hang` never answers, `drop` streams two chunks and then drops
-the connection, `slowstream` waits between chunks. Every request body is recorded."""
+the connection, `slowstream` waits between chunks, `ratelimited` answers 429 with `Retry-After: 3`,
+`spaced*` answers like `echo*` but writes its JSON with spaces (`"choices": []`, as Python's json
+module does). Every request body is recorded."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -30,6 +33,10 @@ def _text(body: dict) -> str:
         last = body["messages"][-1].get("content")
         return f"echo: {last}" if isinstance(last, str) else "echo"
     return f"echo: {body.get('prompt')}"
+
+
+def _dumps(model: str, obj: dict) -> bytes:
+    return json.dumps(obj).encode() if model.startswith("spaced") else orjson.dumps(obj)
 
 
 class FakeUpstream:
@@ -87,6 +94,10 @@ class FakeUpstream:
             return Response(orjson.dumps({"error": {"message": "max_tokens is too large", "param": "max_tokens",
                                                     "code": "invalid_value"}}),
                             status_code=400, media_type="application/json")
+        if model == "ratelimited":
+            return Response(orjson.dumps({"error": {"message": "Rate limit reached for requests", "type": "requests",
+                                                    "code": "rate_limit_exceeded"}}),
+                            status_code=429, media_type="application/json", headers={"Retry-After": "3"})
         if model == "hang":
             await asyncio.sleep(3600)
         if model == "slowstart":  # a slow first token (long prefill): nothing at all for 3 s, then the answer
@@ -98,7 +109,7 @@ class FakeUpstream:
             return StreamingResponse(self._stream(body, model, chat, words, usage), media_type="text/event-stream")
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
                   else {"index": 0, "text": text, "finish_reason": "stop"})
-        return Response(orjson.dumps({
+        return Response(_dumps(model, {
             "id": "cmpl-1", "object": "chat.completion" if chat else "text_completion", "created": 1,
             "model": model, "choices": [choice], "usage": usage,
         }), media_type="application/json")
@@ -113,11 +124,11 @@ class FakeUpstream:
             piece = word if i == 0 else " " + word
             choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else \
                 {"index": 0, "text": piece, "finish_reason": None}
-            yield b"data: " + orjson.dumps({"id": "c1", "object": kind, "created": 1, "model": model,
-                                            "choices": [choice]}) + b"\n\n"
+            yield b"data: " + _dumps(model, {"id": "c1", "object": kind, "created": 1, "model": model,
+                                             "choices": [choice]}) + b"\n\n"
         if model == "drop":
             raise ConnectionResetError("upstream dropped the stream")
         if (body.get("stream_options") or {}).get("include_usage"):
-            yield b"data: " + orjson.dumps({"id": "c1", "object": kind, "created": 1, "model": model,
-                                            "choices": [], "usage": usage}) + b"\n\n"
+            yield b"data: " + _dumps(model, {"id": "c1", "object": kind, "created": 1, "model": model,
+                                             "choices": [], "usage": usage}) + b"\n\n"
         yield b"data: [DONE]\n\n"

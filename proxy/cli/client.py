@@ -63,6 +63,14 @@ class Gateway:
         except ValueError:
             fail(f"{self.url}{path} answered {r.status_code} without JSON: is this a Keystile gateway?")
 
+    def check_models(self, models: list[str]) -> None:
+        """Refuse model names the gateway does not serve (a typo would make a key that can do nothing)."""
+        served = {m["id"] for m in self.get("/v1/models")["data"]}
+        unknown = [m for m in models if m not in served]
+        if unknown:
+            fail(f"not served by this gateway: {', '.join(unknown)} (served: {', '.join(sorted(served)) or 'none'}); "
+                 "pass --allow-unknown-models to use them anyway", 2)
+
     def get(self, path: str, **params: Any) -> Any:
         return self.call("GET", path, params=params)
 
@@ -117,6 +125,8 @@ COMMON = [
 ]
 LIMITS = [
     _option("models", Annotated[str | None, typer.Option(help="comma-separated model names; '' = all models")]),
+    _option("unknown_models", Annotated[bool, typer.Option(
+        "--allow-unknown-models", help="accept --models names this gateway does not serve (yet)")], False),
     _option("rpm", Annotated[int | None, typer.Option(help="requests per minute (rpm_limit)")]),
     _option("tpm", Annotated[int | None, typer.Option(help="tokens per minute (tpm_limit)")]),
     _option("parallel", Annotated[int | None, typer.Option(help="requests in flight (max_parallel_requests)")]),
@@ -158,7 +168,7 @@ def fields(opts: dict[str, Any], *, alias_field: str = "key_alias") -> dict[str,
     """The API body for the options that were given."""
     body: dict[str, Any] = {}
     for name, value in opts.items():
-        if value is None or (name == "alias_map" and not value):
+        if value is None or (name == "alias_map" and not value) or name == "unknown_models":
             continue
         if name == "models":
             body["models"] = [m.strip() for m in value.split(",") if m.strip()]
@@ -199,6 +209,8 @@ def command(group: typer.Typer, name: str, options: list[inspect.Parameter] = ()
             gw = Gateway(kwargs.pop("url"), kwargs.pop("master_key"), kwargs.pop("as_json"))
             opts = {n: kwargs.pop(n) for n in option_names}
             try:
+                if opts.get("models") and not opts.get("unknown_models", True):
+                    gw.check_models(fields({"models": opts["models"]})["models"])
                 func(gw, opts, **kwargs) if options else func(gw, **kwargs)
             except (typer.Exit, typer.Abort, KeyboardInterrupt):
                 raise

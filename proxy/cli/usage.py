@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .client import Gateway, command
+from .keys import resolve
 from .output import emit, fmt, rows_table
 
 
@@ -20,15 +21,17 @@ class By(str, Enum):
 def register(app: typer.Typer) -> None:
     @command(app, "usage")
     def usage(gw: Gateway,
-              key: Annotated[str | None, typer.Option(help="only this key (the key or its hash)")] = None,
+              key: Annotated[str | None, typer.Option(help="only this key (the key, its hash or its alias)")] = None,
               team: Annotated[str | None, typer.Option(help="only this team")] = None,
               since: Annotated[str | None, typer.Option(help="only the last 30s/10m/1h/7d/30d")] = None,
               by: Annotated[By, typer.Option(help="group rows by")] = By.day) -> None:
         """Usage and spend, grouped by day, model or key."""
-        data = gw.get("/spend/report", key=key, team_id=team, since=since, by=by.value)
+        data = gw.get("/spend/report", key=resolve(gw, key) if key else None, team_id=team, since=since,
+                      by=by.value)
 
         def human() -> None:
-            columns = {by.value: lambda r: fmt("", r["group"]), "requests": lambda r: str(r["requests"]),
+            name = (lambda r: r.get("label") or fmt("", r["group"])) if by is By.key else (lambda r: fmt("", r["group"]))
+            columns = {by.value: name, "requests": lambda r: str(r["requests"]),
                        "prompt tokens": lambda r: str(r["prompt_tokens"]),
                        "completion tokens": lambda r: str(r["completion_tokens"]),
                        "cost $": lambda r: f"{r['cost']:.6f}"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -52,6 +52,7 @@ class UsageGroup:
     prompt_tokens: int
     completion_tokens: int
     cost: float
+    label: str | None = None  # by key: the key's alias, else its display prefix (`sk-...abcd`)
 
 
 class utc_day(FunctionElement[str]):
@@ -243,7 +244,14 @@ async def usage_report(session: AsyncSession, *, key_hash: str | None = None, te
     if team_id is not None:
         stmt = stmt.where(t.c.team_id == team_id)
     stmt = stmt.order_by(group) if by == "day" else stmt.order_by(func.sum(t.c.cost).desc(), group)
-    return [UsageGroup(group=None if r.grp is None else str(r.grp), requests=int(r.requests),
+    rows = [UsageGroup(group=None if r.grp is None else str(r.grp), requests=int(r.requests),
                        prompt_tokens=int(r.prompt_tokens), completion_tokens=int(r.completion_tokens),
                        cost=float(r.cost))
             for r in await session.execute(stmt)]
+    if by == "key":
+        hashes = [g.group for g in rows if g.group is not None]
+        names = {h: alias or prefix for h, alias, prefix in await session.execute(
+            select(Key.token_hash, Key.key_alias, Key.key_prefix).where(Key.token_hash.in_(hashes)))} if hashes else {}
+        rows = [replace(g, label="(no key: master or JWT)" if g.group is None else names.get(g.group, "(deleted key)"))
+                for g in rows]
+    return rows

@@ -25,6 +25,11 @@ class LimitExceeded(RateLimited):
     def __init__(self, message: str, *, scope: str, kind: Kind, limit: float, remaining: float,
                  reset_s: float | None):
         headers = {"Retry-After": str(max(1, math.ceil(reset_s)))} if reset_s is not None else {}
+        if kind in ("rpm", "tpm") and reset_s is not None:  # OpenAI's trio for the limit that refused
+            unit = "requests" if kind == "rpm" else "tokens"
+            headers.update({f"x-ratelimit-limit-{unit}": "%d" % limit,
+                            f"x-ratelimit-remaining-{unit}": "%d" % remaining,
+                            f"x-ratelimit-reset-{unit}": format_reset(reset_s)})
         super().__init__(message, code="budget_exceeded" if kind == "budget" else "rate_limit_exceeded",
                          headers=headers)
         self.scope = scope

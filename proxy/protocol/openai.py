@@ -5,11 +5,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic_core import PydanticCustomError
 
 Probability = Annotated[float, Field(ge=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
-Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=16)] | None
+MAX_STOP = 16
+
+
+def _stop(value: Any) -> Any:
+    """One error on `stop` itself that says the rule (a union's per-member errors named `stop.str`)."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise PydanticCustomError("stop_type", "must be a string or a list of strings")
+    if len(value) > MAX_STOP:
+        raise PydanticCustomError("stop_too_long", "at most {max} stop sequences are allowed, got {got}",
+                                  {"max": MAX_STOP, "got": len(value)})
+    return value
+
+
+Stop = Annotated[Any, AfterValidator(_stop)]
 
 
 class _Open(BaseModel):
