@@ -19,6 +19,7 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if CI and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("may_skip") is None:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
         report.outcome = "failed"
         report.longrepr = f"would be skipped, and CI=true allows no skip: {reason}"
 
