@@ -40,9 +40,11 @@ cmake_args() {
 ARGS=${LLAMA_CMAKE_ARGS:-$(cmake_args)}
 if [ "${2:-}" = "--print-flags" ]; then echo "$ARGS"; exit 0; fi
 
-KEY=$(printf '%s|%s|%s' "$VERSION" "$(uname -sm)" "$ARGS" | sha256sum | cut -c1-16)
+PY="$(dirname "$PIP")/python"
+KEY=$(printf '%s|%s|%s' "$VERSION" "$(uname -sm)" "$ARGS" | "$PY" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')
 HOUSE=${KEYSTILE_WHEELHOUSE:-$HOME/.cache/keystile/wheels}/llama-cpp-python-$VERSION-$KEY
 mkdir -p "$HOUSE"
+if command -v flock >/dev/null; then exec 9>"$HOUSE/.lock"; flock 9; fi  # one build at a time
 if ! ls "$HOUSE"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "building llama-cpp-python $VERSION with: $ARGS (takes minutes; kept in $HOUSE)"
     tmp=$(mktemp -d "$HOUSE/.build.XXXXXX")

@@ -281,7 +281,8 @@ async def test_headers_of_the_tightest_limits():
     with pytest.raises(LimitExceeded, match=r"key:ffffffff…: 10 requests") as refused:
         for _ in range(10):
             await limiter.acquire([key], tokens=1)
-    assert refused.value.headers == {"Retry-After": "17"}
+    assert refused.value.headers == {"Retry-After": "17", "x-ratelimit-limit-requests": "10",  # the refusing limit's
+                                     "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "17s"}
 
 
 async def test_local_rate_window_rollover():
