@@ -18,9 +18,10 @@ from backends.router import Deployment, Router, RouterPolicy
 
 from .auth.authenticator import Authenticator, FailureThrottle
 from .auth.cache import KeyCache
+from .auth.changes import ChangeFeed
 from .auth.invalidation import Invalidator
 from .auth.jwt import JWTVerifier
-from .db.keys import load_principal
+from .db.keys import load_jwt_principal, load_principal
 from .accounting.budgets import BudgetResetter
 from .accounting.prices import PriceMap
 from .accounting.writer import UsageWriter
@@ -80,6 +81,7 @@ class Services:
     redis: aioredis.Redis | None
     cache: KeyCache
     invalidator: Invalidator
+    changes: ChangeFeed
     auth: Authenticator
     limiter: Limiter
     prices: PriceMap
@@ -101,8 +103,12 @@ class Services:
             async with db.sessions() as session:
                 return await load_principal(session, token_hash=token_hash)
 
-        ttl = options.key_cache_ttl or (30.0 if redis is not None else 1.0)
-        cache = KeyCache(load, ttl=ttl, negative_ttl=options.negative_cache_ttl)
+        async def load_jwt(claims):
+            async with db.sessions() as session:
+                return await load_jwt_principal(session, claims=claims)
+
+        cache = KeyCache(load, ttl=options.key_cache_ttl, negative_ttl=options.negative_cache_ttl, load_jwt=load_jwt)
+        changes = ChangeFeed(db, cache)
         invalidator = Invalidator(cache, redis)
         jwt = JWTVerifier(options.jwt) if options.jwt else None
         auth = Authenticator(master, cache, FailureThrottle(options.auth_failures_per_minute), jwt)
@@ -113,9 +119,10 @@ class Services:
         usage.start()
         gateway = Gateway(router, limiter, prices, usage, max_request_bytes=options.max_request_bytes)
         services = cls(settings=settings, config=config, options=options, pool=pool, router=router, db=db,
-                       redis=redis, cache=cache, invalidator=invalidator, auth=auth, limiter=limiter, prices=prices,
+                       redis=redis, cache=cache, invalidator=invalidator, changes=changes, auth=auth, limiter=limiter, prices=prices,
                        usage=usage, budgets=BudgetResetter(db, invalidator.publish), gateway=gateway,
                        started=int(time.time()))
+        await changes.start()
         await invalidator.start()
         services.budgets.start()
         for d in router.deployments():
@@ -131,6 +138,7 @@ class Services:
         await self.usage.aclose(timeout=10)
         await self.limiter.aclose()
         await self.invalidator.aclose()
+        await self.changes.aclose()
         await self.auth.aclose()
         await self.cache.aclose()
         if self.redis is not None:

@@ -119,7 +119,9 @@ class KeystileSettings(BaseModel):
     cooldown_time: float = Field(default=30.0, ge=0)
     fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
     routing_strategy: str = Field(default="simple-shuffle", pattern="^(simple-shuffle|least-busy)$")
-    key_cache_ttl: float | None = Field(default=None, gt=0, description="seconds; default 30 with Redis, 1 without")
+    key_cache_ttl: float = Field(default=300.0, gt=0, description="seconds before a cached key record is "
+                                 "refreshed in the background for its spend; changes reach caches within a second "
+                                 "through the change feed, not through this")
     negative_cache_ttl: float = Field(default=5.0, ge=0)
     auth_failures_per_minute: int = Field(default=30, ge=1, description="per client address, then 429")
     jwt: JWTSettings | None = None

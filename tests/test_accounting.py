@@ -176,8 +176,8 @@ class LostAck(UsageWriter):
 
     lost = False
 
-    async def _write(self, batch):
-        new = await super()._write(batch)
+    async def _write(self, batch, **kw):
+        new = await super()._write(batch, **kw)
         if not self.lost:
             self.lost = True
             raise ConnectionResetError("connection lost after COMMIT")

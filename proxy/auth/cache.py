@@ -1,24 +1,37 @@
 """The in-process cache of key records (hash -> Principal or refusal), so a request is
-authenticated without a database round trip.
+authenticated without a database round trip. JWT callers' user and team records are cached here too.
 
 - A first sight of a hash loads it (concurrent loads of one hash share one query).
-- Entries older than `ttl` are still served while one background reload refreshes them.
+- Changes are not discovered by reloading: the change feed (changes.py) and Redis invalidation
+  drop the entries a change touches, within a second in every process. Entries older than `ttl`
+  are refreshed in the background only to pick up the spend the database has accrued (budget
+  seeds); a revoked key never depends on that refresh.
 - Unknown hashes are cached negatively for `negative_ttl`, in a bounded table.
 - `invalidate` drops entries at once and bumps a generation: a load that was in flight when an
   invalidation happened is not written back (it is repeated), so no stale record survives.
+- `may_exist` answers, without the database, whether a hash may belong to a key: the hashes of
+  every key in the database (loaded at start, kept current by the change feed). The failure
+  throttle lets such keys through from a throttled address.
+- Database unreachable: loads fail fast with 503 for a backoff period (growing to `max_backoff`)
+  instead of querying on every request; the outage is logged once, the recovery once. Entries
+  already cached keep working.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from ..db.keys import Refusal
+from ..errors import Unavailable
 from .principal import Principal
+
+log = logging.getLogger("keystile")
 
 Loaded = Principal | Refusal | None
 Kind = Literal["key", "user", "team", "all"]
@@ -30,10 +43,27 @@ class _Entry:
     loaded_at: float
 
 
+def _short(token_hash: str) -> int:
+    """64 bits of a hash: enough to tell keys apart (a collision only costs a database lookup)."""
+    try:
+        return int(token_hash[:16], 16)
+    except ValueError:
+        return -1
+
+
+def jwt_ident(claims: Principal) -> str:
+    """The cache key of a JWT caller: everything of the claims that the merged principal depends on."""
+    models = ",".join(sorted(claims.models)) if claims.models is not None else "*"
+    return f"jwt\x00{claims.user_id}\x00{claims.team_id or ''}\x00{models}\x00{int(claims.is_master)}"
+
+
 class KeyCache:
     def __init__(self, load: Callable[[str], Awaitable[Loaded]], *, ttl: float, negative_ttl: float = 5.0,
-                 max_negative: int = 100_000, clock: Callable[[], float] = time.monotonic):
+                 max_negative: int = 100_000, clock: Callable[[], float] = time.monotonic,
+                 load_jwt: Callable[[Principal], Awaitable[Loaded]] | None = None,
+                 backoff: float = 0.5, max_backoff: float = 10.0):
         self._load = load
+        self._load_jwt = load_jwt
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._max_negative = max_negative
@@ -42,40 +72,74 @@ class KeyCache:
         self._negative: OrderedDict[str, float] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Loaded]] = {}
         self._refreshing: set[asyncio.Task] = set()
+        self._hashes: set[int] = set()
+        self._backoff, self._max_backoff = backoff, max_backoff
+        self._down_until: float | None = None  # set while the database is unreachable
+        self._delay = backoff
         self.generation = 0
 
     async def get(self, token_hash: str) -> Loaded:
-        entry = self._entries.get(token_hash)
+        return await self._get(token_hash, None)
+
+    async def get_jwt(self, claims: Principal) -> Principal | Refusal:
+        """The JWT caller merged with its user's and team's records (the claims alone without a loader)."""
+        if self._load_jwt is None:
+            return claims
+        found = await self._get(jwt_ident(claims), claims)
+        return claims if found is None else found
+
+    async def _get(self, ident: str, claims: Principal | None) -> Loaded:
+        entry = self._entries.get(ident)
         now = self._clock()
         if entry is not None:
-            if now - entry.loaded_at > self._ttl and token_hash not in self._inflight:
-                task = asyncio.create_task(self._fetch(token_hash, self._claim(token_hash)))
+            if now - entry.loaded_at > self._ttl and ident not in self._inflight and not self._down(now):
+                task = asyncio.create_task(self._refresh(ident, claims))
                 self._refreshing.add(task)
                 task.add_done_callback(self._refreshing.discard)
             return entry.value
-        seen = self._negative.get(token_hash)
+        seen = self._negative.get(ident)
         if seen is not None and now - seen < self._negative_ttl:
             return None
-        pending = self._inflight.get(token_hash)
+        pending = self._inflight.get(ident)
         if pending is not None:
             return await asyncio.shield(pending)
-        return await self._fetch(token_hash, self._claim(token_hash))
+        if self._down(now):
+            raise self._unavailable(now)
+        return await self._fetch(ident, claims, self._claim(ident))
 
-    def _claim(self, token_hash: str) -> asyncio.Future[Loaded]:
-        """Mark a load of `token_hash` as in flight, before anything awaits: every later get in
-        the same event-loop turn joins it instead of starting its own."""
+    def _down(self, now: float) -> bool:
+        return self._down_until is not None and now < self._down_until
+
+    def _unavailable(self, now: float) -> Unavailable:
+        wait = max(1, int((self._down_until or now) - now + 0.999))
+        return Unavailable("the key store (database) is unreachable; retry shortly", code="key_store_unavailable",
+                           headers={"Retry-After": str(wait)})
+
+    def _claim(self, ident: str) -> asyncio.Future[Loaded]:
+        """Mark a load of `ident` as in flight, before anything awaits: every later get in the same
+        event-loop turn joins it instead of starting its own."""
         future: asyncio.Future[Loaded] = asyncio.get_running_loop().create_future()
-        self._inflight[token_hash] = future
+        self._inflight[ident] = future
         return future
 
-    async def _fetch(self, token_hash: str, future: asyncio.Future[Loaded]) -> Loaded:
+    async def _refresh(self, ident: str, claims: Principal | None) -> None:
+        try:
+            await self._fetch(ident, claims, self._claim(ident))
+        except Unavailable:
+            pass  # logged once by _failed; the entry keeps serving
+
+    async def _fetch(self, ident: str, claims: Principal | None, future: asyncio.Future[Loaded]) -> Loaded:
         try:
             for _ in range(5):
                 generation = self.generation
-                value = await self._load(token_hash)
+                try:
+                    value = await (self._load(ident) if claims is None else self._load_jwt(claims))  # type: ignore[misc]
+                except Exception as exc:  # noqa: BLE001 - any driver error: the database is unreachable
+                    raise self._failed(exc) from None
                 if generation == self.generation:
                     break
-            self._store(token_hash, value)
+            self._recovered()
+            self._store(ident, value)
             future.set_result(value)
             return value
         except BaseException as exc:
@@ -83,20 +147,49 @@ class KeyCache:
             future.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         finally:
-            if self._inflight.get(token_hash) is future:
-                del self._inflight[token_hash]
+            if self._inflight.get(ident) is future:
+                del self._inflight[ident]
 
-    def _store(self, token_hash: str, value: Loaded) -> None:
+    def _failed(self, exc: Exception) -> Unavailable:
+        now = self._clock()
+        if self._down_until is None:
+            log.error("key store unreachable (%s: %s); unknown keys get 503 and loads are retried with backoff "
+                      "until it is back", type(exc).__name__, str(exc).split("\n", 1)[0])
+            self._delay = self._backoff
+        else:
+            self._delay = min(self._delay * 2, self._max_backoff)
+        self._down_until = now + self._delay
+        return self._unavailable(now)
+
+    def _recovered(self) -> None:
+        if self._down_until is not None:
+            self._down_until = None
+            log.warning("key store reachable again")
+
+    def _store(self, ident: str, value: Loaded) -> None:
         now = self._clock()
         if value is None:
-            self._entries.pop(token_hash, None)
-            self._negative[token_hash] = now
-            self._negative.move_to_end(token_hash)
+            self._entries.pop(ident, None)
+            self._hashes.discard(_short(ident))
+            self._negative[ident] = now
+            self._negative.move_to_end(ident)
             while len(self._negative) > self._max_negative:
                 self._negative.popitem(last=False)
         else:
-            self._negative.pop(token_hash, None)
-            self._entries[token_hash] = _Entry(value, now)
+            if isinstance(value, Principal) and value.key_hash is not None:
+                self._hashes.add(_short(ident))
+            self._negative.pop(ident, None)
+            self._entries[ident] = _Entry(value, now)
+
+    def may_exist(self, token_hash: str) -> bool:
+        return _short(token_hash) in self._hashes
+
+    def exists(self, hashes: Iterable[str]) -> None:
+        """Hashes of keys that exist (from the database at start, or created since)."""
+        self._hashes.update(_short(h) for h in hashes)
+
+    def gone(self, token_hash: str) -> None:
+        self._hashes.discard(_short(token_hash))
 
     def invalidate(self, kind: Kind, ident: str | None = None) -> None:
         self.generation += 1
@@ -104,8 +197,8 @@ class KeyCache:
             self._entries.clear()
             self._negative.clear()
         elif kind == "key":
-            self._entries.pop(ident, None)
-            self._negative.pop(ident, None)
+            self._entries.pop(ident, None)  # type: ignore[arg-type]
+            self._negative.pop(ident, None)  # type: ignore[arg-type]
             # A rotated key is cached under its previous hash too.
             for h in [h for h, e in self._entries.items() if isinstance(e.value, Principal)
                       and e.value.key_hash == ident]:

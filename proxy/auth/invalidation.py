@@ -1,6 +1,6 @@
 """Spreading key/user/team changes: applied to this process's cache at once, and published on a
-Redis channel that every other gateway process applies within milliseconds. Without REDIS_URL the
-cache TTL is the only way other processes learn (keep it short then)."""
+Redis channel that every other gateway process applies within milliseconds. Without REDIS_URL (or
+while Redis is away) the change feed (changes.py) tells every process within a second."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ class Invalidator:
             message = orjson.dumps({"origin": self._origin, "kind": kind, "id": ident})
             try:
                 await self._redis.publish(CHANNEL, message)
-            except Exception as exc:  # the TTL backstop still applies; the change itself is committed
-                log.warning("key invalidation not published (%s); other instances catch up by cache TTL", exc)
+            except Exception as exc:  # the change feed still tells them; the change itself is committed
+                log.warning("key invalidation not published (%s); other instances learn of it from the change feed within a second", exc)
 
     async def _listen(self) -> None:
         while True:

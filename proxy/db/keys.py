@@ -1,17 +1,18 @@
-"""Queries for keys, users and teams (keyword-only functions taking a session), and the loader
-that turns a key hash into the Principal the hot path caches."""
+"""Queries for keys, users and teams (keyword-only functions taking a session), the loaders that
+turn a key hash (or a JWT caller) into the Principal the hot path caches, and the change feed's
+queries (auth_changes, written by database triggers: see migrations/versions/0003)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..auth.principal import Principal, Scope
 from ..durations import utcnow
-from .models import Key, Team, User
+from .models import AuthChange, Key, Team, User
 
 ADMIN_ROLES = frozenset({"proxy_admin"})
 
@@ -60,14 +61,68 @@ async def load_principal(session: AsyncSession, *, token_hash: str) -> Principal
         scopes.append(_scope(f"user:{user.user_id}", user))
     if team is not None:
         scopes.append(_scope(f"team:{team.team_id}", team))
+    expires = _aware(key.expires) if key.expires else None
+    if key.token_hash != token_hash:  # the previous secret of a rotated key ends with its grace period
+        grace = _aware(key.previous_valid_until)  # type: ignore[arg-type]
+        expires = grace if expires is None else min(expires, grace)
     return Principal(
         is_admin=user is not None and user.user_role in ADMIN_ROLES,
         key_id=key.id, key_hash=key.token_hash, key_alias=key.key_alias, user_id=key.user_id, team_id=key.team_id,
         key_type=key.key_type, models=_allowed(key.models, user.models if user else None, team.models if team else None),
-        aliases=dict(key.aliases or {}), expires=_aware(key.expires) if key.expires else None, scopes=tuple(scopes),
+        aliases=dict(key.aliases or {}), expires=expires, scopes=tuple(scopes),
         model_rpm={k: int(v) for k, v in (key.model_rpm_limit or {}).items()},
         model_tpm={k: int(v) for k, v in (key.model_tpm_limit or {}).items()},
     )
+
+
+async def load_jwt_principal(session: AsyncSession, *, claims: Principal) -> Principal | Refusal:
+    """A JWT caller held to its user's and team's records as a key of that user is: blocked, models
+    (intersected with the token's own), limits and budgets. The team is the token's, else the
+    user's. Without either record the claims stand alone."""
+    user = await session.get(User, claims.user_id) if claims.user_id is not None else None
+    team_id = claims.team_id or (user.team_id if user is not None else None)
+    team = await session.get(Team, team_id) if team_id is not None else None
+    if user is None and team is None:
+        return claims
+    if team is not None and team.blocked:
+        return Refusal("this caller's team is blocked")
+    if user is not None and user.blocked:
+        return Refusal("this caller's user is blocked")
+    scopes = [_scope(f"user:{user.user_id}", user)] if user is not None else []
+    if team is not None:
+        scopes.append(_scope(f"team:{team.team_id}", team))
+    return Principal(
+        is_master=claims.is_master, is_admin=user is not None and user.user_role in ADMIN_ROLES,
+        key_alias=claims.key_alias, user_id=claims.user_id, team_id=team_id, key_type=claims.key_type,
+        models=_narrowed(claims.models, _allowed(user.models if user else None, team.models if team else None)),
+        scopes=tuple(scopes))
+
+
+def _narrowed(claimed: frozenset[str] | None, allowed: frozenset[str] | None) -> frozenset[str] | None:
+    if claimed is None or allowed is None:
+        return allowed if claimed is None else claimed
+    return claimed & allowed
+
+
+async def key_hashes(session: AsyncSession) -> list[str]:
+    """The current and previous secret hashes of every key."""
+    rows = await session.execute(select(Key.token_hash, Key.previous_hash))
+    return [h for row in rows for h in row if h is not None]
+
+
+async def last_change(session: AsyncSession) -> int:
+    return (await session.execute(select(func.coalesce(func.max(AuthChange.id), 0)))).scalar_one()
+
+
+async def changes_after(session: AsyncSession, *, after: int, limit: int = 10_000) -> list[tuple[int, str, str, str]]:
+    """(id, kind, op, ident) of the changes with an id above `after`, oldest first."""
+    rows = await session.execute(select(AuthChange.id, AuthChange.kind, AuthChange.op, AuthChange.ident)
+                                 .where(AuthChange.id > after).order_by(AuthChange.id).limit(limit))
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def prune_changes(session: AsyncSession, *, before: datetime) -> None:
+    await session.execute(delete(AuthChange).where(AuthChange.changed_at < before))
 
 
 def _aware(t: datetime) -> datetime:

@@ -69,6 +69,21 @@ class Key(LimitsMixin, Base):
     previous_valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class AuthChange(Base):
+    """One change to a key, user or team that key caches must learn of, written by database
+    triggers on insert, delete and update of the columns authentication depends on (never by
+    spend accrual). Every gateway process reads new rows once a second (proxy/auth/changes.py)."""
+
+    __tablename__ = "auth_changes"
+    __table_args__ = (Index("ix_auth_changes_time", "changed_at"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))  # key | user | team
+    op: Mapped[str] = mapped_column(String(8))  # insert | update | delete
+    ident: Mapped[str | None] = mapped_column(String(64))  # token_hash | user_id | team_id
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class SpendLog(Base):
     __tablename__ = "spend_logs"
 
