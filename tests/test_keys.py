@@ -17,13 +17,17 @@ CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
 
 class Admin:
-    def __init__(self, server: Keystile):
+    """Admin calls and chats against a server; `source` picks the client address (any of 127/8)."""
+
+    def __init__(self, server: Keystile, source: str | None = None):
         self.s = server
         self.h = {"Authorization": f"Bearer {server.master_key}"}
+        self.transport = httpx.HTTPTransport(local_address=source) if source else None
 
     def post(self, path: str, body: dict, key: str | None = None) -> httpx.Response:
         h = {"Authorization": f"Bearer {key}"} if key else self.h
-        return httpx.post(self.s.url + path, json=body, headers=h, timeout=10)
+        with httpx.Client(transport=self.transport, timeout=10) as client:
+            return client.post(self.s.url + path, json=body, headers=h)
 
     def get(self, path: str, as_key: str | None = None, **params) -> httpx.Response:
         h = {"Authorization": f"Bearer {as_key}"} if as_key else self.h
@@ -190,6 +194,13 @@ def test_key_list_pagination_and_filters(admin, server):
     assert admin.get("/key/list", page=0).status_code == 400
 
 
+def wait_for(check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def test_failed_auth_is_throttled_per_address(tmp_path, upstream):
     config = relay_config(upstream, auth_failures_per_minute=5)
     with Keystile(tmp_path, config) as s:
@@ -200,15 +211,34 @@ def test_failed_auth_is_throttled_per_address(tmp_path, upstream):
         assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
         r = a.post("/v1/chat/completions", CHAT, key="sk-wrong-x")
         assert int(r.headers["retry-after"]) >= 1
-        assert a.chat(s.master_key) == 200  # the master key is not locked out
-        # A key that authenticated before is no guess: it goes on working from this address. A key
-        # never seen here is checked like any other guess.
+        # The throttle comes before any comparison: from a throttled address the right master key
+        # gets the same 429 as a wrong guess (it used to get 200, telling a guesser when it was right).
+        assert a.chat(s.master_key) == 429
+        assert a.chat(s.master_key + "x") == 429
+        # Keys that exist are no guesses (256 random bits): a used one, and a fresh one as soon as
+        # the change feed has told this process it exists (at once at start, within a second later).
         assert a.chat(used) == 200
-        assert a.chat(fresh) == 429
-        # Deleted, the known key is refused (and, refused once, it is throttled like a guess).
-        a.ok("/key/delete", {"keys": [used]})
+        wait_for(lambda: a.chat(fresh) == 200, 1.5)
+        # Deleted (by the operator, from another address), the known key is refused (and, refused
+        # once, it is throttled like a guess).
+        Admin(s, source="127.0.0.2").ok("/key/delete", {"keys": [used]})
         assert a.chat(used) == 401
         assert a.chat(used) == 429
+
+
+def test_throttle_stays_fair_after_a_restart(tmp_path, upstream):
+    """After a restart no key has been used in this process yet: 30 bad requests from one address
+    (everyone behind one proxy) used to lock every key out for 60 s."""
+    config = relay_config(upstream)
+    url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    with Keystile(tmp_path, config, database_url=url) as first:
+        key = Admin(first).ok("/key/generate", {})["key"]
+    with Keystile(tmp_path, config, database_url=url) as s:
+        a = Admin(s)
+        assert [a.chat(f"sk-guess-{i}") for i in range(31)][-1] == 429  # the default: 30 a minute
+        assert a.chat(key) == 200  # never used since the restart, still not locked out
+        assert a.chat("sk-" + "A" * 43) == 429  # a well-formed guess: no lookup, no answer
+        assert a.chat(s.master_key) == 429
 
 
 def test_blocked_key_stops_on_a_second_gateway_within_a_second(tmp_path, upstream, pg_url, redis_url):

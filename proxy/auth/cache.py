@@ -93,7 +93,7 @@ class KeyCache:
         now = self._clock()
         if entry is not None:
             if now - entry.loaded_at > self._ttl and ident not in self._inflight and not self._down(now):
-                task = asyncio.create_task(self._refresh(ident, claims))
+                task = asyncio.create_task(self._refresh(ident, claims, self._claim(ident)))
                 self._refreshing.add(task)
                 task.add_done_callback(self._refreshing.discard)
             return entry.value
@@ -122,9 +122,9 @@ class KeyCache:
         self._inflight[ident] = future
         return future
 
-    async def _refresh(self, ident: str, claims: Principal | None) -> None:
+    async def _refresh(self, ident: str, claims: Principal | None, future: asyncio.Future[Loaded]) -> None:
         try:
-            await self._fetch(ident, claims, self._claim(ident))
+            await self._fetch(ident, claims, future)
         except Unavailable:
             pass  # logged once by _failed; the entry keeps serving
 

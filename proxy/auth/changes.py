@@ -1,5 +1,6 @@
 """The change feed: every gateway process learns of key, user and team changes within a second,
-with or without Redis, from one indexed query per second (not one reload per cached key).
+with or without Redis, from one cheap indexed query every half second (not one reload per cached
+key: with 300 active keys that was 529 database transactions a second).
 
 Database triggers append a row to `auth_changes` for every insert, delete and relevant update of
 keys, users and teams (migrations/versions/0003). Each process reads the rows after the last id
@@ -30,7 +31,7 @@ BULK = 200  # more user/team changes than this in one poll: drop everything (che
 
 
 class ChangeFeed:
-    def __init__(self, db: Database, cache: KeyCache, *, interval: float = 1.0, gap_polls: int = 60,
+    def __init__(self, db: Database, cache: KeyCache, *, interval: float = 0.5, gap_polls: int = 120,
                  keep: timedelta = timedelta(days=1), prune_every: float = 3600.0):
         self._db, self._cache = db, cache
         self.interval, self._gap_polls, self._keep, self._prune_every = interval, gap_polls, keep, prune_every
