@@ -294,3 +294,50 @@ def test_jwt_through_a_live_gateway(keys, tmp_path, upstream):
             r = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {bad}"},
                            json={"model": "echo", "messages": [{"role": "user", "content": "j"}]})
             assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+def test_jwt_callers_obey_their_user_and_team_records(keys, tmp_path, upstream):
+    """A valid token for a user the database blocks, limits or restricts is held to those records
+    exactly as a key of that user is (it used to be served on the claims alone)."""
+    import httpx
+
+    from .conftest import relay_config
+    from .servers import Keystile
+
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [keys["rsa"].jwk]}))
+    config = relay_config(upstream, jwt={"issuer": ISS, "audience": AUD, "jwks_file": str(path),
+                                         "team_id_claim": "team"})
+    with Keystile(tmp_path, config) as server:
+        master = {"Authorization": f"Bearer {server.master_key}"}
+
+        def admin(route: str, body: dict) -> None:
+            r = httpx.post(server.url + route, json=body, headers=master, timeout=10)
+            assert r.status_code == 200, r.text
+
+        def chat(sub: str, model: str = "echo", **claims) -> httpx.Response:
+            token = keys["rsa"].sign(sub=sub, **claims)
+            return httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"},
+                              json={"model": model, "messages": [{"role": "user", "content": "j"}]}, timeout=10)
+
+        admin("/user/new", {"user_id": "bob", "models": ["echo"], "rpm_limit": 1, "auto_create_key": False})
+        admin("/user/new", {"user_id": "carol", "max_budget": 0, "auto_create_key": False})
+        admin("/user/new", {"user_id": "dave", "blocked": True, "auto_create_key": False})
+        admin("/team/new", {"team_id": "closed", "blocked": True})
+
+        assert chat("bob", "failing").status_code == 403  # not in bob's models
+        assert chat("bob").status_code == 200
+        limited = chat("bob")
+        assert limited.status_code == 429 and "user:bob: 1 requests per minute" in limited.json()["error"]["message"]
+        over = chat("carol")
+        assert over.status_code == 429 and over.json()["error"]["code"] == "budget_exceeded"
+        blocked = chat("dave")
+        assert blocked.status_code == 403 and "blocked" in blocked.json()["error"]["message"]
+        assert chat("erin", team="closed").status_code == 403  # the token's team is blocked
+        assert chat("erin").status_code == 200  # no records: the claims alone
+
+        admin("/user/update", {"user_id": "dave", "blocked": False})  # changes reach the cache
+        assert chat("dave").status_code == 200
+        admin("/user/new", {"user_id": "erin", "blocked": True, "auto_create_key": False})
+        time.sleep(1.0)  # /user/new tells no cache itself: the change feed does, within a second
+        assert chat("erin").status_code == 403  # a user created after its first request

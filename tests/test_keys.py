@@ -258,6 +258,35 @@ def test_blocked_key_stops_on_a_second_gateway_within_a_second(tmp_path, upstrea
             time.sleep(0.02)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_revocation_reaches_a_second_gateway_within_a_second_without_redis(tmp_path, upstream, kind, request):
+    """Two gateways share a database and no Redis. A key cached in the second one used to be
+    served from its stale entry once or twice more after an idle gap; now the change feed drops it
+    within a second, for a block, a delete, an expiry and a blocked user alike."""
+    from datetime import UTC, datetime, timedelta
+
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    config = relay_config(upstream)
+    with Keystile(tmp_path, config, database_url=url) as a, Keystile(tmp_path, config, database_url=url) as b:
+        admin, other = Admin(a), Admin(b)
+        user = f"revoked-{kind}-{time.time_ns()}"
+        admin.ok("/user/new", {"user_id": user, "auto_create_key": False})
+        keys = [admin.ok("/key/generate", {})["key"] for _ in range(3)] + \
+            [admin.ok("/key/generate", {"user_id": user})["key"]]
+        assert [other.chat(k) for k in keys] == [200] * 4  # now cached in the second gateway
+        time.sleep(2.5)  # an idle gap: the old cache served its stale entry while reloading after one
+        blocked, deleted, expired, users = keys
+        admin.ok("/key/block", {"key": blocked})
+        admin.ok("/key/delete", {"keys": [deleted]})
+        admin.ok("/key/update", {"key": expired, "expires": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()})
+        admin.ok("/user/update", {"user_id": user, "blocked": True})
+        time.sleep(1.0)
+        assert [other.chat(k) for k in keys] == [403, 401, 401, 403]
+        admin.ok("/key/unblock", {"key": blocked})
+        time.sleep(1.0)
+        assert other.chat(blocked) == 200
+
+
 def test_delete_accepts_a_key_named_twice_and_times_carry_their_offset(admin, server):
     made = admin.ok("/key/generate", {"key_alias": f"twice-{server.db_kind}"})
     info = admin.get("/key/info", key=made["token"]).json()["info"]
