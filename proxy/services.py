@@ -24,6 +24,7 @@ from .auth.jwt import JWTVerifier
 from .db.keys import load_jwt_principal, load_principal
 from .accounting.budgets import BudgetResetter
 from .accounting.prices import PriceMap
+from .accounting.journal import Journal, default_directory
 from .accounting.writer import UsageWriter
 from .db.engine import Database
 from .gateway import Gateway
@@ -115,7 +116,11 @@ class Services:
         limiter = make_limiter(settings.redis_url, lease_ttl=max(900.0, 2 * options.request_timeout))
         prices = PriceMap()
         await asyncio.to_thread(prices.load)
-        usage = UsageWriter(db)
+        journal = Journal(options.usage_journal or default_directory(settings.database_url))
+        leftover = journal.open()
+        if leftover:
+            log.info("usage journal %s: %d files of earlier runs to write", journal.directory, leftover)
+        usage = UsageWriter(db, journal=journal)
         usage.start()
         gateway = Gateway(router, limiter, prices, usage, max_request_bytes=options.max_request_bytes)
         services = cls(settings=settings, config=config, options=options, pool=pool, router=router, db=db,

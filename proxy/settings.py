@@ -123,6 +123,8 @@ class KeystileSettings(BaseModel):
                                  "refreshed in the background for its spend; changes reach caches within a second "
                                  "through the change feed, not through this")
     negative_cache_ttl: float = Field(default=5.0, ge=0)
+    usage_journal: Path | None = Field(default=None, description="directory of the usage journal; default beside "
+                                       "a SQLite database (keystile.db.usage/), else ./keystile-usage/<database>/")
     auth_failures_per_minute: int = Field(default=30, ge=1, description="per client address, then 429")
     jwt: JWTSettings | None = None
 
