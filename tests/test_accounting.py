@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, select, text
 
+from proxy.accounting.journal import Journal
 from proxy.accounting.prices import Price, PriceMap
 from proxy.accounting.record import UsageRecord
-from proxy.accounting.writer import UsageWriter, is_data_error
+from proxy.accounting.writer import UsageWriter, is_data_error, safe
 from proxy.db.engine import Database
 from proxy.db.migrate import upgrade
 from proxy.db.models import Key, SpendLog, Team, User
@@ -214,6 +215,44 @@ async def test_a_record_the_database_rejects_is_dropped_alone(db: Database, call
     assert f"usage record {caller.tag}-bad dropped" in caplog.text
 
 
+class Counting(UsageWriter):
+    """Counts its transactions."""
+
+    attempts = 0
+
+    async def _write(self, batch, **kw):
+        self.attempts += 1
+        return await super()._write(batch, **kw)
+
+
+async def test_a_bad_record_is_bisected_out_of_its_batch(db: Database, caller: Caller, caplog):
+    """One bad row used to make the writer redo its whole batch one row per transaction (500
+    transactions); split in halves it takes about 2·log2(500) ≈ 18, and the bad row is set aside."""
+    bad = UsageRecord(request_id=f"{caller.tag}-bad", created_at=T0, model=None, route="/v1/chat/completions",
+                      status=200, key_hash=caller.key_hash, cost=5.0)  # model is NOT NULL
+    writer = Counting(db, batch_size=500, flush_interval=3600)
+    for i in range(499):
+        writer.record(caller.rec(i, cost=0.01))
+        if i == 321:
+            writer.record(bad)
+    async with writer:
+        assert await writer.flush(timeout=30)
+    assert writer.rejected == 1 and writer.written == 499
+    assert writer.attempts <= 20, writer.attempts
+    assert await stored(db, caller) == (499, 499)
+    assert (await spends(db, caller))[0] == pytest.approx(4.99)
+    assert caplog.text.count(f"usage record {caller.tag}-bad dropped") == 1
+
+
+def test_records_are_made_storable_before_they_are_queued():
+    rec = UsageRecord(request_id="r", created_at=T0, model="mo\x00ck" + "x" * 300, route="/v1/\ud800",
+                      status=404, error_type="e" * 100)
+    clean = safe(rec)
+    assert clean.model == ("mo\ufffdck" + "x" * 300)[:255] and clean.route == "/v1/?" and len(clean.error_type) == 64
+    fine = UsageRecord(request_id="r", created_at=T0, model="echo", route="/v1/chat/completions", status=200)
+    assert safe(fine) is fine
+
+
 async def test_full_buffer_drops_counts_and_logs_once(sqlite_url: str, caplog):
     db = Database(sqlite_url)
     caller = await make_caller(db)
@@ -231,6 +270,24 @@ async def test_full_buffer_drops_counts_and_logs_once(sqlite_url: str, caplog):
         assert drained == ["usage buffer has room again: 5 usage records were dropped while it was full"]
         await writer.aclose()
         assert await stored(db, caller) == (10, 10)
+    finally:
+        await drop_caller(db, caller)
+        await db.aclose()
+
+
+async def test_a_full_buffer_spills_to_the_journal_and_is_written_from_it(sqlite_url: str, tmp_path: Path):
+    db = Database(sqlite_url)
+    caller = await make_caller(db)
+    journal = Journal(tmp_path / "journal")
+    journal.open()
+    try:
+        writer = UsageWriter(db, batch_size=100, flush_interval=0.05, max_buffer=10, journal=journal)
+        assert [writer.record(caller.rec(i)) for i in range(15)] == [True] * 15
+        assert writer.spilled == 5 and writer.dropped == 0 and writer.pending == 10
+        async with writer:
+            await wait_until(lambda: writer.replayed == 15, 10)  # the parked file holds all 15
+        assert await stored(db, caller) == (15, 15)
+        assert list((tmp_path / "journal").iterdir()) == []
     finally:
         await drop_caller(db, caller)
         await db.aclose()
