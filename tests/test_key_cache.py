@@ -142,3 +142,43 @@ async def test_keys_seen_before_are_not_hashed_again_and_the_map_stays_bounded(m
     assert [await who(t) for t in tokens] == tokens  # past its bound the map starts over: still right
     assert hashed == tokens  # each of the three new ones hashed once
     assert len(auth._known) <= 2
+
+
+async def test_the_change_feed_waits_for_ids_committed_out_of_order(tmp_path):
+    """On Postgres a transaction that took a lower id can commit after a higher one was read: the
+    feed keeps looking for the gap (for a while) instead of moving past it."""
+    from sqlalchemy import insert
+
+    from proxy.auth.changes import ChangeFeed
+    from proxy.db.engine import Database
+    from proxy.db.models import AuthChange
+
+    from .test_accounting import migrate
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/feed.db"
+    migrate(url)
+    db = Database(url)
+    store = Store()
+    store.rows = {h: Principal(key_hash=h) for h in ("a", "b", "c")}
+    cache = KeyCache(store.load, ttl=300, clock=Clock())
+    feed = ChangeFeed(db, cache, gap_polls=3)
+
+    async def change(ident: int, key: str) -> None:
+        async with db.sessions() as s, s.begin():
+            await s.execute(insert(AuthChange).values(id=ident, kind="key", op="update", ident=key))
+
+    try:
+        await feed._begin()
+        for h in ("a", "b", "c"):
+            await cache.get(h)
+        await change(2, "b")  # id 1 was taken by a transaction still open
+        assert await feed.poll() == 1 and len(cache) == 2
+        await change(1, "a")  # ... which commits now
+        assert await feed.poll() == 1 and len(cache) == 1
+        await change(4, "c")  # id 3: rolled back, never comes
+        for _ in range(4):
+            await feed.poll()
+        assert feed._horizon == 4 and not feed._missing and len(cache) == 0
+        assert await feed.poll() == 0 and feed.applied == 3
+    finally:
+        await db.aclose()

@@ -61,10 +61,6 @@ class _Segment:
     dirty: bool = False  # written since the last fsync
 
 
-def encode(rec: UsageRecord) -> bytes:
-    return orjson.dumps(rec) + b"\n"
-
-
 def decode(line: bytes) -> UsageRecord:
     fields = orjson.loads(line)
     fields["created_at"] = datetime.fromisoformat(fields["created_at"])
@@ -100,12 +96,15 @@ class Journal:
         return len(self._leftovers)
 
     def append(self, rec: UsageRecord, *, buffered: bool) -> bool:
-        """Write one record; False when the journal is off or the write failed."""
-        if self.broken:
-            return False
+        """Write one record (one write(2): in the kernel before this returns, so before the
+        answer it accounts for is sent); False when the journal is off or the write failed."""
+        seg = self._segments[-1] if self._segments else None
         try:
-            seg = self._current()
-            os.write(seg.fd, encode(rec))
+            if seg is None or seg.appended >= self._segment_records:
+                if self.broken:
+                    return False
+                seg = self._new_segment()
+            os.write(seg.fd, orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
         except (OSError, TypeError) as exc:
             self._break(exc)
             return False
@@ -117,18 +116,18 @@ class Journal:
             seg.parked = True
         return True
 
-    def _current(self) -> _Segment:
-        seg = self._segments[-1] if self._segments else None
-        if seg is None or seg.appended >= self._segment_records:
-            path = self.directory / f"{os.getpid()}-{os.urandom(4).hex()}-{next(self._names):06d}.jsonl"
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            seg = _Segment(path, fd)
-            self._segments.append(seg)
+    def _new_segment(self) -> _Segment:
+        path = self.directory / f"{os.getpid()}-{os.urandom(4).hex()}-{next(self._names):06d}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        seg = _Segment(path, fd)
+        self._segments.append(seg)
         return seg
 
     def _break(self, exc: BaseException) -> None:
         self.broken = True
+        for seg in self._segments:
+            seg.appended = self._segment_records  # no more appends to any of them
         log.error("usage journal %s cannot be written (%s); usage records are kept in memory only from now on",
                   self.directory, exc)
 

@@ -50,6 +50,10 @@ def _text_limits() -> dict[str, int | None]:
 
 
 TEXT_LIMITS = _text_limits()
+# The text fields a caller can put anything into: the model (request body), the route (a URL path
+# may name a model) and the user and team (a JWT's claims). The others are Keystile's own values
+# (request id, deployment id, error type) or come from its database (key hash).
+FROM_CALLERS = tuple((name, TEXT_LIMITS[name] or 0) for name in ("model", "route", "user_id", "team_id"))
 
 
 def _safe_text(value: str, limit: int | None) -> str:
@@ -66,21 +70,23 @@ def _safe_text(value: str, limit: int | None) -> str:
 
 
 def safe(rec: UsageRecord) -> UsageRecord:
-    """The record with every text field storable in any database: NUL replaced, lone surrogates
-    replaced, cut to its column's length. The same record when nothing needed changing."""
+    """The record with the text a caller chose storable in any database: NUL replaced, lone
+    surrogates replaced, cut to its column's length. The same record when nothing needs changing
+    (the common case costs well under a microsecond)."""
+    for name, limit in FROM_CALLERS:
+        value = getattr(rec, name)
+        if value.__class__ is str and (len(value) > limit or "\x00" in value or not value.isascii()):
+            break
+    else:
+        return rec
     changes = {}
     for name, limit in TEXT_LIMITS.items():
         value = getattr(rec, name)
-        if isinstance(value, str):
+        if value.__class__ is str:
             clean = _safe_text(value, limit)
             if clean is not value:
                 changes[name] = clean
     return dataclasses.replace(rec, **changes) if changes else rec
-
-
-def _first_line(error: BaseException) -> str:
-    """The driver's message without SQLAlchemy's appended statement and parameters."""
-    return str(error).split("\n", 1)[0]
 
 
 class UsageWriter:
