@@ -43,11 +43,15 @@ class Invalidator:
                 log.warning("key invalidation not published (%s); other instances learn of it from the change feed within a second", exc)
 
     async def _listen(self) -> None:
+        lost = False
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     self._subscribed.set()
+                    if lost:
+                        log.warning("key invalidation: Redis subscription restored")
+                        lost = False
                     # Whatever changed while we were not listening is unknown: start clean.
                     self._cache.invalidate("all")
                     async for message in pubsub.listen():
@@ -59,7 +63,10 @@ class Invalidator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("key invalidation: Redis subscription lost (%s); reconnecting", exc)
+                if not lost:  # once per outage, not once a second
+                    log.warning("key invalidation: Redis subscription lost (%s); reconnecting every second "
+                                "(the change feed still tells this process of changes)", exc)
+                    lost = True
                 await asyncio.sleep(1)
 
     async def aclose(self) -> None:
