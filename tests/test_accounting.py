@@ -487,3 +487,12 @@ async def test_database_outage_loses_nothing_and_duplicates_nothing(own_postgres
     finally:
         await writer.aclose(timeout=5)
         await db.aclose()
+
+
+def test_an_unusable_journal_directory_switches_the_journal_off(tmp_path: Path, caplog):
+    (tmp_path / "file").write_text("")
+    journal = Journal(tmp_path / "file" / "journal")  # under a file: cannot be made
+    assert journal.open() == 0 and journal.broken
+    assert not journal.append(UsageRecord(request_id="r", created_at=T0, model="m", route="/", status=200),
+                              buffered=True)
+    assert "cannot be written" in caplog.text

@@ -77,9 +77,15 @@ class Journal:
         self.broken = False
 
     def open(self) -> int:
-        """Create the directory and claim the segments no live process holds; returns how many."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for path in sorted(self.directory.glob("*.jsonl")):
+        """Create the directory and claim the segments no live process holds; returns how many.
+        A directory that cannot be made or read switches the journal off (logged), not the gateway."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            paths = sorted(self.directory.glob("*.jsonl"))
+        except OSError as exc:
+            self._break(exc)
+            return 0
+        for path in paths:
             try:
                 fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
