@@ -287,6 +287,15 @@ def test_revocation_reaches_a_second_gateway_within_a_second_without_redis(tmp_p
         assert other.chat(blocked) == 200
 
 
+def test_a_rotated_secret_stops_at_the_end_of_its_grace_period_though_cached(admin):
+    old = admin.ok("/key/generate", {})["key"]
+    assert admin.chat(old) == 200
+    new = admin.ok("/key/regenerate", {"key": old, "grace_period": "2s"})["key"]
+    assert admin.chat(old) == 200 and admin.chat(new) == 200  # the old secret is cached again now
+    time.sleep(2.1)
+    assert admin.chat(old) == 401 and admin.chat(new) == 200
+
+
 def test_delete_accepts_a_key_named_twice_and_times_carry_their_offset(admin, server):
     made = admin.ok("/key/generate", {"key_alias": f"twice-{server.db_kind}"})
     info = admin.get("/key/info", key=made["token"]).json()["info"]
