@@ -175,10 +175,15 @@ class Journal:
 
     def replayed(self, path: Path) -> None:
         """A leftover segment is in the database: remove it."""
+        self.release(path, remove=True)
+
+    def release(self, path: Path, *, remove: bool = False) -> None:
+        """Stop holding a leftover segment (removing its file, or leaving it for a later start)."""
         for i, (p, fd) in enumerate(self._leftovers):
             if p == path:
                 del self._leftovers[i]
-                path.unlink(missing_ok=True)
+                if remove:
+                    path.unlink(missing_ok=True)
                 os.close(fd)
                 return
 

@@ -9,7 +9,6 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy import exc as sa_exc
@@ -41,6 +40,11 @@ def is_data_error(error: BaseException) -> bool:
             return True
         seen = getattr(seen, "orig", None) or seen.__cause__
     return False
+
+
+def _first_line(error: BaseException) -> str:
+    """The driver's message without SQLAlchemy's appended statement and parameters."""
+    return str(error).split("\n", 1)[0]
 
 
 def _text_limits() -> dict[str, int | None]:
@@ -289,7 +293,12 @@ class UsageWriter:
         if self._journal is None:
             return
         for path in self._journal.leftovers():
-            records = Journal.read(path)
+            try:
+                records = Journal.read(path)
+            except OSError as exc:
+                log.error("usage journal: cannot read %s (%s); left in place", path, exc)
+                self._journal.release(path)
+                continue
             delay = self.retry_initial
             done = 0
             while done < len(records):
