@@ -119,9 +119,9 @@ class KeystileSettings(BaseModel):
     cooldown_time: float = Field(default=30.0, ge=0)
     fallbacks: list[dict[str, list[str]]] = Field(default_factory=list)
     routing_strategy: str = Field(default="simple-shuffle", pattern="^(simple-shuffle|least-busy)$")
-    key_cache_ttl: float = Field(default=300.0, gt=0, description="seconds before a cached key record is "
-                                 "refreshed in the background for its spend; changes reach caches within a second "
-                                 "through the change feed, not through this")
+    key_cache_ttl: float = Field(default=300.0, gt=0, description="a cached key record is reloaded for its spend "
+                                 "in the background after half of this, before use after all of it (seconds); "
+                                 "changes reach caches within a second through the change feed, not through this")
     negative_cache_ttl: float = Field(default=5.0, ge=0)
     usage_journal: Path | None = Field(default=None, description="directory of the usage journal; default beside "
                                        "a SQLite database (keystile.db.usage/), else ./keystile-usage/<database>/")

@@ -67,8 +67,15 @@ async def stale_entry() -> tuple[Store, KeyCache]:
     cache = KeyCache(store.load, ttl=1, clock=clock)
     await cache.get("h")
     store.rows["h"] = Principal(key_hash="h", key_alias="new")
-    clock.now = 2
+    clock.now = 0.75  # past half its TTL
     return store, cache
+
+
+async def test_entries_unused_for_longer_than_their_ttl_are_loaded_before_use():
+    """Their spend (budget seeds) may be far behind; revocation never depends on this."""
+    store, cache = await stale_entry()
+    cache._clock.now = 1.5
+    assert (await cache.get("h")).key_alias == "new" and store.calls == 2
 
 
 async def test_stale_entries_are_served_while_one_refresh_runs():

@@ -3,9 +3,10 @@ authenticated without a database round trip. JWT callers' user and team records 
 
 - A first sight of a hash loads it (concurrent loads of one hash share one query).
 - Changes are not discovered by reloading: the change feed (changes.py) and Redis invalidation
-  drop the entries a change touches, within a second in every process. Entries older than `ttl`
-  are refreshed in the background only to pick up the spend the database has accrued (budget
-  seeds); a revoked key never depends on that refresh.
+  drop the entries a change touches, within a second in every process. Entries are reloaded only
+  to pick up the spend the database has accrued (the seed of budget counters): in the background
+  once older than `ttl / 2` (no request waits), and before use once older than `ttl` (a key idle
+  that long). A revoked key never depends on either.
 - Unknown hashes are cached negatively for `negative_ttl`, in a bounded table.
 - `invalidate` drops entries at once and bumps a generation: a load that was in flight when an
   invalidation happened is not written back (it is repeated), so no stale record survives.
@@ -92,20 +93,29 @@ class KeyCache:
         entry = self._entries.get(ident)
         now = self._clock()
         if entry is not None:
-            if now - entry.loaded_at > self._ttl and ident not in self._inflight and not self._down(now):
-                task = asyncio.create_task(self._refresh(ident, claims, self._claim(ident)))
-                self._refreshing.add(task)
-                task.add_done_callback(self._refreshing.discard)
-            return entry.value
-        seen = self._negative.get(ident)
-        if seen is not None and now - seen < self._negative_ttl:
-            return None
-        pending = self._inflight.get(ident)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        if self._down(now):
-            raise self._unavailable(now)
-        return await self._fetch(ident, claims, self._claim(ident))
+            age = now - entry.loaded_at
+            if age <= self._ttl or self._down(now):  # the database away: serve what we know
+                if age > self._ttl / 2 and ident not in self._inflight and not self._down(now):
+                    task = asyncio.create_task(self._refresh(ident, claims, self._claim(ident)))
+                    self._refreshing.add(task)
+                    task.add_done_callback(self._refreshing.discard)
+                return entry.value
+            # Unused for longer than ttl: its spend may be far behind, so it is loaded again first.
+        else:
+            seen = self._negative.get(ident)
+            if seen is not None and now - seen < self._negative_ttl:
+                return None
+        try:
+            pending = self._inflight.get(ident)
+            if pending is not None:
+                return await asyncio.shield(pending)
+            if self._down(now):
+                raise self._unavailable(now)
+            return await self._fetch(ident, claims, self._claim(ident))
+        except Unavailable:
+            if entry is not None:
+                return entry.value
+            raise
 
     def _down(self, now: float) -> bool:
         return self._down_until is not None and now < self._down_until
