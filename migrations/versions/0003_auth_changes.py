@@ -11,14 +11,14 @@ seen too. Updates fire only for the columns authentication depends on, never for
 Note for later migrations: SQLite's batch mode (move and copy) drops a table's triggers; a
 migration that alters keys, users or teams on SQLite must create these triggers again.
 
-Revision ID: 0003
+Revision ID: 0003_auth_changes
 Revises: 0002
 Create Date: 2026-11-30 12:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0003'
+revision = '0003_auth_changes'
 down_revision = '0002'
 branch_labels = None
 depends_on = None
