@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install doctor bench clean
+.PHONY: run test fuzz install doctor bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ doctor: $(STAMP)
 
 test: doctor
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# schemathesis over every route of a live gateway, many more examples than the short run in `make test`.
+fuzz: $(STAMP)
+	KEYSTILE_FUZZ_EXAMPLES=$${KEYSTILE_FUZZ_EXAMPLES:-150} $(BIN)/python -m pytest tests/test_fuzz.py -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay_bench.py

@@ -148,6 +148,11 @@ def as_keystile(exc: BaseException) -> KeystileError:
     return KeystileError("internal error")
 
 
+def _param(error: dict) -> str | None:
+    """The field a validation error is about, as a dotted path ("metadata", "messages.0.content")."""
+    return ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")) or None
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that make every failure an error envelope, never a trace or HTML."""
 
@@ -155,14 +160,19 @@ def install(app: FastAPI) -> None:
         return to_response(as_keystile(exc))
 
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
+        errors = exc.errors()
+        names = [_param(e) for e in errors if e.get("type") == "extra_forbidden"]
+        if names:  # every unknown field named at once
+            return to_response(BadRequest(f"unknown field{'s' * (len(names) > 1)}: {', '.join(map(str, names))}",
+                                          param=names[0], code="unknown_field"))
+        first = errors[0] if errors else {}
+        param = _param(first)
         return to_response(BadRequest(f"{param or 'request'}: {first.get('msg', 'invalid')}", param=param))
 
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         cls = {404: NotFound, 405: BadRequest, 401: Unauthorized, 403: Forbidden}.get(exc.status_code, KeystileError)
-        err = cls(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        err = cls(str(exc.detail), code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code),
+                  headers=dict(exc.headers or {}))  # 405 carries Allow
         err.status = exc.status_code
         return to_response(err)
 

@@ -1,52 +1,43 @@
-"""Admin API bodies, with LiteLLM's field names so its clients and scripts work. Unknown fields
-are rejected (400 naming them); durations are checked here."""
+"""Admin API request bodies, with LiteLLM's field names so its clients and scripts work. Unknown
+fields are refused (400 naming them); every value is bounded to what its column holds
+(see fields.py), so a body is either applied whole or refused before anything is written."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..durations import parse_duration
+from .fields import (LIST_MAX, Count, Duration, Id, Instant, KeyRef, Metadata, ModelName, Models, Money, Name,
+                     Strict, text)
 
-NonNegInt = Annotated[int, Field(ge=0)]
-Money = Annotated[float, Field(ge=0)]
-
-
-def _duration(value: str) -> str:
-    parse_duration(value)  # ValueError names the bad input
-    return value
+UserRole = Literal["proxy_admin", "internal_user", "internal_user_viewer"]
+KeyType = Literal["default", "llm_api", "management"]
+Email = Annotated[str, text(320)]
 
 
-Duration = Annotated[str, AfterValidator(_duration)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Limits(_Strict):
-    models: list[str] | None = None
-    rpm_limit: NonNegInt | None = None
-    tpm_limit: NonNegInt | None = None
-    max_parallel_requests: NonNegInt | None = None
-    max_budget: Money | None = None
+class _Limits(Strict):
+    models: Models | None = Field(default=None, description="allowed models; empty means every model")
+    rpm_limit: Count | None = None
+    tpm_limit: Count | None = None
+    max_parallel_requests: Count | None = None
+    max_budget: Money | None = Field(default=None, description="USD per budget_duration (or ever)")
     budget_duration: Duration | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     blocked: bool | None = None
 
 
 class KeyFields(_Limits):
-    key_alias: str | None = Field(default=None, min_length=1, max_length=255)
-    user_id: str | None = None
-    team_id: str | None = None
-    aliases: dict[str, str] | None = None
-    model_rpm_limit: dict[str, NonNegInt] | None = None
-    model_tpm_limit: dict[str, NonNegInt] | None = None
+    key_alias: Name | None = None
+    user_id: Id | None = None
+    team_id: Id | None = None
+    aliases: dict[ModelName, ModelName] | None = Field(default=None, max_length=1000,
+                                                       description="key-specific model names: alias -> model")
+    model_rpm_limit: dict[ModelName, Count] | None = Field(default=None, max_length=1000)
+    model_tpm_limit: dict[ModelName, Count] | None = Field(default=None, max_length=1000)
     duration: Duration | None = Field(default=None, description="expires this long after now, e.g. '90d'")
-    expires: datetime | None = Field(default=None, description="absolute expiry time (ISO 8601)")
-    key_type: Literal["default", "llm_api", "management"] | None = None
+    expires: Instant | None = Field(default=None, description="absolute expiry time (ISO 8601)")
+    key_type: KeyType | None = Field(default=None, description="llm_api: inference only; management: admin only")
 
 
 class KeyGenerate(KeyFields):
@@ -54,53 +45,57 @@ class KeyGenerate(KeyFields):
 
 
 class KeyUpdate(KeyFields):
-    key: str = Field(min_length=1, description="the key or its hash (token)")
+    key: KeyRef
 
 
-class KeyDelete(_Strict):
-    keys: list[str] | None = None
-    key_aliases: list[str] | None = None
+class KeyDelete(Strict):
+    keys: list[KeyRef] | None = Field(default=None, max_length=LIST_MAX)
+    key_aliases: list[Name] | None = Field(default=None, max_length=LIST_MAX)
 
 
-class KeyRef(_Strict):
-    key: str = Field(min_length=1)
+class KeyBlock(Strict):
+    key: KeyRef
 
 
-class KeyRegenerate(_Strict):
-    key: str | None = None
+class KeyRegenerate(Strict):
+    key: KeyRef | None = Field(default=None, description="required unless the key is in the path")
     grace_period: Duration | None = Field(default=None, description="the old secret keeps working this long")
 
 
 class TeamFields(_Limits):
-    team_alias: str | None = Field(default=None, min_length=1, max_length=255)
+    team_alias: Name | None = None
 
 
 class TeamNew(TeamFields):
-    team_id: str | None = Field(default=None, min_length=1, max_length=64)
+    team_id: Id | None = None
 
 
 class TeamUpdate(TeamFields):
-    team_id: str = Field(min_length=1)
+    team_id: Id
 
 
-class TeamDelete(_Strict):
-    team_ids: list[str] = Field(min_length=1)
+class TeamDelete(Strict):
+    team_ids: list[Id] = Field(min_length=1, max_length=LIST_MAX)
 
 
 class UserFields(_Limits):
-    user_email: str | None = None
-    user_role: Literal["proxy_admin", "internal_user", "internal_user_viewer"] | None = None
-    team_id: str | None = None
+    user_email: Email | None = None
+    user_role: UserRole | None = None
+    team_id: Id | None = None
 
 
 class UserNew(UserFields):
-    user_id: str | None = Field(default=None, min_length=1, max_length=64)
-    auto_create_key: bool = True
+    user_id: Id | None = None
+    auto_create_key: bool = Field(default=True, description="also create a key for the user (LiteLLM's default)")
 
 
 class UserUpdate(UserFields):
-    user_id: str = Field(min_length=1)
+    user_id: Id
 
 
-class UserDelete(_Strict):
-    user_ids: list[str] = Field(min_length=1)
+class UserDelete(Strict):
+    user_ids: list[Id] = Field(min_length=1, max_length=LIST_MAX)
+
+
+class HealthRestart(Strict):
+    model: ModelName = Field(description="a public model name; its crashed or failed local deployments start again now")

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
+MAX_TOKENS = 2**31 - 1  # what any model server takes (a C int); also keeps limit arithmetic exact
 Probability = Annotated[float, Field(ge=0, le=1)]
+TokenCount = Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 MAX_STOP = 16
 
@@ -36,9 +38,23 @@ class StreamOptions(_Open):
     include_usage: StrictBool | None = None
 
 
+class ContentPart(_Open):
+    """One part of a message's content: text parts carry a string; other kinds (image_url,
+    input_audio, file, ...) pass through as sent."""
+
+    type: StrictStr
+    text: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs a string 'text'")
+        return self
+
+
 class Message(_Open):
     role: Literal["system", "user", "assistant", "tool", "function", "developer"]
-    content: StrictStr | list[dict[str, Any]] | None = None
+    content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
 
 
@@ -49,7 +65,7 @@ class _Sampling(_Open):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Probability | None = None
     n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: TokenCount | None = None
     stop: Stop = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
@@ -64,7 +80,7 @@ class _Sampling(_Open):
 
 class ChatRequest(_Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: TokenCount | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
     tools: list[dict[str, Any]] | None = None

@@ -6,23 +6,25 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-from ..admin import Admin
+from ..admin import ERRORS, NOT_FOUND, Admin, AdminRoute
 from ..errors import NotFound
+from ..protocol.admin import HealthRestart
+from ..protocol.answers import Health, Liveliness, Readiness, Restarted
 from ..services import Services, ServicesDep
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=AdminRoute)
 
 
-@router.get("/health/liveliness", summary="The process is up (no auth)")
+@router.get("/health/liveliness", summary="The process is up (no auth)", response_model=Liveliness)
 @router.get("/health/liveness", include_in_schema=False)
 async def liveliness() -> dict:
     return {"status": "alive"}
 
 
-@router.get("/health/readiness", summary="Database reachable and local models loaded (no auth)")
+@router.get("/health/readiness", summary="Database reachable and local models loaded (no auth)",
+            response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
 async def readiness(services: ServicesDep) -> JSONResponse:
     db_ok = await services.db.ping()
     local = local_models(services)
@@ -37,7 +39,9 @@ def local_models(services: Services) -> dict[str, dict]:
     return {d.id: d.backend.status() for d in services.router.deployments() if hasattr(d.backend, "status")}
 
 
-@router.get("/health", summary="Per-deployment state (auth)")
+@router.get("/health", summary="Per-deployment state (auth)", response_model=Health,
+            response_model_exclude_unset=True,  # `local_model` only on local deployments
+            responses={k: v for k, v in ERRORS.items() if k in (401, 429, "default")})
 async def health(request: Request, services: ServicesDep) -> dict:
     await services.auth.authenticate(request)
     deployments = services.router.deployments()
@@ -54,13 +58,9 @@ async def health(request: Request, services: ServicesDep) -> dict:
             "healthy_count": len(healthy), "unhealthy_count": len(unhealthy)}
 
 
-class RestartBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="a public model name; its crashed or failed local deployments start again now")
-
-
-@router.post("/health/restart", summary="Start a crashed local model's worker now (master key)")
-async def restart(_: Admin, body: RestartBody, services: ServicesDep) -> dict:
+@router.post("/health/restart", summary="Start a crashed local model's worker now (master key)",
+             response_model=Restarted, response_model_exclude_unset=True, responses=ERRORS | NOT_FOUND)
+async def restart(_: Admin, body: HealthRestart, services: ServicesDep) -> dict:
     if body.model not in services.router:
         raise NotFound(f"model '{body.model}' does not exist or is not served here")
     restarted = [d.id for d in services.router.groups[body.model]

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Query, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path
 from sqlalchemy import delete, or_, select
 
-from ..admin import (Admin, AnyCaller, apply, commit, key_info, page_args, pages, parse, require,
-                     sessions)
+from ..admin import (CONFLICT, ERRORS, NOT_FOUND, Admin, AdminRoute, AnyCaller, Page, Size, apply, commit,
+                     key_info, pages, require, sessions)
 from ..auth.secrets import display_name, hash_key, new_key, to_hash
 from ..db.keys import get_key, list_rows
 from ..db.models import Key, Team, User
 from ..durations import after
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
-from ..protocol.admin import KeyDelete, KeyFields, KeyGenerate, KeyRef, KeyRegenerate, KeyUpdate
+from ..protocol.admin import KeyBlock, KeyDelete, KeyFields, KeyGenerate, KeyRegenerate, KeyUpdate
+from ..protocol.answers import DeletedKeys, KeyInfo, KeyInfoAnswer, KeyList, NewKey
+from ..protocol.fields import KeyRef, Name, Id
 from ..services import Services, ServicesDep
 
-router = APIRouter(prefix="/key", tags=["keys"])
+router = APIRouter(prefix="/key", tags=["keys"], route_class=AdminRoute, responses=ERRORS)
 
 
 def _key_fields(body: KeyFields) -> dict:
@@ -55,17 +59,15 @@ async def create_key(services: Services, session, fields: dict) -> dict:
     return {"key": secret, **key_info(key)}
 
 
-@router.post("/generate", summary="Create a virtual key")
-async def generate(request: Request, services: ServicesDep, _: Admin) -> dict:
-    body: KeyGenerate = await parse(request, KeyGenerate)
+@router.post("/generate", summary="Create a virtual key", response_model=NewKey, responses=CONFLICT)
+async def generate(body: KeyGenerate, services: ServicesDep, _: Admin) -> dict:
     async with sessions(services) as session:
         await _check_refs(session, body)
         return await create_key(services, session, _key_fields(body))
 
 
-@router.post("/update", summary="Change a key's fields")
-async def update(request: Request, services: ServicesDep, _: Admin) -> dict:
-    body: KeyUpdate = await parse(request, KeyUpdate)
+@router.post("/update", summary="Change a key's fields", response_model=KeyInfo, responses=NOT_FOUND | CONFLICT)
+async def update(body: KeyUpdate, services: ServicesDep, _: Admin) -> dict:
     async with sessions(services) as session:
         key = await _load(session, body.key)
         if body.key_alias and body.key_alias != key.key_alias:
@@ -79,9 +81,8 @@ async def update(request: Request, services: ServicesDep, _: Admin) -> dict:
         return key_info(key)
 
 
-@router.post("/delete", summary="Delete keys by key/hash or alias")
-async def delete_keys(request: Request, services: ServicesDep, _: Admin) -> dict:
-    body: KeyDelete = await parse(request, KeyDelete)
+@router.post("/delete", summary="Delete keys by key/hash or alias", response_model=DeletedKeys, responses=NOT_FOUND)
+async def delete_keys(body: KeyDelete, services: ServicesDep, _: Admin) -> dict:
     if not body.keys and not body.key_aliases:
         raise BadRequest("send 'keys' or 'key_aliases'", param="keys")
     hashes = [to_hash(k) for k in body.keys or []]
@@ -99,8 +100,9 @@ async def delete_keys(request: Request, services: ServicesDep, _: Admin) -> dict
     return {"deleted_keys": [k.token_hash for k in found]}
 
 
-@router.get("/info", summary="A key's fields and spend (a key may read its own)")
-async def info(services: ServicesDep, caller: AnyCaller, key: str | None = Query(default=None)) -> dict:
+@router.get("/info", summary="A key's fields and spend (a key may read its own)", response_model=KeyInfoAnswer,
+            responses=NOT_FOUND)
+async def info(services: ServicesDep, caller: AnyCaller, key: KeyRef | None = None) -> dict:
     target = to_hash(key) if key else caller.key_hash
     if target is None:
         raise BadRequest("pass ?key=", param="key")
@@ -111,11 +113,10 @@ async def info(services: ServicesDep, caller: AnyCaller, key: str | None = Query
         return {"key": row.token_hash, "info": key_info(row)}
 
 
-@router.get("/list", summary="Keys, paginated, filtered by user, team or alias")
-async def list_keys(services: ServicesDep, _: Admin, page: int = 1, size: int = 50, user_id: str | None = None,
-                    team_id: str | None = None, key_alias: str | None = None,
+@router.get("/list", summary="Keys, paginated, filtered by user, team or alias", response_model=KeyList)
+async def list_keys(services: ServicesDep, _: Admin, page: Page = 1, size: Size = 50, user_id: Id | None = None,
+                    team_id: Id | None = None, key_alias: Name | None = None,
                     return_full_object: bool = False) -> dict:
-    page, size = page_args(page, size)
     async with sessions(services) as session:
         rows, total = await list_rows(session, Key, filters={"user_id": user_id, "team_id": team_id,
                                                              "key_alias": key_alias}, page=page, size=size)
@@ -136,22 +137,22 @@ async def _regenerate(services: Services, ref: str, grace_period: str | None) ->
     return {"key": secret, **key_info(key)}
 
 
-@router.post("/regenerate", summary="Rotate a key's secret (optional grace period for the old one)")
-async def regenerate(request: Request, services: ServicesDep, _: Admin) -> dict:
-    body: KeyRegenerate = await parse(request, KeyRegenerate)
+@router.post("/regenerate", summary="Rotate a key's secret (optional grace period for the old one)",
+             response_model=NewKey, responses=NOT_FOUND)
+async def regenerate(body: KeyRegenerate, services: ServicesDep, _: Admin) -> dict:
     if not body.key:
         raise BadRequest("key is required", param="key")
     return await _regenerate(services, body.key, body.grace_period)
 
 
-@router.post("/{key}/regenerate", summary="Rotate a key's secret (LiteLLM's path form)")
-async def regenerate_path(key: str, request: Request, services: ServicesDep, _: Admin) -> dict:
-    body = await parse(request, KeyRegenerate) if await request.body() else KeyRegenerate()
-    return await _regenerate(services, key, body.grace_period)
+@router.post("/{key}/regenerate", summary="Rotate a key's secret (LiteLLM's path form)", response_model=NewKey,
+             responses=NOT_FOUND)
+async def regenerate_path(key: Annotated[KeyRef, Path()], services: ServicesDep, _: Admin,
+                          body: Annotated[KeyRegenerate | None, Body()] = None) -> dict:
+    return await _regenerate(services, key, body.grace_period if body else None)
 
 
-async def _set_blocked(request: Request, services: Services, blocked: bool) -> dict:
-    body: KeyRef = await parse(request, KeyRef)
+async def _set_blocked(body: KeyBlock, services: Services, blocked: bool) -> dict:
     async with sessions(services) as session:
         key = await _load(session, body.key)
         key.blocked = blocked
@@ -160,11 +161,12 @@ async def _set_blocked(request: Request, services: Services, blocked: bool) -> d
     return key_info(key)
 
 
-@router.post("/block", summary="Block a key (stops working everywhere within a second)")
-async def block(request: Request, services: ServicesDep, _: Admin) -> dict:
-    return await _set_blocked(request, services, True)
+@router.post("/block", summary="Block a key (stops working everywhere within a second)", response_model=KeyInfo,
+             responses=NOT_FOUND)
+async def block(body: KeyBlock, services: ServicesDep, _: Admin) -> dict:
+    return await _set_blocked(body, services, True)
 
 
-@router.post("/unblock", summary="Unblock a key")
-async def unblock(request: Request, services: ServicesDep, _: Admin) -> dict:
-    return await _set_blocked(request, services, False)
+@router.post("/unblock", summary="Unblock a key", response_model=KeyInfo, responses=NOT_FOUND)
+async def unblock(body: KeyBlock, services: ServicesDep, _: Admin) -> dict:
+    return await _set_blocked(body, services, False)

@@ -1,20 +1,26 @@
 """/team/* and /user/*: LiteLLM's team and user routes, built from one description each since
-both do the same: new, update, delete (with their keys), info, list."""
+both do the same: new, update, delete (with their keys), info, list.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: the handlers' parameter types are the entity's
+models, which FastAPI must see as classes, not as names it cannot resolve."""
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 from sqlalchemy import delete, select
 
-from ..admin import Admin, AnyCaller, apply, commit, key_info, page_args, pages, parse, require, serialize, sessions
+from ..admin import (CONFLICT, ERRORS, NOT_FOUND, Admin, AdminRoute, AnyCaller, Page, Size, apply, commit,
+                     key_info, pages, require, serialize, sessions)
 from ..db.keys import list_rows
 from ..db.models import Key, Team, User
 from ..errors import Conflict, Forbidden, NotFound
-from ..protocol.admin import TeamDelete, TeamNew, TeamUpdate, UserDelete, UserNew, UserUpdate
+from ..protocol import answers
+from ..protocol.admin import TeamDelete, TeamNew, TeamUpdate, UserDelete, UserNew, UserRole, UserUpdate
+from ..protocol.fields import NO_NUL, Id
 from ..services import ServicesDep
 from .keys import create_key
 
@@ -29,15 +35,33 @@ class Entity:
     update: type[BaseModel]
     remove: type[BaseModel]
     ids_field: str       # team_ids | user_ids
-    list_filters: tuple[str, ...]
+    created: type[BaseModel]
+    row: type[BaseModel]
+    info: type[BaseModel]
+    listing: type[BaseModel]
+    deleted: type[BaseModel]
+    filters: Callable[..., dict[str, Any]]  # the /list query filters, as a FastAPI dependency
 
 
-TEAM = Entity("team", Team, "team_id", "team_alias", TeamNew, TeamUpdate, TeamDelete, "team_ids", ())
-USER = Entity("user", User, "user_id", None, UserNew, UserUpdate, UserDelete, "user_ids", ("team_id", "user_role"))
+def no_filters() -> dict[str, Any]:
+    return {}
+
+
+def user_filters(team_id: Id | None = None, user_role: UserRole | None = None) -> dict[str, Any]:
+    return {"team_id": team_id, "user_role": user_role}
+
+
+TEAM = Entity("team", Team, "team_id", "team_alias", TeamNew, TeamUpdate, TeamDelete, "team_ids",
+              answers.TeamInfo, answers.TeamInfo, answers.TeamInfoAnswer, answers.TeamList, answers.DeletedTeams,
+              no_filters)
+USER = Entity("user", User, "user_id", None, UserNew, UserUpdate, UserDelete, "user_ids",
+              answers.NewUser, answers.UserInfo, answers.UserInfoAnswer, answers.UserList, answers.DeletedUsers,
+              user_filters)
 
 
 def build(e: Entity) -> APIRouter:
-    router = APIRouter(prefix=f"/{e.kind}", tags=[f"{e.kind}s"])
+    """The five routes of one entity, their bodies and answers typed with the entity's models."""
+    router = APIRouter(prefix=f"/{e.kind}", tags=[f"{e.kind}s"], route_class=AdminRoute, responses=ERRORS)
     key_column = getattr(Key, e.id_field)
 
     async def load(session, ident: str):
@@ -52,9 +76,8 @@ def build(e: Entity) -> APIRouter:
         if alias and (await session.execute(select(e.model).where(column == alias))).first():
             raise Conflict(f"{e.alias_field} '{alias}' is already used", param=e.alias_field)
 
-    @router.post("/new", summary=f"Create a {e.kind}")
-    async def new(request: Request, services: ServicesDep, _: Admin) -> dict:
-        body = await parse(request, e.new)
+    @router.post("/new", summary=f"Create a {e.kind}", response_model=e.created, responses=CONFLICT)
+    async def new(body: e.new, services: ServicesDep, _: Admin) -> dict:
         fields = body.model_dump(exclude_unset=True, exclude={e.id_field, "auto_create_key"})
         ident = getattr(body, e.id_field) or str(uuid.uuid4())
         async with sessions(services) as session:
@@ -73,9 +96,9 @@ def build(e: Entity) -> APIRouter:
                 out["token"] = created["token"]
         return out
 
-    @router.post("/update", summary=f"Change a {e.kind}'s fields")
-    async def update(request: Request, services: ServicesDep, _: Admin) -> dict:
-        body = await parse(request, e.update)
+    @router.post("/update", summary=f"Change a {e.kind}'s fields", response_model=e.row,
+                 responses=NOT_FOUND | CONFLICT)
+    async def update(body: e.update, services: ServicesDep, _: Admin) -> dict:
         fields = body.model_dump(exclude_unset=True, exclude={e.id_field})
         async with sessions(services) as session:
             row = await load(session, getattr(body, e.id_field))
@@ -88,9 +111,9 @@ def build(e: Entity) -> APIRouter:
         await services.invalidator.publish(e.kind, out[e.id_field])
         return out
 
-    @router.post("/delete", summary=f"Delete {e.kind}s and their keys")
-    async def remove(request: Request, services: ServicesDep, _: Admin) -> dict:
-        body = await parse(request, e.remove)
+    @router.post("/delete", summary=f"Delete {e.kind}s and their keys", response_model=e.deleted,
+                 responses=NOT_FOUND)
+    async def remove(body: e.remove, services: ServicesDep, _: Admin) -> dict:
         ids = getattr(body, e.ids_field)
         async with sessions(services) as session:
             for ident in ids:
@@ -102,8 +125,9 @@ def build(e: Entity) -> APIRouter:
             await services.invalidator.publish(e.kind, ident)
         return {f"deleted_{e.kind}s": ids}
 
-    @router.get("/info", summary=f"A {e.kind} with its keys and spend")
-    async def info(services: ServicesDep, caller: AnyCaller, ident: str = Query(alias=e.id_field)) -> dict:
+    @router.get("/info", summary=f"A {e.kind} with its keys and spend", response_model=e.info, responses=NOT_FOUND)
+    async def info(services: ServicesDep, caller: AnyCaller,
+                   ident: Annotated[str, Query(alias=e.id_field, min_length=1, max_length=64, pattern=NO_NUL)]) -> dict:
         if not caller.may_administer and getattr(caller, e.id_field) != ident:
             raise Forbidden(f"a key may only read its own {e.kind}", code="admin_only")
         async with sessions(services) as session:
@@ -111,10 +135,9 @@ def build(e: Entity) -> APIRouter:
             keys = (await session.execute(select(Key).where(key_column == ident))).scalars().all()
         return {e.id_field: ident, f"{e.kind}_info": serialize(row), "keys": [key_info(k) for k in keys]}
 
-    @router.get("/list", summary=f"{e.kind.capitalize()}s, paginated")
-    async def list_all(request: Request, services: ServicesDep, _: Admin, page: int = 1, size: int = 50) -> dict:
-        page, size = page_args(page, size)
-        filters = {name: request.query_params.get(name) for name in e.list_filters}
+    @router.get("/list", summary=f"{e.kind.capitalize()}s, paginated", response_model=e.listing)
+    async def list_all(services: ServicesDep, _: Admin, filters: Annotated[dict, Depends(e.filters)],
+                       page: Page = 1, size: Size = 50) -> dict:
         async with sessions(services) as session:
             rows, total = await list_rows(session, e.model, filters=filters, page=page, size=size)
         return {f"{e.kind}s": [serialize(r) for r in rows], "total_count": total, "current_page": page,

@@ -6,32 +6,29 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
-from ..admin import Admin, AnyCaller, sessions
+from ..admin import ERRORS, Admin, AdminRoute, AnyCaller, Page, Size, sessions
 from ..auth.secrets import to_hash
 from ..db import spend
 from ..durations import parse_duration, utcnow
-from ..errors import BadRequest, Forbidden
+from ..errors import Forbidden
+from ..protocol.answers import GlobalSpend, SpendLogs, SpendReport
+from ..protocol.fields import Duration, Id, Instant, KeyRef, ModelName
 from ..services import ServicesDep
 
-router = APIRouter(tags=["spend"])
+router = APIRouter(tags=["spend"], route_class=AdminRoute, responses=ERRORS)
 
 
 def _since(since: str | None) -> datetime | None:
-    if since is None:
-        return None
-    try:
-        return utcnow() - timedelta(seconds=parse_duration(since))
-    except ValueError as exc:
-        raise BadRequest(str(exc), param="since") from exc
+    return None if since is None else utcnow() - timedelta(seconds=parse_duration(since))
 
 
-@router.get("/spend/logs", summary="Usage records, newest first (filters and pagination)")
-async def spend_logs(services: ServicesDep, caller: AnyCaller, api_key: str | None = None,
-                     user_id: str | None = None, team_id: str | None = None, model: str | None = None,
-                     start_date: datetime | None = None, end_date: datetime | None = None,
-                     page: int = Query(default=1, ge=1), size: int = Query(default=100, ge=1, le=1000)) -> dict:
+@router.get("/spend/logs", summary="Usage records, newest first (filters and pagination)", response_model=SpendLogs)
+async def spend_logs(services: ServicesDep, caller: AnyCaller, api_key: KeyRef | None = None,
+                     user_id: Id | None = None, team_id: Id | None = None, model: ModelName | None = None,
+                     start_date: Instant | None = None, end_date: Instant | None = None,
+                     page: Page = 1, size: Size = 100) -> dict:
     key_hash = to_hash(api_key) if api_key else None
     if not caller.may_administer:
         if key_hash not in (None, caller.key_hash) or user_id or team_id:
@@ -43,17 +40,17 @@ async def spend_logs(services: ServicesDep, caller: AnyCaller, api_key: str | No
     return {"data": [r.to_dict() for r in rows], "page": page, "size": size}
 
 
-@router.get("/global/spend", summary="Total spend, tokens and requests")
-async def global_spend(services: ServicesDep, _: Admin, start_date: datetime | None = None,
-                       end_date: datetime | None = None) -> dict:
+@router.get("/global/spend", summary="Total spend, tokens and requests", response_model=GlobalSpend)
+async def global_spend(services: ServicesDep, _: Admin, start_date: Instant | None = None,
+                       end_date: Instant | None = None) -> dict:
     async with sessions(services) as session:
         totals = await spend.global_spend(session, start=start_date, end=end_date)
     return {**asdict(totals), "total_tokens": totals.total_tokens}
 
 
-@router.get("/spend/report", summary="Usage grouped by day, model or key")
-async def report(services: ServicesDep, _: Admin, key: str | None = None, team_id: str | None = None,
-                 since: str | None = None, by: Literal["day", "model", "key"] = "day") -> dict:
+@router.get("/spend/report", summary="Usage grouped by day, model or key", response_model=SpendReport)
+async def report(services: ServicesDep, _: Admin, key: KeyRef | None = None, team_id: Id | None = None,
+                 since: Duration | None = None, by: Literal["day", "model", "key"] = "day") -> dict:
     async with sessions(services) as session:
         groups = await spend.usage_report(session, key_hash=to_hash(key) if key else None, team_id=team_id,
                                           since=_since(since), by=by)

@@ -1,0 +1,208 @@
+"""What the admin, spend and health routes answer, in LiteLLM's shapes (its field names; times
+as ISO 8601 with their offset). FastAPI checks each answer against these and /openapi.json
+describes them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .admin import KeyType, UserRole
+from .fields import Answer, Timestamp
+
+
+class _Limits(Answer):
+    models: list[str]
+    rpm_limit: int | None
+    tpm_limit: int | None
+    max_parallel_requests: int | None
+    max_budget: float | None
+    budget_duration: str | None
+    budget_reset_at: Timestamp | None = Field(description="when the current budget window ends")
+    spend: float = Field(description="USD spent in the current budget window")
+    metadata: dict[str, Any]
+    blocked: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class KeyInfo(_Limits):
+    token: str = Field(description="the key's SHA-256 hash: how admin routes name it")
+    key_name: str = Field(description="display form, e.g. 'sk-...abcd'")
+    id: str
+    key_alias: str | None
+    key_type: KeyType
+    user_id: str | None
+    team_id: str | None
+    aliases: dict[str, str]
+    model_rpm_limit: dict[str, int]
+    model_tpm_limit: dict[str, int]
+    expires: Timestamp | None
+    last_used_at: Timestamp | None
+    previous_valid_until: Timestamp | None = Field(description="the old secret works until then (after a rotation)")
+
+
+class NewKey(KeyInfo):
+    key: str = Field(description="the raw key: shown in this answer only")
+
+
+class KeyInfoAnswer(Answer):
+    key: str = Field(description="the key's hash")
+    info: KeyInfo
+
+
+class KeyList(Answer):
+    keys: list[KeyInfo] | list[str] = Field(description="hashes, or whole records with return_full_object=true")
+    total_count: int
+    current_page: int
+    total_pages: int
+
+
+class DeletedKeys(Answer):
+    deleted_keys: list[str] = Field(description="hashes of the deleted keys")
+
+
+class TeamInfo(_Limits):
+    team_id: str
+    team_alias: str | None
+
+
+class UserInfo(_Limits):
+    user_id: str
+    user_email: str | None
+    user_role: UserRole
+    team_id: str | None
+
+
+class NewUser(UserInfo):
+    key: str | None = Field(default=None, description="the raw key made with the user (auto_create_key)")
+    token: str | None = Field(default=None, description="that key's hash")
+
+
+class TeamInfoAnswer(Answer):
+    team_id: str
+    team_info: TeamInfo
+    keys: list[KeyInfo]
+
+
+class UserInfoAnswer(Answer):
+    user_id: str
+    user_info: UserInfo
+    keys: list[KeyInfo]
+
+
+class TeamList(Answer):
+    teams: list[TeamInfo]
+    total_count: int
+    current_page: int
+    total_pages: int
+
+
+class UserList(Answer):
+    users: list[UserInfo]
+    total_count: int
+    current_page: int
+    total_pages: int
+
+
+class DeletedTeams(Answer):
+    deleted_teams: list[str]
+
+
+class DeletedUsers(Answer):
+    deleted_users: list[str]
+
+
+class SpendLog(Answer):
+    request_id: str
+    created_at: str = Field(description="ISO 8601")
+    model: str
+    route: str
+    status: int
+    key_hash: str | None
+    user_id: str | None
+    team_id: str | None
+    deployment: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+    latency_ms: float
+    ttft_ms: float | None
+    error_type: str | None
+    streamed: bool
+
+
+class SpendLogs(Answer):
+    data: list[SpendLog]
+    page: int
+    size: int
+
+
+class GlobalSpend(Answer):
+    spend: float
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    requests: int
+
+
+class UsageGroup(Answer):
+    group: str | None = Field(description="a UTC day (YYYY-MM-DD), a model, or a key hash (null: no virtual key)")
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+
+
+class SpendReport(Answer):
+    by: str
+    data: list[UsageGroup]
+
+
+class Liveliness(Answer):
+    status: str
+
+
+class LocalModel(Answer):
+    """A local (llama.cpp) model's worker; the fields after `state` appear where they apply."""
+
+    state: Literal["loading", "ready", "restarting", "failed", "stopped"]
+    pid: int | None = None
+    restarts: int | None = None
+    consecutive_crashes: int | None = None
+    last_crash: str | None = Field(default=None, description="how the last worker died, with its last stderr lines")
+    code: str | None = None
+    error: str | None = None
+    retry_in_s: float | None = None
+
+
+class Readiness(Answer):
+    status: str = Field(description="'ready' or 'not ready' (then with status 503)")
+    db: str
+    local_models: dict[str, LocalModel] = Field(description="by local deployment id")
+
+
+class Restarted(Answer):
+    model: str
+    restarted: list[str] = Field(description="deployment ids started again")
+    local_models: dict[str, LocalModel]
+
+
+class DeploymentHealth(Answer):
+    model_name: str
+    id: str
+    upstream: str
+    in_flight: int
+    cooling_down: bool
+    cooldown_remaining_s: float
+    last_error: str | None
+    local_model: LocalModel | None = Field(default=None, description="local deployments only")
+
+
+class Health(Answer):
+    healthy_endpoints: list[DeploymentHealth]
+    unhealthy_endpoints: list[DeploymentHealth]
+    healthy_count: int
+    unhealthy_count: int
