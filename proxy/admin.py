@@ -42,6 +42,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 TOO_LARGE = {413: _error("request body over the size limit")}
 NOT_FOUND = {404: _error("no such key, user or team")}
 CONFLICT = {409: _error("alias or id already used")}
+INFERENCE_ERRORS = {**ERRORS, 404: _error("unknown model"), **TOO_LARGE}
 
 
 class AdminRequest(Request):
@@ -138,9 +139,17 @@ def key_info(key: Key) -> dict[str, Any]:
     return {"token": key.token_hash, "key_name": key.key_prefix, **info}
 
 
+# Columns that always hold a value: null for them in a body means "leave as it is" (as LiteLLM
+# drops None fields); for the others (limits, budget, alias, expiry, owner) null clears the value.
+ALWAYS_SET = frozenset({"models", "aliases", "model_rpm_limit", "model_tpm_limit", "metadata", "blocked",
+                        "key_type", "user_role"})
+
+
 def apply(row: Key | User | Team, fields: dict[str, Any]) -> None:
     """Set the given fields on a row; a new budget_duration starts a new window."""
     for name, value in fields.items():
+        if value is None and name in ALWAYS_SET:
+            continue
         if name == "metadata":
             row.metadata_ = value or {}
         elif name == "budget_duration":

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import errors
+from .admin import INFERENCE_ERRORS
 from .fastpath import FastPath
 from .routes import health, keys, openai, principals, spend
 from .services import Services
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="OpenAI-compatible LLM gateway with keys, limits and accounting.")
     errors.install(app)
     for prefix in ("/v1", "/openai/v1"):
-        app.include_router(openai.router, prefix=prefix, include_in_schema=prefix == "/v1")
+        app.include_router(openai.router, prefix=prefix, include_in_schema=prefix == "/v1", responses=INFERENCE_ERRORS)
     app.include_router(health.router)
     for admin_router in (keys.router, principals.teams, principals.users, spend.router):
         app.include_router(admin_router)

@@ -76,7 +76,8 @@ def build(e: Entity) -> APIRouter:
         if alias and (await session.execute(select(e.model).where(column == alias))).first():
             raise Conflict(f"{e.alias_field} '{alias}' is already used", param=e.alias_field)
 
-    @router.post("/new", summary=f"Create a {e.kind}", response_model=e.created, responses=CONFLICT)
+    @router.post("/new", summary=f"Create a {e.kind}", response_model=e.created, responses=CONFLICT,
+                 response_model_exclude_unset=True)  # a user's `key` only when one was made
     async def new(body: e.new, services: ServicesDep, _: Admin) -> dict:
         fields = body.model_dump(exclude_unset=True, exclude={e.id_field, "auto_create_key"})
         ident = getattr(body, e.id_field) or str(uuid.uuid4())
