@@ -142,7 +142,7 @@ def key_info(key: Key) -> dict[str, Any]:
 # Columns that always hold a value: null for them in a body means "leave as it is" (as LiteLLM
 # drops None fields); for the others (limits, budget, alias, expiry, owner) null clears the value.
 ALWAYS_SET = frozenset({"models", "aliases", "model_rpm_limit", "model_tpm_limit", "metadata", "blocked",
-                        "key_type", "user_role"})
+                        "key_type", "user_role", "spend"})
 
 
 def apply(row: Key | User | Team, fields: dict[str, Any]) -> None:

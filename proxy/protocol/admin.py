@@ -27,17 +27,25 @@ class _Limits(Strict):
     blocked: bool | None = None
 
 
-class KeyFields(_Limits):
+class _KeyOnly(Strict):
+    """What only a key has (LiteLLM's /user/new takes these too, for the key it makes)."""
+
     key_alias: Name | None = None
-    user_id: Id | None = None
-    team_id: Id | None = None
-    aliases: dict[ModelName, ModelName] | None = Field(default=None, max_length=1000,
+    aliases: dict[ModelName, ModelName] | None = Field(default=None, max_length=LIST_MAX,
                                                        description="key-specific model names: alias -> model")
-    model_rpm_limit: dict[ModelName, Count] | None = Field(default=None, max_length=1000)
-    model_tpm_limit: dict[ModelName, Count] | None = Field(default=None, max_length=1000)
+    model_rpm_limit: dict[ModelName, Count] | None = Field(default=None, max_length=LIST_MAX)
+    model_tpm_limit: dict[ModelName, Count] | None = Field(default=None, max_length=LIST_MAX)
     duration: Duration | None = Field(default=None, description="expires this long after now, e.g. '90d'")
     expires: Instant | None = Field(default=None, description="absolute expiry time (ISO 8601)")
     key_type: KeyType | None = Field(default=None, description="llm_api: inference only; management: admin only")
+
+
+KEY_ONLY = frozenset(_KeyOnly.model_fields)
+
+
+class KeyFields(_Limits, _KeyOnly):
+    user_id: Id | None = Field(default=None, description="a user without a row gets one (as in LiteLLM)")
+    team_id: Id | None = None
 
 
 class KeyGenerate(KeyFields):
@@ -46,6 +54,7 @@ class KeyGenerate(KeyFields):
 
 class KeyUpdate(KeyFields):
     key: KeyRef
+    spend: Money | None = Field(default=None, description="set the spend (e.g. 0 to reset it)")
 
 
 class KeyDelete(Strict):
@@ -84,13 +93,17 @@ class UserFields(_Limits):
     team_id: Id | None = None
 
 
-class UserNew(UserFields):
+class UserNew(UserFields, _KeyOnly):
+    """LiteLLM's shape: a user's fields plus a /key/generate body for the key made with it (the
+    limits, budget and models apply to the user; metadata to both)."""
+
     user_id: Id | None = None
     auto_create_key: bool = Field(default=True, description="also create a key for the user (LiteLLM's default)")
 
 
 class UserUpdate(UserFields):
     user_id: Id
+    spend: Money | None = Field(default=None, description="set the spend (e.g. 0 to reset it)")
 
 
 class UserDelete(Strict):

@@ -45,6 +45,7 @@ class KeyInfo(_Limits):
 
 class NewKey(KeyInfo):
     key: str = Field(description="the raw key: shown in this answer only")
+    token_id: str = Field(description="the key's hash, as `token` (LiteLLM's name in this answer)")
 
 
 class KeyInfoAnswer(Answer):
@@ -78,6 +79,8 @@ class UserInfo(_Limits):
 class NewUser(UserInfo):
     key: str | None = Field(default=None, description="the raw key made with the user (auto_create_key)")
     token: str | None = Field(default=None, description="that key's hash")
+    expires: Timestamp | None = Field(default=None, description="that key's expiry")
+    key_alias: str | None = Field(default=None, description="that key's alias")
 
 
 class TeamInfoAnswer(Answer):

@@ -7,6 +7,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
+from pydantic import BaseModel
 from sqlalchemy import delete, or_, select
 
 from ..admin import (CONFLICT, ERRORS, NOT_FOUND, Admin, AdminRoute, AnyCaller, Page, Size, apply, commit,
@@ -18,14 +19,19 @@ from ..durations import after
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..protocol.admin import KeyBlock, KeyDelete, KeyFields, KeyGenerate, KeyRegenerate, KeyUpdate
 from ..protocol.answers import DeletedKeys, KeyInfo, KeyInfoAnswer, KeyList, NewKey
-from ..protocol.fields import KeyRef, Name, Id
+from ..protocol.fields import Id, KeyRef, Name
 from ..services import Services, ServicesDep
 
 router = APIRouter(prefix="/key", tags=["keys"], route_class=AdminRoute, responses=ERRORS)
 
 
-def _key_fields(body: KeyFields) -> dict:
-    fields = body.model_dump(exclude_unset=True, exclude={"key", "duration", "expires"})
+KEY_FIELDS = frozenset(KeyFields.model_fields) | {"spend"}
+
+
+def key_fields(body: BaseModel, names: frozenset[str] = KEY_FIELDS) -> dict:
+    """The key's fields among `names` in a body (a key's, or /user/new's for the key it makes):
+    `duration` becomes `expires`."""
+    fields = body.model_dump(exclude_unset=True, include=set(names), exclude={"duration", "expires"})
     if body.duration is not None:
         fields["expires"] = after(body.duration)
     elif "expires" in body.model_fields_set:
@@ -40,42 +46,56 @@ async def _load(session, key_or_hash: str) -> Key:
     return key
 
 
-async def _check_refs(session, body: KeyFields) -> None:
-    await require(session, User, body.user_id, "user_id")
-    await require(session, Team, body.team_id, "team_id")
-    if body.key_alias and await get_key(session, alias=body.key_alias) is not None:
-        raise Conflict(f"key_alias '{body.key_alias}' is already used", param="key_alias")
+async def ensure_user(session, user_id: str | None) -> None:
+    """A key may name a user that has no row yet (LiteLLM accepts it): the row is made, with no
+    limits of its own, in the caller's transaction."""
+    if user_id is not None and await session.get(User, user_id) is None:
+        session.add(User(user_id=user_id, user_role="internal_user", models=[], metadata_={}, spend=0.0,
+                         blocked=False))
+        await session.flush()
 
 
-async def create_key(services: Services, session, fields: dict) -> dict:
+async def check_alias(session, alias: str | None) -> None:
+    if alias and await get_key(session, alias=alias) is not None:
+        raise Conflict(f"key_alias '{alias}' is already used", param="key_alias")
+
+
+def make_key(fields: dict) -> tuple[str, Key]:
+    """A new key row with these fields (not yet added to a session) and its raw secret."""
     secret = new_key()
     key = Key(id=str(uuid.uuid4()), token_hash=hash_key(secret), key_prefix=display_name(secret), models=[],
               aliases={}, model_rpm_limit={}, model_tpm_limit={}, metadata_={}, spend=0.0, blocked=False,
               key_type="default")
     apply(key, fields)
-    session.add(key)
-    await commit(session, "key")
-    await services.invalidator.publish("key", key.token_hash)
-    return {"key": secret, **key_info(key)}
+    return secret, key
+
+
+def new_key_answer(secret: str, key: Key) -> dict:
+    return {"key": secret, "token_id": key.token_hash, **key_info(key)}
 
 
 @router.post("/generate", summary="Create a virtual key", response_model=NewKey, responses=CONFLICT)
 async def generate(body: KeyGenerate, services: ServicesDep, _: Admin) -> dict:
     async with sessions(services) as session:
-        await _check_refs(session, body)
-        return await create_key(services, session, _key_fields(body))
+        await require(session, Team, body.team_id, "team_id")
+        await check_alias(session, body.key_alias)
+        await ensure_user(session, body.user_id)
+        secret, key = make_key(key_fields(body))
+        session.add(key)
+        await commit(session, "key")
+    await services.invalidator.publish("key", key.token_hash)
+    return new_key_answer(secret, key)
 
 
 @router.post("/update", summary="Change a key's fields", response_model=KeyInfo, responses=NOT_FOUND | CONFLICT)
 async def update(body: KeyUpdate, services: ServicesDep, _: Admin) -> dict:
     async with sessions(services) as session:
         key = await _load(session, body.key)
-        if body.key_alias and body.key_alias != key.key_alias:
-            await _check_refs(session, body)
-        else:
-            await require(session, User, body.user_id, "user_id")
-            await require(session, Team, body.team_id, "team_id")
-        apply(key, _key_fields(body))
+        if body.key_alias != key.key_alias:
+            await check_alias(session, body.key_alias)
+        await require(session, Team, body.team_id, "team_id")
+        await ensure_user(session, body.user_id)
+        apply(key, key_fields(body))
         await commit(session, "key")
         await services.invalidator.publish("key", key.token_hash)
         return key_info(key)
@@ -106,10 +126,10 @@ async def info(services: ServicesDep, caller: AnyCaller, key: KeyRef | None = No
     target = to_hash(key) if key else caller.key_hash
     if target is None:
         raise BadRequest("pass ?key=", param="key")
-    if not caller.may_administer and target != caller.key_hash:
-        raise Forbidden("a key may only read its own info", code="admin_only")
     async with sessions(services) as session:
-        row = await _load(session, target)
+        row = await _load(session, target)  # an unknown key is a 404 for every caller, as in LiteLLM
+        if not caller.may_administer and row.token_hash != caller.key_hash:
+            raise Forbidden("a key may only read its own info", code="admin_only")
         return {"key": row.token_hash, "info": key_info(row)}
 
 
@@ -134,7 +154,7 @@ async def _regenerate(services: Services, ref: str, grace_period: str | None) ->
         await commit(session, "key")
     await services.invalidator.publish("key", old_hash)
     await services.invalidator.publish("key", key.token_hash)
-    return {"key": secret, **key_info(key)}
+    return new_key_answer(secret, key)
 
 
 @router.post("/regenerate", summary="Rotate a key's secret (optional grace period for the old one)",

@@ -17,12 +17,13 @@ from ..admin import (CONFLICT, ERRORS, NOT_FOUND, Admin, AdminRoute, AnyCaller, 
                      key_info, pages, require, serialize, sessions)
 from ..db.keys import list_rows
 from ..db.models import Key, Team, User
-from ..errors import Conflict, Forbidden, NotFound
+from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..protocol import answers
-from ..protocol.admin import TeamDelete, TeamNew, TeamUpdate, UserDelete, UserNew, UserRole, UserUpdate
+from ..protocol.admin import KEY_ONLY, TeamDelete, TeamNew, TeamUpdate, UserDelete, UserNew, UserRole, UserUpdate
 from ..protocol.fields import NO_NUL, Id
 from ..services import ServicesDep
-from .keys import create_key
+from .keys import check_alias as check_key_alias
+from .keys import key_fields, make_key
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,12 @@ def build(e: Entity) -> APIRouter:
     @router.post("/new", summary=f"Create a {e.kind}", response_model=e.created, responses=CONFLICT,
                  response_model_exclude_unset=True)  # a user's `key` only when one was made
     async def new(body: e.new, services: ServicesDep, _: Admin) -> dict:
-        fields = body.model_dump(exclude_unset=True, exclude={e.id_field, "auto_create_key"})
+        wants_key = getattr(body, "auto_create_key", False)
+        given_for_key = body.model_fields_set & KEY_ONLY
+        if given_for_key and not wants_key:
+            raise BadRequest(f"{sorted(given_for_key)[0]} is a field of the key: it needs auto_create_key",
+                             param=sorted(given_for_key)[0])
+        fields = body.model_dump(exclude_unset=True, exclude={e.id_field, "auto_create_key"} | KEY_ONLY)
         ident = getattr(body, e.id_field) or str(uuid.uuid4())
         async with sessions(services) as session:
             if await session.get(e.model, ident) is not None:
@@ -89,12 +95,18 @@ def build(e: Entity) -> APIRouter:
             row = e.model(**{e.id_field: ident}, models=[], metadata_={}, spend=0.0, blocked=False)
             apply(row, fields)
             session.add(row)
+            key = None
+            if wants_key:  # in the same transaction: the user and its key are made together or not at all
+                await check_key_alias(session, getattr(body, "key_alias", None))
+                await session.flush()
+                secret, key = make_key({**key_fields(body, KEY_ONLY | {"metadata"}), e.id_field: ident,
+                                 "team_id": fields.get("team_id")})
+                session.add(key)
             await commit(session, e.kind)
             out = serialize(row)
-            if getattr(body, "auto_create_key", False):
-                created = await create_key(services, session, {e.id_field: ident, "team_id": fields.get("team_id")})
-                out["key"] = created["key"]
-                out["token"] = created["token"]
+        if key is not None:
+            await services.invalidator.publish("key", key.token_hash)
+            out.update(key=secret, token=key.token_hash, expires=key.expires, key_alias=key.key_alias)
         return out
 
     @router.post("/update", summary=f"Change a {e.kind}'s fields", response_model=e.row,
