@@ -157,6 +157,7 @@ class UsageGroup(Answer):
     prompt_tokens: int
     completion_tokens: int
     cost: float
+    label: str | None = Field(default=None, description="by key: the key's alias, else its display prefix")
 
 
 class SpendReport(Answer):
