@@ -94,3 +94,11 @@ def test_key_info_of_an_unknown_key_is_404_for_everyone(proxy):
     assert proxy.get("/key/info", params={"key": "sk-does-not-exist"}, headers=MASTER).status_code == 404
     assert proxy.get("/key/info", params={"key": other}, headers=as_key).status_code == 403
     assert proxy.get("/key/info", headers=as_key).status_code == 200
+
+
+def test_team_alias_is_not_unique(proxy):
+    a = proxy.post("/team/new", headers=MASTER, json={"team_alias": "ml-team"})
+    b = proxy.post("/team/new", headers=MASTER, json={"team_alias": "ml-team"})
+    assert a.status_code == b.status_code == 200 and a.json()["team_id"] != b.json()["team_id"]
+    r = proxy.post("/team/update", headers=MASTER, json={"team_id": a.json()["team_id"], "team_alias": "ml-team"})
+    assert r.status_code == 200

@@ -37,7 +37,7 @@ class Team(LimitsMixin, Base):
     __tablename__ = "teams"
 
     team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    team_alias: Mapped[str | None] = mapped_column(String(255), unique=True)
+    team_alias: Mapped[str | None] = mapped_column(String(255))  # not unique, as in LiteLLM
 
 
 class User(LimitsMixin, Base):

@@ -22,8 +22,7 @@ from ..protocol import answers
 from ..protocol.admin import KEY_ONLY, TeamDelete, TeamNew, TeamUpdate, UserDelete, UserNew, UserRole, UserUpdate
 from ..protocol.fields import NO_NUL, Id
 from ..services import ServicesDep
-from .keys import check_alias as check_key_alias
-from .keys import key_fields, make_key
+from .keys import check_alias, key_fields, make_key
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,6 @@ class Entity:
     kind: str            # "team" | "user"
     model: type
     id_field: str        # team_id | user_id
-    alias_field: str | None
     new: type[BaseModel]
     update: type[BaseModel]
     remove: type[BaseModel]
@@ -52,10 +50,10 @@ def user_filters(team_id: Id | None = None, user_role: UserRole | None = None) -
     return {"team_id": team_id, "user_role": user_role}
 
 
-TEAM = Entity("team", Team, "team_id", "team_alias", TeamNew, TeamUpdate, TeamDelete, "team_ids",
+TEAM = Entity("team", Team, "team_id", TeamNew, TeamUpdate, TeamDelete, "team_ids",
               answers.TeamInfo, answers.TeamInfo, answers.TeamInfoAnswer, answers.TeamList, answers.DeletedTeams,
               no_filters)
-USER = Entity("user", User, "user_id", None, UserNew, UserUpdate, UserDelete, "user_ids",
+USER = Entity("user", User, "user_id", UserNew, UserUpdate, UserDelete, "user_ids",
               answers.NewUser, answers.UserInfo, answers.UserInfoAnswer, answers.UserList, answers.DeletedUsers,
               user_filters)
 
@@ -71,12 +69,6 @@ def build(e: Entity) -> APIRouter:
             raise NotFound(f"{e.kind} '{ident}' not found", code=f"{e.kind}_not_found")
         return row
 
-    async def check_alias(session, body) -> None:
-        alias = getattr(body, e.alias_field, None) if e.alias_field else None
-        column = getattr(e.model, e.alias_field) if e.alias_field else None
-        if alias and (await session.execute(select(e.model).where(column == alias))).first():
-            raise Conflict(f"{e.alias_field} '{alias}' is already used", param=e.alias_field)
-
     @router.post("/new", summary=f"Create a {e.kind}", response_model=e.created, responses=CONFLICT,
                  response_model_exclude_unset=True)  # a user's `key` only when one was made
     async def new(body: e.new, services: ServicesDep, _: Admin) -> dict:
@@ -90,14 +82,13 @@ def build(e: Entity) -> APIRouter:
         async with sessions(services) as session:
             if await session.get(e.model, ident) is not None:
                 raise Conflict(f"{e.kind} '{ident}' already exists", param=e.id_field)
-            await check_alias(session, body)
             await require(session, Team, fields.get("team_id"), "team_id")
             row = e.model(**{e.id_field: ident}, models=[], metadata_={}, spend=0.0, blocked=False)
             apply(row, fields)
             session.add(row)
             key = None
             if wants_key:  # in the same transaction: the user and its key are made together or not at all
-                await check_key_alias(session, getattr(body, "key_alias", None))
+                await check_alias(session, getattr(body, "key_alias", None))
                 await session.flush()
                 secret, key = make_key({**key_fields(body, KEY_ONLY | {"metadata"}), e.id_field: ident,
                                  "team_id": fields.get("team_id")})
@@ -115,8 +106,6 @@ def build(e: Entity) -> APIRouter:
         fields = body.model_dump(exclude_unset=True, exclude={e.id_field})
         async with sessions(services) as session:
             row = await load(session, getattr(body, e.id_field))
-            if e.alias_field and fields.get(e.alias_field) not in (None, getattr(row, e.alias_field)):
-                await check_alias(session, body)
             await require(session, Team, fields.get("team_id"), "team_id")
             apply(row, fields)
             await commit(session, e.kind)
