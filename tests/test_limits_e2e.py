@@ -308,7 +308,7 @@ async def test_a_client_gone_before_the_first_byte_is_cancelled(gateway: Gateway
     deadline = time.monotonic() + 5
     async with httpx.AsyncClient(timeout=10) as client:
         while True:
-            rows = (await client.get(gateway.url + "/spend/logs", params={"api_key": key},
+            rows = (await client.get(gateway.url + "/spend/logs", params={"api_key": key, "size": 1000},
                                      headers=auth(gateway.server.master_key))).json()["data"]
             gone = [row for row in rows if row["model"] == "slowstart"]
             if gone or time.monotonic() > deadline:

@@ -4,6 +4,7 @@ them, on SQLite and Postgres."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import httpx
@@ -102,3 +103,23 @@ def test_team_alias_is_not_unique(proxy):
     assert a.status_code == b.status_code == 200 and a.json()["team_id"] != b.json()["team_id"]
     r = proxy.post("/team/update", headers=MASTER, json={"team_id": a.json()["team_id"], "team_alias": "ml-team"})
     assert r.status_code == 200
+
+
+def test_spend_logs_in_litellm_shape_and_by_request_id(proxy):
+    key = proxy.post("/key/generate", headers=MASTER, json={"user_id": f"logs-{uuid.uuid4().hex[:6]}"}).json()
+    assert chat(proxy, key["key"]).status_code == 200
+    deadline = time.monotonic() + 10
+    while not (rows := proxy.get("/spend/logs", params={"api_key": key["key"]}, headers=MASTER).json()):
+        assert time.monotonic() < deadline, "no spend log row"
+        time.sleep(0.1)
+    [row] = rows
+    assert {"request_id", "api_key", "spend", "startTime", "endTime", "model", "prompt_tokens",
+            "completion_tokens", "total_tokens", "user", "team_id", "metadata"} <= set(row)
+    assert row["api_key"] == key["token"] and row["model"] == "echo" and row["call_type"] == "acompletion"
+    assert row["user"] == key["user_id"] and row["endTime"] >= row["startTime"]
+    assert row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"] > 0
+    by_id = proxy.get("/spend/logs", params={"request_id": row["request_id"]}, headers=MASTER).json()
+    assert [r["request_id"] for r in by_id] == [row["request_id"]]
+    assert proxy.get("/spend/logs", params={"request_id": "chatcmpl-none"}, headers=MASTER).json() == []
+    paged = proxy.get("/spend/logs", params={"api_key": key["key"], "page": 1}, headers=MASTER).json()
+    assert paged["page"] == 1 and paged["size"] == 100 and paged["data"][0]["request_id"] == row["request_id"]

@@ -83,7 +83,7 @@ def test_disconnect_mid_stream_frees_the_model(local, client):
     # The hung-up request is accounted: billed for what was generated before the hang-up.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        logs = httpx.get(local.url + "/spend/logs", params={"model": "smollm2"},
+        logs = httpx.get(local.url + "/spend/logs", params={"model": "smollm2", "size": 1000},
                          headers={"Authorization": f"Bearer {local.master_key}"}).json()["data"]
         gone = [r for r in logs if r["error_type"] == "client_disconnected"]
         if gone:

@@ -200,12 +200,14 @@ def _window(stmt: Any, start: datetime | None, end: datetime | None) -> Any:
 
 
 async def spend_logs(session: AsyncSession, *, key_hash: str | None = None, user_id: str | None = None,
-                     team_id: str | None = None, model: str | None = None, start: datetime | None = None,
-                     end: datetime | None = None, limit: int = 100, offset: int = 0) -> list[UsageRecord]:
+                     team_id: str | None = None, model: str | None = None, request_id: str | None = None,
+                     start: datetime | None = None, end: datetime | None = None, limit: int = 100,
+                     offset: int = 0) -> list[UsageRecord]:
     """Spend log rows matching every given filter, newest first (ties by request_id)."""
     t = _table()
     stmt = select(t)
-    for column, value in (("key_hash", key_hash), ("user_id", user_id), ("team_id", team_id), ("model", model)):
+    for column, value in (("key_hash", key_hash), ("user_id", user_id), ("team_id", team_id), ("model", model),
+                          ("request_id", request_id)):
         if value is not None:
             stmt = stmt.where(t.c[column] == value)
     stmt = _window(stmt, start, end).order_by(t.c.created_at.desc(), t.c.request_id.desc())

@@ -137,6 +137,25 @@ class SpendLog(Answer):
     streamed: bool
 
 
+class LiteLLMSpendLog(Answer):
+    """One row of /spend/logs in LiteLLM's shape (its default answer is a list of these)."""
+
+    request_id: str
+    call_type: str = Field(description="acompletion, atext_completion or aembedding")
+    api_key: str = Field(description="the key's hash ('' for the master key or a JWT)")
+    spend: float
+    total_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    startTime: str
+    endTime: str
+    model: str
+    model_id: str | None = Field(description="the deployment that served it")
+    user: str = Field(description="the key's user_id ('' if none)")
+    team_id: str | None
+    metadata: dict[str, Any] = Field(description="status, error_type, streamed, ttft_ms, route")
+
+
 class SpendLogs(Answer):
     data: list[SpendLog]
     page: int

@@ -4,40 +4,65 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from ..admin import ERRORS, Admin, AdminRoute, AnyCaller, Page, Size, sessions
 from ..auth.secrets import to_hash
 from ..db import spend
 from ..durations import parse_duration, utcnow
 from ..errors import Forbidden
-from ..protocol.answers import GlobalSpend, SpendLogs, SpendReport
-from ..protocol.fields import Duration, Id, Instant, KeyRef, ModelName
+from ..accounting.record import UsageRecord
+from ..protocol.answers import GlobalSpend, LiteLLMSpendLog, SpendLogs, SpendReport
+from ..protocol.fields import NO_NUL, Duration, Id, Instant, KeyRef, ModelName
 from ..services import ServicesDep
 
 router = APIRouter(tags=["spend"], route_class=AdminRoute, responses=ERRORS)
+LITELLM_ROWS = 1000  # LiteLLM answers every row; Keystile the newest 1000 (page for more)
+CALL_TYPES = (("/chat/completions", "acompletion"), ("/completions", "atext_completion"),
+              ("/embeddings", "aembedding"))  # LiteLLM's names for what a route does
 
 
 def _since(since: str | None) -> datetime | None:
     return None if since is None else utcnow() - timedelta(seconds=parse_duration(since))
 
 
-@router.get("/spend/logs", summary="Usage records, newest first (filters and pagination)", response_model=SpendLogs)
+@router.get("/spend/logs", summary="Usage records, newest first: LiteLLM's list of rows, or Keystile's pages",
+            response_model=list[LiteLLMSpendLog] | SpendLogs)
 async def spend_logs(services: ServicesDep, caller: AnyCaller, api_key: KeyRef | None = None,
                      user_id: Id | None = None, team_id: Id | None = None, model: ModelName | None = None,
+                     request_id: Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)] = None,
                      start_date: Instant | None = None, end_date: Instant | None = None,
-                     page: Page = 1, size: Size = 100) -> dict:
+                     page: Page | None = None, size: Size | None = None) -> list[dict] | dict:
+    """Without `page` or `size`: LiteLLM's answer, a list of its rows (the newest LITELLM_ROWS).
+    With either: Keystile's `{"data": [...], "page", "size"}` (size 100 by default)."""
     key_hash = to_hash(api_key) if api_key else None
     if not caller.may_administer:
         if key_hash not in (None, caller.key_hash) or user_id or team_id:
             raise Forbidden("a key may only read its own spend logs", code="admin_only")
         key_hash = caller.key_hash
+    paged = page is not None or size is not None
+    page, size = page or 1, size or (100 if paged else LITELLM_ROWS)
     async with sessions(services) as session:
         rows = await spend.spend_logs(session, key_hash=key_hash, user_id=user_id, team_id=team_id, model=model,
-                                      start=start_date, end=end_date, limit=size, offset=(page - 1) * size)
+                                      request_id=request_id, start=start_date, end=end_date, limit=size,
+                                      offset=(page - 1) * size)
+    if not paged:
+        return [litellm_row(r) for r in rows]
     return {"data": [r.to_dict() for r in rows], "page": page, "size": size}
+
+
+def litellm_row(r: UsageRecord) -> dict:
+    call_type = next((name for suffix, name in CALL_TYPES if r.route.endswith(suffix)), r.route)
+    return {"request_id": r.request_id, "call_type": call_type,
+            "api_key": r.key_hash or "", "spend": r.cost, "total_tokens": r.total_tokens,
+            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "startTime": r.created_at.isoformat(),
+            "endTime": (r.created_at + timedelta(milliseconds=r.latency_ms)).isoformat(),
+            "model": r.model, "model_id": r.deployment, "user": r.user_id or "", "team_id": r.team_id,
+            "metadata": {"status": r.status, "error_type": r.error_type, "streamed": r.streamed,
+                         "ttft_ms": r.ttft_ms, "route": r.route}}
 
 
 @router.get("/global/spend", summary="Total spend, tokens and requests", response_model=GlobalSpend)
