@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 MAX_TOKENS = 2**31 - 1  # what any model server takes (a C int); also keeps limit arithmetic exact
@@ -38,23 +38,31 @@ class StreamOptions(_Open):
     include_usage: StrictBool | None = None
 
 
-class ContentPart(_Open):
-    """One part of a message's content: text parts carry a string; other kinds (image_url,
-    input_audio, file, ...) pass through as sent."""
+def _content(value: Any) -> Any:
+    """A message's content: a string, or a list of parts, each an object with a string `type`; a
+    text part's `text` is a string (other kinds, image_url, input_audio, file, ..., pass as sent).
+    One error on `content` that says the rule, checked without building a model per part."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise PydanticCustomError("content_type", "must be a string or a list of content parts")
+    for i, part in enumerate(value):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise PydanticCustomError("content_part", "part {i} must be an object with a string 'type'", {"i": i})
+        if (part["type"] == "text" or "text" in part) and not isinstance(part.get("text"), str):
+            raise PydanticCustomError("content_part", "part {i}: 'text' must be a string", {"i": i})
+    return value
 
-    type: StrictStr
-    text: StrictStr | None = None
 
-    @model_validator(mode="after")
-    def _text_part_has_text(self) -> ContentPart:
-        if self.type == "text" and self.text is None:
-            raise ValueError("a text part needs a string 'text'")
-        return self
+Content = Annotated[Any, AfterValidator(_content), WithJsonSchema({"anyOf": [
+    {"type": "string"}, {"type": "null"},
+    {"type": "array", "items": {"type": "object", "required": ["type"],
+                                "properties": {"type": {"type": "string"}, "text": {"type": "string"}}}}]})]
 
 
 class Message(_Open):
     role: Literal["system", "user", "assistant", "tool", "function", "developer"]
-    content: StrictStr | list[ContentPart] | None = None
+    content: Content = None
     name: StrictStr | None = None
 
 
