@@ -61,3 +61,23 @@ def test_head_matches_the_models_and_round_trips(url):
     upgrade(url)
     assert "ix_spend_logs_model_time" in {ix["name"] for ix in
                                          _inspect(url, lambda c: inspect(c).get_indexes("spend_logs"))}
+
+
+def test_teams_keep_their_change_triggers_after_the_alias_constraint_goes(url):
+    """0004 copies teams without the unique alias on SQLite (batch mode drops triggers): the auth
+    change feed's triggers come back, and two teams may share an alias."""
+    upgrade(url)
+    if url.startswith("postgresql"):
+        sql = "SELECT tgname FROM pg_trigger WHERE tgrelid = 'teams'::regclass AND NOT tgisinternal"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'teams'"
+    triggers = _inspect(url, lambda c: c.execute(text(sql)).scalars().all())
+    assert triggers and all(t.startswith("teams_auth_") for t in triggers)
+
+    def two_teams(c):
+        for team in ("a", "b"):
+            c.execute(text("INSERT INTO teams (team_id, team_alias, models, spend, metadata, blocked, created_at, "
+                           "updated_at) VALUES (:t, 'same', '[]', 0, '{}', false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+                      {"t": team})
+        return c.execute(text("SELECT count(*) FROM auth_changes WHERE kind = 'team'")).scalar_one()
+    assert _inspect(url, two_teams) == 2
