@@ -5,6 +5,7 @@ A bad file stops startup with a message naming the file, the entry and the field
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,14 @@ class JWTSettings(BaseModel):
 
 
 
+def parse_network(text: str) -> str:
+    """An address or CIDR network, normalised ('10.0.0.0/8', '127.0.0.1/32'); ValueError names it."""
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"'{text.strip()}' is not an IP address or CIDR network") from None
+
+
 class KeystileSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -126,7 +135,15 @@ class KeystileSettings(BaseModel):
     usage_journal: Path | None = Field(default=None, description="directory of the usage journal; default beside "
                                        "a SQLite database (keystile.db.usage/), else ./keystile-usage/<database>/")
     auth_failures_per_minute: int = Field(default=30, ge=1, description="per client address, then 429")
+    trusted_proxies: list[str] = Field(default_factory=list, description=(
+        "addresses or CIDR networks of reverse proxies (nginx) whose X-Forwarded-For is believed; "
+        "from anyone else the connection's own address is the client's"))
     jwt: JWTSettings | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        return [parse_network(item) for item in v]
 
 
 class RouterSettings(BaseModel):
@@ -176,6 +193,15 @@ class Settings(BaseSettings):
     keystile_config: Path = Path("config.yaml")
     database_url: str = "sqlite+aiosqlite:///./keystile.db"
     redis_url: str | None = None
+    keystile_trusted_proxies: str = Field(default="", description="comma-separated, added to keystile_settings.trusted_proxies")
+
+    def trusted_proxies(self, config: FileConfig) -> list[str]:
+        """The proxies whose X-Forwarded-For is believed: the environment's and the file's."""
+        try:
+            from_env = [parse_network(item) for item in self.keystile_trusted_proxies.split(",") if item.strip()]
+        except ValueError as exc:
+            raise ConfigError(f"KEYSTILE_TRUSTED_PROXIES: {exc}") from exc
+        return list(dict.fromkeys(from_env + config.keystile_settings.trusted_proxies))
 
 
 def _resolve_env_refs(value: Any, where: str) -> Any:

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from .servers import Keystile
+from .stack import stack  # noqa: F401  (the production stack fixture: nginx + two instances)
 from .upstream import FakeUpstream
 
 

@@ -55,6 +55,7 @@ def serve(
     try:
         file_config = load_config(config)
         check_deployments(file_config)
+        trusted = settings.trusted_proxies(file_config)
     except ConfigError as exc:
         fail(str(exc))
     if not (settings.keystile_master_key or file_config.general_settings.get("master_key")):
@@ -70,12 +71,19 @@ def serve(
     err.print(f"Keystile on [bold]http://{host}:{port}[/bold]  (OpenAI base URL: http://{host}:{port}/v1)")
     err.print(f"models: {', '.join(names) or '(none)'}")
     err.print(f"master key: from {where}; database: {settings.database_url.split('@')[-1]}")
+    if workers > 1 and not settings.redis_url:
+        err.print(f"[yellow]warning:[/yellow] --workers {workers} without REDIS_URL: each worker counts rate limits "
+                  "and budgets alone (the limits are multiplied by the workers), learns of key changes only by "
+                  "cache expiry, and loads its own copy of every local model. Set REDIS_URL to share them.",
+                  highlight=False)
     # Keystile's own log lines (writer outages, Redis fallbacks, ...) go out like uvicorn's.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["keystile"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    # X-Forwarded-For is believed from the configured proxies only (uvicorn's own default trusts
+    # 127.0.0.1, so a local client could pose as any address to the failed-auth throttle).
     uvicorn.run("proxy.app:factory", factory=True, host=host, port=port, workers=workers, loop="uvloop",
                 http="httptools", log_level=log_level, access_log=access_log, timeout_graceful_shutdown=30,
-                log_config=log_config)
+                log_config=log_config, proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
 
 
 @db_app.command("upgrade")

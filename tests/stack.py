@@ -1,0 +1,144 @@
+"""The production stack for tests: scripts/stack.sh brings up nginx (HTTPS, the repository's
+nginx/keystile.conf) -> two Keystile instances -> PostgreSQL + Redis -> the fake upstream.
+
+The `stack` fixture (session-wide, registered in conftest.py) starts it once on free ports in a
+temporary directory and stops it at the end. Clients reach it over HTTPS with the local CA; each
+test that cares about per-address behaviour (nginx's limits, the failed-auth throttle) connects from
+its own loopback address (127.0.0.x), which Linux routes like 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from .upstream import FakeUpstream, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK_SH = ROOT / "scripts" / "stack.sh"
+
+
+def require_tool(name: str, install: str) -> str:
+    """The tool's path; skipped where it is missing, except on CI (CI=true), which must have it."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed ({install}; `make test` installs it where it can)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _free_pair() -> int:
+    """A port p with p and p + 1 both free (the stack's instances take consecutive ports)."""
+    for _ in range(50):
+        p = free_port()
+        if p < 65535:
+            try:
+                import socket
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p + 1))
+                return p
+            except OSError:
+                continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def stack_config(upstream: FakeUpstream) -> dict:
+    def entry(public: str, upstream_model: str) -> dict:
+        return {"model_name": public, "litellm_params": {"model": f"openai/{upstream_model}",
+                                                          "api_base": upstream.base_url, "api_key": "upstream-secret"}}
+    # smollm2 is the name the docs use; here it is the fake upstream's echo, so recipes run quickly.
+    return {"model_list": [entry("echo", "echo-upstream"), entry("smollm2", "echo-smollm2"),
+                           entry("slow", "slowstream")],
+            "keystile_settings": {"auth_failures_per_minute": 3}}
+
+
+class Stack:
+    def __init__(self, tmp: Path, upstream: FakeUpstream, database_url: str, redis_url: str):
+        self.dir = tmp / "stack"
+        self.certs = tmp / "certs"
+        self.ca = str(self.certs / "ca.crt")
+        self.https_port, self.http_port, self.port_base = free_port(), free_port(), _free_pair()
+        self.base = f"https://localhost:{self.https_port}"
+        self.master_key = "sk-master-" + secrets.token_urlsafe(16)
+        config = tmp / "stack-config.yaml"
+        config.write_text(yaml.safe_dump(stack_config(upstream)))
+        self.env = {**os.environ, "STACK_DIR": str(self.dir), "STACK_CERTS": str(self.certs),
+                    "STACK_HTTPS_PORT": str(self.https_port), "STACK_HTTP_PORT": str(self.http_port),
+                    "STACK_PORT_BASE": str(self.port_base), "STACK_INSTANCES": "2",
+                    "KEYSTILE_CONFIG": str(config), "KEYSTILE_MASTER_KEY": self.master_key,
+                    "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+                    "KEYSTILE_BIN": str(ROOT / ".venv" / "bin" / "keystile")}
+        self.env.pop("KEYSTILE_TRUSTED_PROXIES", None)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(STACK_SH), *args], env=self.env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"stack.sh {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+                               f"\n{self.logs()}")
+        return done
+
+    def instance_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.port_base + i - 1}"
+
+    def pid(self, i: int) -> int:
+        return int((self.dir / f"keystile-{i}.pid").read_text())
+
+    def kill(self, i: int, sig: int = signal.SIGTERM) -> None:
+        os.kill(self.pid(i), sig)
+
+    def wait_gone(self, i: int, timeout: float = 40) -> None:
+        pid, deadline = self.pid(i), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"keystile-{i} (pid {pid}) did not exit")
+
+    def access_log(self) -> list[str]:
+        path = self.dir / "nginx-access.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def logs(self) -> str:
+        parts = []
+        for name in ("keystile-1.log", "keystile-2.log", "nginx-error.log"):
+            path = self.dir / name
+            if path.exists():
+                parts.append(f"--- {name}\n{path.read_text()[-2000:]}")
+        return "\n".join(parts)
+
+    def client(self, source: str = "127.0.0.1", **kwargs) -> httpx.AsyncClient:
+        """An HTTPS client of nginx that trusts the local CA, connecting from `source`."""
+        transport = httpx.AsyncHTTPTransport(verify=self.ca, local_address=source, retries=0,
+                                             limits=httpx.Limits(max_connections=200))
+        return httpx.AsyncClient(base_url=self.base, transport=transport, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    async def key(self, **fields) -> str:
+        async with self.client() as c:
+            r = await c.post("/key/generate", json=fields, headers={"Authorization": f"Bearer {self.master_key}"})
+        assert r.status_code == 200, r.text
+        return r.json()["key"]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, upstream, pg_url, redis_url):
+    require_tool("nginx", "apt-get install -y nginx")
+    require_tool("openssl", "apt-get install -y openssl")
+    s = Stack(tmp_path_factory.mktemp("stack"), upstream, pg_url, redis_url)
+    try:
+        s.run("up")
+        yield s
+    finally:
+        s.run("down", check=False)
