@@ -7,6 +7,7 @@
 #   scripts/stack.sh restart  restart the Keystile instances one at a time (after an upgrade:
 #                             nginx sends requests to the others meanwhile)
 #   scripts/stack.sh down     stop what `up` started
+#   scripts/stack.sh nginx-config   write the nginx configuration and check it (nginx -t), nothing else
 #
 # Environment (defaults in brackets):
 #   KEYSTILE_CONFIG     the model map [config.yaml]
@@ -233,6 +234,9 @@ case "${1:-}" in
     up) up ;;
     down) down ;;
     restart) restart ;;
+    nginx-config)  # write and check the nginx configuration only
+        [ -s "$CERTS/server.crt" ] || nginx/make-cert.sh "$CERTS" >&2
+        nginx_config && "$NGINX" -q -t -p "$STACK_DIR" -c "$STACK_DIR/nginx.conf" && echo "$STACK_DIR/nginx.conf" ;;
     status) status ;;
     *) echo "usage: $0 up|down|status|restart" >&2; exit 2 ;;
 esac

@@ -12,6 +12,8 @@ import os
 import secrets
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from .upstream import FakeUpstream, free_port
+from .upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK_SH = ROOT / "scripts" / "stack.sh"
@@ -37,19 +39,28 @@ def require_tool(name: str, install: str) -> str:
     return path
 
 
-def _free_pair() -> int:
-    """A port p with p and p + 1 both free (the stack's instances take consecutive ports)."""
-    for _ in range(50):
-        p = free_port()
-        if p < 65535:
+def _ports() -> tuple[int, int, int]:
+    """Free ports for nginx's HTTPS and HTTP and a base p with p and p + 1 free for the instances,
+    all distinct and held while choosing (so none is handed out twice)."""
+    held: list[socket.socket] = []
+    try:
+        def grab(port: int = 0) -> int:
+            s = socket.socket()
+            s.bind(("127.0.0.1", port))
+            held.append(s)
+            return s.getsockname()[1]
+        https, http = grab(), grab()
+        for _ in range(50):
+            base = grab()
             try:
-                import socket
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p + 1))
-                return p
+                grab(base + 1)
+                return https, http, base
             except OSError:
                 continue
-    raise RuntimeError("no two consecutive free ports")
+        raise RuntimeError("no two consecutive free ports")
+    finally:
+        for s in held:
+            s.close()
 
 
 def stack_config(upstream: FakeUpstream) -> dict:
@@ -67,7 +78,7 @@ class Stack:
         self.dir = tmp / "stack"
         self.certs = tmp / "certs"
         self.ca = str(self.certs / "ca.crt")
-        self.https_port, self.http_port, self.port_base = free_port(), free_port(), _free_pair()
+        self.https_port, self.http_port, self.port_base = _ports()
         self.base = f"https://localhost:{self.https_port}"
         self.master_key = "sk-master-" + secrets.token_urlsafe(16)
         config = tmp / "stack-config.yaml"
@@ -121,7 +132,7 @@ class Stack:
 
     def client(self, source: str = "127.0.0.1", **kwargs) -> httpx.AsyncClient:
         """An HTTPS client of nginx that trusts the local CA, connecting from `source`."""
-        transport = httpx.AsyncHTTPTransport(verify=self.ca, local_address=source, retries=0,
+        transport = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=self.ca), local_address=source, retries=0,
                                              limits=httpx.Limits(max_connections=200))
         return httpx.AsyncClient(base_url=self.base, transport=transport, timeout=kwargs.pop("timeout", 30), **kwargs)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import subprocess
 import time
 import uuid
@@ -57,7 +58,7 @@ def test_https_http2_hsts_redirect_and_request_id(stack: Stack):
 
 async def test_nginx_refusals_are_openai_errors(stack: Stack):
     key = await stack.key()
-    transport = httpx.AsyncHTTPTransport(verify=stack.ca, local_address="127.0.0.41", retries=0,
+    transport = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=stack.ca), local_address="127.0.0.41", retries=0,
                                          limits=httpx.Limits(max_connections=100))
     client = openai.AsyncOpenAI(base_url=stack.base + "/v1", api_key=key, max_retries=0,
                                 http_client=httpx.AsyncClient(transport=transport, timeout=30))
