@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test fuzz install doctor bench clean
+.PHONY: run test fuzz install doctor bench clean test-tools docs-check stack-up stack-down stack-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +33,32 @@ run: $(STAMP) .env
 doctor: $(STAMP)
 	$(BIN)/keystile doctor --config config.yaml
 
-test: doctor
+test: doctor test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # schemathesis over every route of a live gateway, many more examples than the short run in `make test`.
 fuzz: $(STAMP)
 	KEYSTILE_FUZZ_EXAMPLES=$${KEYSTILE_FUZZ_EXAMPLES:-150} $(BIN)/python -m pytest tests/test_fuzz.py -q $(PYTEST_ARGS)
+
+# nginx, node/npm and the OpenAI Node SDK for the stack and client-recipe tests (installed where
+# missing and the machine allows: root with apt-get, as on CI).
+test-tools:
+	@scripts/test-tools.sh
+
+# Runs every command and recipe in docs/ against the stack (nginx -> two instances, over HTTPS).
+docs-check: $(STAMP) test-tools
+	$(BIN)/python -m pytest tests/test_docs.py $(PYTEST_ARGS)
+
+# The production stack on this machine (scripts/stack.sh): nginx with a local certificate in front
+# of two instances on the local PostgreSQL and Redis.
+stack-up: $(STAMP) .env
+	scripts/stack.sh up
+
+stack-down:
+	scripts/stack.sh down
+
+stack-status:
+	scripts/stack.sh status
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay_bench.py
