@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 
 class Keystile:
     def __init__(self, tmp: Path, config: dict, *, env: dict | None = None, wait_ready: bool = False,
-                 database_url: str | None = None):
+                 database_url: str | None = None, args: tuple[str, ...] = ()):
         self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -33,6 +33,7 @@ class Keystile:
         if "REDIS_URL" not in (env or {}):
             self.env.pop("REDIS_URL", None)
         self.wait_ready = wait_ready
+        self.args = args
         self.proc: subprocess.Popen | None = None
 
     def migrate(self) -> None:
@@ -43,7 +44,7 @@ class Keystile:
         self.migrate()
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(BIN / "keystile"), "serve", "--config", str(self.config_path), "--port", str(self.port)],
+            [str(BIN / "keystile"), "serve", "--config", str(self.config_path), "--port", str(self.port), *self.args],
             env=self.env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT)
         path = "/health/readiness" if self.wait_ready else "/health/liveliness"
         deadline = time.monotonic() + 120
