@@ -9,6 +9,7 @@ its own loopback address (127.0.0.x), which Linux routes like 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -41,23 +42,33 @@ def require_tool(name: str, install: str) -> str:
 
 def _ports() -> tuple[int, int, int]:
     """Free ports for nginx's HTTPS and HTTP and a base p with p and p + 1 free for the instances,
-    all distinct and held while choosing (so none is handed out twice)."""
+    all distinct and held while choosing. They come from below the kernel's ephemeral range
+    (32768 and up), where outgoing connections on a busy machine would take them between this
+    choice and the servers binding them."""
     held: list[socket.socket] = []
-    try:
-        def grab(port: int = 0) -> int:
-            s = socket.socket()
+    rng = random.Random()
+
+    def grab(port: int) -> bool:
+        s = socket.socket()
+        try:
             s.bind(("127.0.0.1", port))
-            held.append(s)
-            return s.getsockname()[1]
-        https, http = grab(), grab()
-        for _ in range(50):
-            base = grab()
-            try:
-                grab(base + 1)
-                return https, http, base
-            except OSError:
-                continue
-        raise RuntimeError("no two consecutive free ports")
+        except OSError:
+            s.close()
+            return False
+        held.append(s)
+        return True
+
+    try:
+        chosen: list[int] = []
+        for _ in range(1000):
+            port = rng.randrange(20000, 32000)
+            if len(chosen) < 2:
+                if grab(port):
+                    chosen.append(port)
+            elif grab(port):
+                if grab(port + 1):
+                    return chosen[0], chosen[1], port
+        raise RuntimeError("no free ports between 20000 and 32000")
     finally:
         for s in held:
             s.close()
