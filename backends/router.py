@@ -62,6 +62,9 @@ class Router:
         self.groups: dict[str, list[Deployment]] = {}
         for d in deployments:
             self.groups.setdefault(d.model_name, []).append(d)
+        self._by_id = {d.id: d for d in deployments}
+        # Told of every cooldown this router starts (proxy/cooldowns.py shares them through Redis).
+        self.on_cooldown: Callable[[Deployment, float], None] | None = None
 
     def names(self) -> list[str]:
         return list(self.groups)
@@ -105,6 +108,19 @@ class Router:
         if len(d.failures) > self.policy.allowed_fails:
             d.cooldown_until = now + self.policy.cooldown_time
             d.failures.clear()
+            if self.on_cooldown is not None:
+                self.on_cooldown(d, self.policy.cooldown_time)
+
+    def cool_down(self, deployment_id: str, seconds: float, reason: str | None = None) -> bool:
+        """Skip a deployment for `seconds` because another process cooled it down; False if unknown."""
+        d = self._by_id.get(deployment_id)
+        if d is None:
+            return False
+        d.cooldown_until = max(d.cooldown_until, self._clock() + seconds)
+        d.failures.clear()
+        if reason:
+            d.last_error = reason
+        return True
 
     async def call(self, name: str, op: Callable[[Deployment], Awaitable[T]]) -> tuple[Deployment, T]:
         last: errors.BackendError | None = None

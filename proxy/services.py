@@ -27,6 +27,7 @@ from .accounting.prices import PriceMap
 from .accounting.journal import Journal, default_directory
 from .accounting.writer import UsageWriter
 from .db.engine import Database
+from .cooldowns import CooldownSync
 from .gateway import Gateway
 from .limits import Limiter, make_limiter
 from .settings import ConfigError, FileConfig, KeystileSettings, ModelEntry, Settings
@@ -90,6 +91,7 @@ class Services:
     budgets: BudgetResetter
     gateway: Gateway
     started: int
+    cooldowns: CooldownSync | None = None  # deployment cooldowns shared through Redis
 
     @classmethod
     async def start(cls, settings: Settings, config: FileConfig) -> Services:
@@ -130,6 +132,8 @@ class Services:
         await changes.start()
         await invalidator.start()
         services.budgets.start()
+        services.cooldowns = CooldownSync(router, redis)
+        await services.cooldowns.start()
         for d in router.deployments():
             start = getattr(d.backend, "start", None)
             if start is not None:
@@ -139,6 +143,8 @@ class Services:
     async def aclose(self) -> None:
         await asyncio.gather(*(d.backend.aclose() for d in self.router.deployments()), return_exceptions=True)
         await self.pool.aclose()
+        if self.cooldowns is not None:
+            await self.cooldowns.aclose()
         await self.budgets.aclose()
         await self.usage.aclose(timeout=10)
         await self.limiter.aclose()

@@ -135,10 +135,11 @@ class KeystileSettings(BaseModel):
     usage_journal: Path | None = Field(default=None, description="directory of the usage journal; default beside "
                                        "a SQLite database (keystile.db.usage/), else ./keystile-usage/<database>/")
     auth_failures_per_minute: int = Field(default=30, ge=1, description="per client address, then 429")
+    jwt: JWTSettings | None = None
+
     trusted_proxies: list[str] = Field(default_factory=list, description=(
         "addresses or CIDR networks of reverse proxies (nginx) whose X-Forwarded-For is believed; "
         "from anyone else the connection's own address is the client's"))
-    jwt: JWTSettings | None = None
 
     @field_validator("trusted_proxies")
     @classmethod

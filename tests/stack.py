@@ -30,13 +30,10 @@ STACK_SH = ROOT / "scripts" / "stack.sh"
 
 
 def require_tool(name: str, install: str) -> str:
-    """The tool's path; skipped where it is missing, except on CI (CI=true), which must have it."""
+    """The tool's path, or a skip naming what to install (a failure under CI=true: conftest.py)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed ({install}; `make test` installs it where it can)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(f"{name} is not installed ({install}; `make test` installs it where it can)")
     return path
 
 
