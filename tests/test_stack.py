@@ -6,6 +6,7 @@ chunk by chunk; an instance stopped or killed under load."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import ssl
 import subprocess
@@ -79,6 +80,35 @@ async def test_nginx_refusals_are_openai_errors(stack: Stack):
         big = await c.post("/v1/chat/completions", content=b"x" * (6 * 1024 * 1024), headers=bearer(key))
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "request_too_large"
+
+
+async def test_connection_limit_refusal_is_an_openai_error(stack: Stack):
+    """limit_conn's refusal (503, proxy_connection_limit), with the stack's nginx reloaded at 2
+    connections per address instead of 100 for the length of this test."""
+    key = await stack.key()
+    conf = stack.dir / "keystile.conf"
+    original = conf.read_text()
+    assert "limit_conn keystile_conn 100;" in original
+    reload = ["nginx", "-p", str(stack.dir), "-c", str(stack.dir / "nginx.conf"), "-s", "reload"]
+    conf.write_text(original.replace("limit_conn keystile_conn 100;", "limit_conn keystile_conn 2;"))
+    subprocess.run(reload, check=True)
+    await asyncio.sleep(1)
+    body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "a b c d e f g h"}]}
+    try:
+        async with stack.client("127.0.0.43") as c:
+            async def stream() -> tuple[int, str, str | None]:
+                async with c.stream("POST", "/v1/chat/completions", json=body, headers=bearer(key)) as r:
+                    return r.status_code, (await r.aread()).decode(), r.headers.get("retry-after")
+            results = await asyncio.gather(*(stream() for _ in range(4)))
+    finally:
+        conf.write_text(original)
+        subprocess.run(reload, check=True)
+        await asyncio.sleep(1)
+    refused = [(text, after) for status, text, after in results if status == 503]
+    assert sorted(status for status, _, _ in results) == [200, 200, 503, 503], results
+    error = json.loads(refused[0][0])["error"]
+    assert error["code"] == "proxy_connection_limit" and error["type"] == "service_unavailable"
+    assert refused[0][1] == "1"
 
 
 async def test_rate_limit_holds_exactly_across_instances(stack: Stack):
