@@ -73,8 +73,8 @@ def serve(
     err.print(f"master key: from {where}; database: {settings.database_url.split('@')[-1]}")
     if workers > 1 and not settings.redis_url:
         err.print(f"[yellow]warning:[/yellow] --workers {workers} without REDIS_URL: each worker counts rate limits "
-                  "and budgets alone (the limits are multiplied by the workers), learns of key changes only by "
-                  "cache expiry, and loads its own copy of every local model. Set REDIS_URL to share them.",
+                  "and budgets alone (the limits are multiplied by the workers) and loads its own copy of every "
+                  "local model. Set REDIS_URL to share limits, budgets, key changes and cooldowns.",
                   highlight=False)
     # Keystile's own log lines (writer outages, Redis fallbacks, ...) go out like uvicorn's.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
