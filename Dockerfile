@@ -33,8 +33,9 @@ RUN apt-get update \
  && mkdir /data && chown keystile:keystile /data
 COPY --from=build /opt/keystile /opt/keystile
 COPY --from=build --chown=root:root /app /app
-WORKDIR /app
-# Without a DATABASE_URL (docker-compose.yml sets Postgres), SQLite in the /data volume.
+# The code in /app stays read-only to the server; it works in /data, where the usage journal
+# (./keystile-usage/) lives, and without a DATABASE_URL (docker-compose.yml sets Postgres) SQLite too.
+WORKDIR /data
 ENV PATH=/opt/keystile/bin:$PATH PYTHONUNBUFFERED=1 KEYSTILE_CONFIG=/app/config.yaml \
     DATABASE_URL=sqlite+aiosqlite:////data/keystile.db
 VOLUME /data

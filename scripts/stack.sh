@@ -92,7 +92,9 @@ redis_up() {
 instance_up() {
     local i=$1 port=$((PORT_BASE + i - 1)) pidfile="$STACK_DIR/keystile-$i.pid"
     if alive "$pidfile"; then say "keystile-$i: running (pid $(cat "$pidfile"))"; return; fi
-    "$KEYSTILE_BIN" serve --config "$KEYSTILE_CONFIG" --host 127.0.0.1 --port "$port" \
+    # In STACK_DIR: the usage journal (keystile-usage/) is kept there, shared by the instances (each
+    # locks its own files; one that starts replays what a killed one left).
+    (cd "$STACK_DIR" && exec "$KEYSTILE_BIN" serve --config "$KEYSTILE_CONFIG" --host 127.0.0.1 --port "$port") \
         >>"$STACK_DIR/keystile-$i.log" 2>&1 &
     echo $! > "$pidfile"
 }

@@ -118,6 +118,10 @@ def test_services_and_their_order():
     assert "ports" not in keystile, "instances are reached through nginx only"
     assert any("/health/liveliness" in part for part in keystile["healthcheck"]["test"])
     assert "4000" in keystile["command"]
+    # the usage journal (in the image's working directory) outlives a container
+    workdir = re.findall(r"^WORKDIR\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.M)[-1]
+    journal = next(v for v in keystile["volumes"] if v.endswith(f":{workdir}"))
+    assert journal.split(":")[0] in COMPOSE["volumes"]
 
     migrate = SERVICES["migrate"]
     assert migrate["command"] == ["keystile", "db", "upgrade"]

@@ -224,10 +224,10 @@ async def _records(stack: Stack, key: str, expect: int, wait_s: float = 15) -> i
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 async def test_instance_gone_under_load(stack: Stack, sig: int):
-    """SIGTERM (docker stop, systemd, a rolling restart): every request is answered and every answered
-    request is accounted. SIGKILL: nginx still answers every request (requests the dead instance never
-    answered are tried on the other), but usage records the killed process had not written yet (its
-    writer flushes every 0.5 s) are lost with it, so only the survivor's records are counted on."""
+    """SIGTERM (docker stop, systemd, a rolling restart) or SIGKILL of one instance under load: nginx
+    answers every request (one the dead instance never answered is tried on the other), and every
+    answered request is accounted. After SIGKILL, the records the killed process had not written
+    to the database yet are in its usage journal, replayed when an instance starts again."""
     key = await stack.key()
     source = "127.0.0.31" if sig == signal.SIGTERM else "127.0.0.32"
     ids: set[str] = set()
@@ -238,16 +238,11 @@ async def test_instance_gone_under_load(stack: Stack, sig: int):
     try:
         assert len(statuses) > 20
         assert set(statuses) == {200}, statuses
-        answered = len(statuses)
-        if sig == signal.SIGTERM:
-            assert await _records(stack, key, answered) == answered
-        else:
-            survivor = stack.instance_url(1).removeprefix("http://")
-            # The upstream field lists every instance tried ("dead, survivor" for a request moved over).
-            by_survivor = sum(1 for u in upstreams_of(stack, ids) if u.split(", ")[-1] == survivor)
-            assert by_survivor > 0
-            records = await _records(stack, key, answered, wait_s=5)
-            assert by_survivor <= records <= answered
+        survivor = stack.instance_url(1).removeprefix("http://")
+        # The upstream field lists every instance tried ("dead, survivor" for a request moved over).
+        assert any(u.split(", ")[-1] == survivor for u in upstreams_of(stack, ids))
     finally:
         stack.wait_gone(2)
-        stack.run("up")  # back to two instances for whatever runs next
+        stack.run("up")  # back to two instances; a new one replays a killed one's journal
+    answered = len(statuses)
+    assert await _records(stack, key, answered) == answered
