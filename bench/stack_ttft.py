@@ -96,7 +96,7 @@ def main() -> None:
                 stack.run("up")
                 asyncio.run(measure(stack, args.requests))
             finally:
-                stack.run("down", check=False)
+                stack.down()
     finally:
         subprocess.run(psql + [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"])
 

@@ -62,7 +62,8 @@ class Channel:
                 raise
             except Exception as exc:
                 if not lost:  # once per outage, not once a second
-                    log.warning("%s: Redis subscription lost (%s); reconnecting every second", self._what, exc)
+                    log.warning("%s: Redis subscription lost (%s); reconnecting every second (the change "
+                                "feed still tells this process of key changes)", self._what, exc)
                     lost = True
                 await asyncio.sleep(1)
 

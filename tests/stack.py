@@ -107,6 +107,22 @@ class Stack:
                                f"\n{self.logs()}")
         return done
 
+    def instance_pids(self) -> list[int]:
+        return [int(p.read_text()) for p in self.dir.glob("keystile-*.pid") if p.read_text().strip().isdigit()]
+
+    def down(self) -> None:
+        """scripts/stack.sh down, then SIGKILL for any instance it left running (none should be)."""
+        pids = self.instance_pids()
+        done = self.run("down", check=False)
+        left = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                left.append(pid)
+            except ProcessLookupError:
+                pass
+        assert not left, f"stack.sh down left instances {left} running:\n{done.stdout}{done.stderr}"
+
     def instance_url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.port_base + i - 1}"
 
@@ -160,4 +176,4 @@ def stack(tmp_path_factory, upstream, pg_url, redis_url):
         s.run("up")
         yield s
     finally:
-        s.run("down", check=False)
+        s.down()
