@@ -5,12 +5,18 @@ send a prepared request, read the answer whole (with a deadline) or chunk by chu
 here; this spends about 15 (bench/README.md).
 
 Failures are HTTPClientError subclasses: ConnectFailed, Timeout, Disconnected (the connection
-ended before the response did), BadResponse (not HTTP). A reused keep-alive connection that the
-server closed before sending a byte of the answer (it timed out the idle connection while the
-request was on its way) is retried once on a new connection; connections idle for longer than
-IDLE_REUSE_S are not reused at all, which keeps that race rare. A body with neither a
-Content-Length nor chunks ends when the server closes the connection (HTTP/1.0 style). Interim
-1xx answers are not expected (the client sends no `Expect`) and are not skipped.
+ended before the response did), BadResponse (not HTTP, headers over MAX_HEAD, a body that cannot
+be decoded), Redirected (a 3xx: a relay does not follow redirects, the operator fixes api_base).
+A reused keep-alive connection that the server closed before sending a byte of the answer (it
+timed out the idle connection while the request was on its way) is retried once on a new
+connection; connections idle for longer than IDLE_REUSE_S are not reused at all, which keeps that
+race rare. A body with neither a Content-Length nor chunks ends when the server closes the
+connection (HTTP/1.0 style). Interim 1xx answers (100 Continue, 103 Early Hints) are skipped.
+
+A request's time limit starts when it is asked for: waiting for a free connection (at
+max_connections) and connecting count inside it. Requests carry `Accept-Encoding: identity`; a
+compressed answer is decoded anyway (http_decode.py). HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured
+(http_proxy.py).
 """
 
 from __future__ import annotations
@@ -24,10 +30,15 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .http_decode import Decoder, decoder
+from .http_proxy import Proxies, Proxy, tunnel
+
 IDLE_REUSE_S = 4.0  # servers commonly close idle keep-alive connections after 5 s (uvicorn, vLLM)
 MAX_IDLE = 256  # idle connections kept per origin
 MAX_CONNECTIONS = 256  # open connections per origin; more requests wait for one
 PAUSE_AT = 1 << 20  # stop reading from the upstream while this much of a stream waits unread
+MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers (h11 allows 100 KiB, aiohttp 8 KiB a line)
+_WATCHED = frozenset((b"content-length", b"transfer-encoding", b"content-encoding", b"location", b"retry-after"))
 
 
 class HTTPClientError(Exception):
@@ -47,7 +58,16 @@ class Disconnected(HTTPClientError):
 
 
 class BadResponse(HTTPClientError):
-    pass
+    """Not a usable HTTP answer; the message says why and may be shown to the caller."""
+
+
+class Redirected(HTTPClientError):
+    """The upstream answered 3xx. Requests are not re-sent elsewhere: the message names where to."""
+
+    def __init__(self, status: int, location: str | None):
+        super().__init__(f"upstream answered HTTP {status} with a redirect to {location or '(no Location)'}")
+        self.status = status
+        self.location = location
 
 
 class _Exchange:
@@ -88,10 +108,10 @@ class _Exchange:
             self.error = error
             self.wake()
 
-    def limit(self, seconds: float, *, idle: bool) -> None:
-        """Fail with Timeout after `seconds` in all, or (idle) after `seconds` without a byte."""
-        loop = self.conn.loop
-        self._timer = loop.call_at(loop.time() + seconds, self._expire, seconds, idle)
+    def limit(self, seconds: float, *, idle: bool, since: float) -> None:
+        """Fail with Timeout `seconds` after `since` (when the request was asked for), or (idle)
+        after `seconds` without a byte."""
+        self._timer = self.conn.loop.call_at(since + seconds, self._expire, seconds, idle)
 
     def _expire(self, seconds: float, idle: bool) -> None:
         self._timer = None
@@ -142,6 +162,11 @@ class _Connection(asyncio.Protocol):
         self.last_read = 0.0
         self._paused = False
         self._delimited = False  # the answer has a Content-Length or is chunked
+        self._interim = False  # the message being parsed is a 1xx, to skip
+        self._encoding: bytes | None = None
+        self._location: bytes | None = None
+        self._decoder: Decoder | None = None
+        self.head_bytes = 0  # received while the answer's head is incomplete
         self.holds_slot = False  # counted in its origin's connections until it closes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,10 +179,16 @@ class _Connection(asyncio.Protocol):
             return
         self.last_read = self.loop.time()
         ex.received = True
+        if not ex.status:
+            self.head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             ex.fail(BadResponse(f"upstream answered with invalid HTTP ({exc})"))
+            self.abort()
+            return
+        if not ex.status and self.head_bytes > MAX_HEAD and not self.lost:
+            ex.fail(BadResponse(f"upstream answer's headers exceed {MAX_HEAD // 1024} KiB"))
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -176,23 +207,45 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._delimited = False
+        self._encoding = self._location = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name in (b"content-length", b"transfer-encoding"):
-            self._delimited = True
-        elif name == b"retry-after" and self.exchange is not None:
-            self.exchange.retry_after = value.decode("latin-1")
+        if name in _WATCHED:
+            if name == b"content-encoding":
+                self._encoding = value
+            elif name == b"location":
+                self._location = value
+            elif name == b"retry-after":
+                if self.exchange is not None:
+                    self.exchange.retry_after = value.decode("latin-1")
+            else:
+                self._delimited = True
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
-        if ex is not None:
-            ex.status = self._parser.get_status_code()
-            ex.wake()
+        if ex is None:
+            return
+        status = self._parser.get_status_code()
+        if status < 200:  # 100 Continue, 103 Early Hints: the answer is still to come
+            self._interim = True
+            return
+        self._decoder = None
+        if self._encoding is not None:
+            try:
+                self._decoder = decoder(self._encoding)
+            except ValueError as exc:
+                ex.fail(BadResponse(str(exc)))
+                self.abort()
+                return
+        ex.status = status
+        ex.wake()
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
         if ex is not None:
+            if self._decoder is not None and not (body := self._decode(body)):
+                return
             ex.parts.append(body)
             ex.buffered += len(body)
             if ex.streamed and ex.buffered > PAUSE_AT and not self._paused and self.transport is not None:
@@ -200,7 +253,23 @@ class _Connection(asyncio.Protocol):
                 self.transport.pause_reading()
             ex.wake()
 
+    def _decode(self, body: bytes, *, end: bool = False) -> bytes:
+        try:
+            return self._decoder.flush() if end else self._decoder.decompress(body)  # type: ignore[union-attr]
+        except Exception as exc:  # zlib.error, brotli.error, zstd.ZstdError: all just "corrupt"
+            if self.exchange is not None:
+                self.exchange.fail(BadResponse(f"upstream body could not be decoded "
+                                               f"({self._encoding!r}: {exc})"))
+            self.abort()
+            return b""
+
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self._decoder is not None and self.exchange is not None and (tail := self._decode(b"", end=True)):
+            self.exchange.parts.append(tail)
+            self.exchange.buffered += len(tail)
         ex, self.exchange = self.exchange, None
         if ex is None:
             return
@@ -212,6 +281,9 @@ class _Connection(asyncio.Protocol):
             self.origin.release(self)
         else:
             self.abort()
+
+    def location(self) -> str | None:
+        return None if self._location is None else self._location.decode("latin-1")
 
     def resume(self) -> None:
         if self._paused and self.transport is not None:
@@ -231,7 +303,7 @@ class Origin:
     """Pooled connections to one scheme://host:port."""
 
     def __init__(self, base_url: str, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, proxies: Proxies | None = None):
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -239,6 +311,7 @@ class Origin:
         self.host = url.hostname
         self.port = url.port or (443 if self.https else 80)
         self.host_header = url.netloc.rsplit("@", 1)[-1]
+        self.proxy: Proxy | None = proxies.for_origin(url.scheme, self.host, self.port) if proxies else None
         self._ssl = (ssl_context or ssl.create_default_context()) if self.https else None
         self._connect_timeout = connect_timeout
         self._idle: deque[_Connection] = deque()
@@ -249,7 +322,12 @@ class Origin:
     def request_head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
         """The request line and headers up to `Content-Length: ` (the caller appends the length,
         a blank line and the body)."""
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}", "User-Agent: keystile"]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}", "User-Agent: keystile",
+                 "Accept-Encoding: identity"]
+        if self.proxy is not None and not self.https:  # a forward proxy is sent the absolute URL
+            lines[0] = f"{method} http://{self.host_header}{path} HTTP/1.1"
+            if self.proxy.authorization:
+                lines.append(f"Proxy-Authorization: {self.proxy.authorization}")
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
 
@@ -272,15 +350,19 @@ class Origin:
 
     async def _start(self, head: bytes, body: bytes, timeout: float, *, idle: bool) -> _Exchange:
         request = b"%s%d\r\n\r\n%s" % (head, len(body), body)
+        since = asyncio.get_running_loop().time()  # waiting for a connection counts in the time limit
         for attempt in (1, 2):
-            conn, reused = await self._connection()
+            conn, reused = await self._connection(since + timeout)
             ex = conn.exchange = _Exchange(conn, streamed=idle)
-            ex.limit(timeout, idle=idle)
-            conn.last_read = conn.loop.time()
+            ex.limit(timeout, idle=idle, since=since)
+            conn.last_read = since
+            conn.head_bytes = 0
             conn.transport.write(request)  # type: ignore[union-attr]
             try:
                 while ex.status == 0:
                     await ex.wait()
+                if 300 <= ex.status < 400:
+                    raise Redirected(ex.status, conn.location())
                 return ex
             except Disconnected:
                 ex.close()
@@ -292,8 +374,8 @@ class Origin:
                 raise
         raise AssertionError("unreachable")
 
-    async def _connection(self) -> tuple[_Connection, bool]:
-        """An idle connection, else a new one; at `max_connections`, wait for either."""
+    async def _connection(self, deadline: float) -> tuple[_Connection, bool]:
+        """An idle connection, else a new one; at `max_connections`, wait for either, until `deadline`."""
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
@@ -304,32 +386,60 @@ class Origin:
                 conn.abort()
             if self._open < self._max:
                 break
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.cancelled():
-                    self._waiters.remove(waiter)
-                else:
-                    self._wake()  # our turn came as we were cancelled: pass it on
-                raise
+            await self._wait_turn(loop, deadline)
         self._open += 1
+        budget = min(self._connect_timeout, deadline - loop.time())
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self, loop), self.host, self.port, ssl=self._ssl),
-                self._connect_timeout)
+            conn = await asyncio.wait_for(self._dial(loop), budget)
         except BaseException as exc:
             self._open -= 1
             self._wake()
+            if isinstance(exc, asyncio.TimeoutError) and budget < self._connect_timeout:
+                raise Timeout(f"no connection to {self.host}:{self.port} within the request's time limit") from exc
             if isinstance(exc, (OSError, asyncio.TimeoutError)):
-                raise ConnectFailed(f"cannot connect to {self.host}:{self.port} ({exc or type(exc).__name__})") from exc
+                via = f" via proxy {self.proxy.where}" if self.proxy else ""
+                raise ConnectFailed(f"cannot connect to {self.host}:{self.port}{via} "
+                                    f"({exc or type(exc).__name__})") from exc
             raise
         conn.holds_slot = True
         if conn.lost:  # closed by the server before this task got to it
             self.closed(conn)
             raise ConnectFailed(f"{self.host}:{self.port} closed the connection as soon as it opened")
         return conn, False
+
+    async def _wait_turn(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Until a connection frees up; Timeout at `deadline`."""
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_at(deadline, self._expire_wait, waiter)
+        try:
+            await waiter
+        except Timeout:
+            self._waiters.remove(waiter)
+            raise
+        except asyncio.CancelledError:
+            if waiter.cancelled():
+                self._waiters.remove(waiter)
+            else:
+                self._wake()  # our turn came as we were cancelled: pass it on
+            raise
+        finally:
+            timer.cancel()
+
+    def _expire_wait(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(Timeout(f"all {self._max} connections to {self.host}:{self.port} stayed busy "
+                                         "for the request's whole time limit"))
+
+    async def _dial(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        make = lambda: _Connection(self, loop)  # noqa: E731
+        if self.proxy is None:
+            _, conn = await loop.create_connection(make, self.host, self.port, ssl=self._ssl)
+        elif self._ssl is None:  # plain HTTP through a forward proxy: the proxy is the peer
+            _, conn = await loop.create_connection(make, self.proxy.host, self.proxy.port)
+        else:
+            conn = await tunnel(loop, make, self.proxy, self.host, self.port, self._ssl)
+        return conn  # type: ignore[return-value]
 
     def release(self, conn: _Connection) -> None:
         conn.idle_since = conn.loop.time()
@@ -406,11 +516,14 @@ class ClientPool:
     """One Origin per scheme://host:port, shared by every deployment that calls it."""
 
     def __init__(self, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, trust_env: bool = True):
+        """`trust_env`: take proxies from HTTPS_PROXY/HTTP_PROXY/NO_PROXY, read now (a ValueError
+        for a proxy that is not http://)."""
         self._origins: dict[str, Origin] = {}
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
         self._max_connections = max_connections
+        self._proxies = Proxies() if trust_env else None
 
     def get(self, base_url: str) -> Origin:
         url = urlsplit(base_url)
@@ -418,7 +531,8 @@ class ClientPool:
         origin = self._origins.get(key)
         if origin is None:
             origin = self._origins[key] = Origin(key, connect_timeout=self._connect_timeout,
-                                                 ssl_context=self._ssl_context, max_connections=self._max_connections)
+                                                 ssl_context=self._ssl_context, max_connections=self._max_connections,
+                                                 proxies=self._proxies)
         return origin
 
     async def aclose(self) -> None:

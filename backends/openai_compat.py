@@ -17,7 +17,7 @@ import orjson
 
 from . import errors
 from .base import Chunk, Completion, Usage
-from .http import ClientPool, HTTPClientError, Origin, Response, Timeout
+from .http import BadResponse, ClientPool, HTTPClientError, Origin, Redirected, Response, Timeout
 
 # Providers whose API is OpenAI's, and their default base URL (None: api_base is required).
 OPENAI_COMPATIBLE: dict[str, str | None] = {
@@ -117,6 +117,11 @@ class OpenAICompatBackend:
             head = self._heads[(method, path)] = self._origin.request_head(method, self._path + path, self._headers)
         return head
 
+    def _bad_answer(self, exc: BadResponse | Redirected) -> errors.UpstreamHTTPError:
+        """An answer that is not one (a redirect, headers too large, invalid HTTP or encoding): a 502
+        that says what was wrong, since the operator has to fix it (e.g. api_base)."""
+        return errors.UpstreamHTTPError(f"upstream {self.public_name}: {exc}", status=502)
+
     def _rename(self, data: bytes) -> bytes:
         return _MODEL_FIELD.sub(self._public_field, data, count=1)
 
@@ -126,6 +131,8 @@ class OpenAICompatBackend:
             status, data, retry_after = await self._origin.exchange(self._head("POST", path), payload, self._timeout)
         except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} timed out") from exc
+        except (BadResponse, Redirected) as exc:
+            raise self._bad_answer(exc) from exc
         except HTTPClientError as exc:
             raise errors.UpstreamUnreachable(f"upstream {self.public_name} unreachable: {type(exc).__name__}") from exc
         if status >= 400:
@@ -153,6 +160,8 @@ class OpenAICompatBackend:
                     yield Chunk.parsed(self._rename(data), parsed)
         except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} stopped sending") from exc
+        except (BadResponse, Redirected) as exc:
+            raise self._bad_answer(exc) from exc
         except HTTPClientError as exc:
             raise errors.UpstreamUnreachable(f"upstream {self.public_name} dropped the stream: {type(exc).__name__}") from exc
         raise errors.UpstreamUnreachable(f"upstream {self.public_name} ended the stream without [DONE]")

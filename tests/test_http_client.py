@@ -27,6 +27,7 @@ class Server:
         self.requests = 0
         self.hung_up = asyncio.Event()
         self.bodies: list[bytes] = []
+        self.heads: list[bytes] = []
 
     async def __aenter__(self) -> Server:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl)
@@ -47,6 +48,7 @@ class Server:
                               if line.lower().startswith(b"content-length:"))
                 body = await reader.readexactly(length)
                 self.requests += 1
+                self.heads.append(head)
                 self.bodies.append(body)
                 if await self.answer(self.requests, body, writer) is False:
                     break

@@ -1,0 +1,266 @@
+"""The upstream client's edges (issue 11): interim answers, compression, the pool wait inside the
+deadline, oversized headers, redirects, and proxies from the environment, each against small real
+socket servers (and a small real proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import importlib.util
+import zlib
+from urllib.parse import urlsplit
+
+import pytest
+
+from backends import errors
+from backends.http import BadResponse, ClientPool, ConnectFailed, Redirected, Timeout
+from backends.openai_compat import OpenAICompatBackend
+
+from .test_http_client import Server, _self_signed, echo, fetch, reply
+
+
+async def test_interim_1xx_answers_are_skipped():
+    async def early_hints(n, body, writer):
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n"
+                     b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(reply(b'{"n":%d}' % n))
+
+    async with Server(early_hints) as server:
+        pool = ClientPool()
+        assert await fetch(pool, server.url) == (200, b'{"n":1}')
+        origin = pool.get(server.url)
+        async with await origin.open(origin.request_head("POST", "/v1/x", {}), b"{}", idle_timeout=5) as resp:
+            assert resp.status == 200 and await resp.read() == b'{"n":2}'
+        assert server.connections == 1  # the connection stays usable after both
+        await pool.aclose()
+
+
+def _encoded(coding: str, data: bytes) -> bytes:
+    if coding == "gzip":
+        return gzip.compress(data)
+    if coding == "deflate":
+        return zlib.compress(data)
+    if coding == "raw-deflate":
+        z = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return z.compress(data) + z.flush()
+    raise AssertionError(coding)
+
+
+async def test_identity_is_asked_for_and_a_compressed_answer_is_decoded():
+    data = b'{"text":"' + b"compressible " * 2000 + b'"}'
+
+    async def compressing(n, body, writer):
+        coding = body.decode().strip('"')
+        encoded = _encoded(coding, data)
+        name = "deflate" if coding == "raw-deflate" else coding
+        if n % 2:  # whole, then chunked in small pieces
+            writer.write(reply(encoded, f"Content-Encoding: {name}"))
+        else:
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Encoding: {name}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+            for i in range(0, len(encoded), 100):
+                piece = encoded[i:i + 100]
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            writer.write(b"0\r\n\r\n")
+
+    async with Server(compressing) as server:
+        pool = ClientPool()
+        for coding in ("gzip", "deflate", "raw-deflate"):
+            for _ in range(2):
+                assert await fetch(pool, server.url, b'"%s"' % coding.encode()) == (200, data)
+        assert all(b"\r\nAccept-Encoding: identity\r\n" in head for head in server.heads)
+        origin = pool.get(server.url)  # a stream is decoded as it comes
+        async with await origin.open(origin.request_head("POST", "/v1/x", {}), b'"gzip"', idle_timeout=5) as resp:
+            assert b"".join([c async for c in resp.chunks()]) == data
+        await pool.aclose()
+
+
+async def test_an_encoding_nobody_can_decode_is_refused_clearly():
+    async def odd(n, body, writer):
+        coding = {1: "compress", 2: "gzip", 3: "br"}[n]
+        writer.write(reply(b"this is not gzip at all", f"Content-Encoding: {coding}"))
+
+    async with Server(odd) as server:
+        pool = ClientPool()
+        with pytest.raises(BadResponse, match="Content-Encoding 'compress'"):
+            await fetch(pool, server.url)
+        with pytest.raises(BadResponse, match="could not be decoded"):
+            await fetch(pool, server.url)
+        if importlib.util.find_spec("brotli") is None and importlib.util.find_spec("brotlicffi") is None:
+            with pytest.raises(BadResponse, match="Content-Encoding 'br'.*brotli"):
+                await fetch(pool, server.url)
+        await pool.aclose()
+
+
+async def test_waiting_for_a_free_connection_counts_in_the_deadline():
+    async def slow_first(n, body, writer):
+        await asyncio.sleep(2.0 if n == 1 else 0)
+        writer.write(reply(b'{"n":%d}' % n))
+
+    async with Server(slow_first) as server:
+        pool = ClientPool(max_connections=1)
+        busy = asyncio.create_task(fetch(pool, server.url, timeout=5))
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Timeout, match="stayed busy"):
+            await fetch(pool, server.url, timeout=0.3)
+        assert 0.3 <= loop.time() - started < 0.6
+        origin = pool.get(server.url)
+        started = loop.time()
+        with pytest.raises(Timeout):  # a stream's first byte too: waiting is silence
+            await origin.open(origin.request_head("POST", "/v1/x", {}), b"{}", idle_timeout=0.3)
+        assert loop.time() - started < 0.6
+        assert (await busy)[0] == 200
+        assert await fetch(pool, server.url) == (200, b'{"n":2}')  # the pool is whole afterwards
+        await pool.aclose()
+
+
+async def test_oversized_answer_headers_are_refused():
+    cut = asyncio.Event()
+
+    async def endless_headers(n, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        try:
+            for i in range(20_000):  # 1 KiB a header, 20 MiB in all unless the client hangs up
+                writer.write(b"X-Filler-%d: %s\r\n" % (i, b"y" * 1000))
+                await writer.drain()
+        except ConnectionError:
+            cut.set()
+            return False
+        writer.write(b"Content-Length: 2\r\n\r\n{}")
+
+    async with Server(endless_headers) as server:
+        pool = ClientPool()
+        with pytest.raises(BadResponse, match="headers exceed 64 KiB"):
+            await fetch(pool, server.url)
+        await asyncio.wait_for(cut.wait(), 2.0)  # the client hung up instead of reading on
+        await pool.aclose()
+
+
+async def test_a_redirect_is_a_502_naming_where_to(tmp_path):
+    async def moved(n, body, writer):
+        writer.write(b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://api.example.com/v1/chat/completions\r\n"
+                     b"Content-Type: text/html\r\nContent-Length: 12\r\n\r\n<h1>301</h1>")
+
+    async with Server(moved) as server:
+        pool = ClientPool()
+        with pytest.raises(Redirected, match="redirect to https://api.example.com/v1/chat/completions"):
+            await fetch(pool, server.url)
+        backend = OpenAICompatBackend("m", "m", api_base=server.url, api_key=None, pool=pool, timeout=5)
+        for call in (backend.chat({"messages": []}), _drain(backend.chat_stream({"messages": []}))):
+            with pytest.raises(errors.UpstreamHTTPError) as info:
+                await call
+            assert info.value.status == 502
+            assert "HTTP 301 with a redirect to https://api.example.com/v1/chat/completions" in info.value.message
+            assert "JSON" not in info.value.message
+        await pool.aclose()
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass
+
+
+class Proxy:
+    """A small HTTP proxy on 127.0.0.1: CONNECT tunnels and absolute-URL forwarding, one upstream
+    connection per client connection. Records each request line; with `auth`, wants that
+    Proxy-Authorization and answers 407 otherwise."""
+
+    def __init__(self, auth: str | None = None):
+        self.auth = auth
+        self.lines: list[str] = []
+        self.heads: list[bytes] = []
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0].decode()
+            self.lines.append(line)
+            self.heads.append(head)
+            method, target, _ = line.split(" ")
+            if self.auth and f"\r\nProxy-Authorization: {self.auth}\r\n".encode() not in head:
+                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                return
+            if method == "CONNECT":
+                host, port = target.rsplit(":", 1)
+                up_reader, up_writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                url = urlsplit(target)
+                up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
+                up_writer.write(head.replace(target.encode(), url.path.encode(), 1))
+            await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+async def test_http_upstream_through_http_proxy_and_no_proxy(proxy_env):
+    async with Server(echo) as server, Proxy(auth="Basic dXNlcjpwIHc=") as proxy:
+        proxy_env.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%20w@"))
+        pool = ClientPool()
+        assert await fetch(pool, server.url, b"1") == (200, b'{"n":1,"got":1}')
+        assert await fetch(pool, server.url, b"2") == (200, b'{"n":2,"got":2}')
+        port = urlsplit(server.url).port
+        assert proxy.lines == [f"POST http://localhost:{port}/v1/x HTTP/1.1"]  # one kept-alive connection
+        assert server.heads[0].startswith(b"POST /v1/x HTTP/1.1\r\n")
+        await pool.aclose()
+
+        proxy_env.setenv("NO_PROXY", "example.com,localhost")
+        pool = ClientPool()
+        assert (await fetch(pool, server.url, b"3"))[0] == 200
+        assert len(proxy.lines) == 1  # went direct
+        await pool.aclose()
+
+
+async def test_https_upstream_through_a_connect_tunnel(proxy_env, tmp_path):
+    server_ctx, client_ctx = _self_signed(tmp_path)
+    async with Server(echo, ssl_context=server_ctx) as server, Proxy() as proxy:
+        proxy_env.setenv("HTTPS_PROXY", proxy.url)
+        proxy_env.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # not used for https://
+        pool = ClientPool(ssl_context=client_ctx)
+        assert await fetch(pool, server.url, b"1") == (200, b'{"n":1,"got":1}')
+        assert await fetch(pool, server.url, b"2") == (200, b'{"n":2,"got":2}')
+        port = urlsplit(server.url).port
+        assert proxy.lines == [f"CONNECT localhost:{port} HTTP/1.1"]
+        assert server.connections == 1
+        await pool.aclose()
+
+
+async def test_a_proxy_that_refuses_is_connect_failed_naming_it(proxy_env, tmp_path):
+    _, client_ctx = _self_signed(tmp_path)
+    async with Proxy(auth="Basic c2VjcmV0") as proxy:
+        proxy_env.setenv("HTTPS_PROXY", proxy.url)
+        with pytest.raises(ConnectFailed, match=r"via proxy 127\.0\.0\.1:\d+ .*refused CONNECT.*407"):
+            await fetch(ClientPool(ssl_context=client_ctx), "https://localhost:1/v1")
+        proxy_env.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
+        with pytest.raises(ValueError, match="only http:// proxies"):
+            ClientPool()
