@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -27,14 +24,10 @@ from proxy.errors import RateLimited, error_body
 from proxy.limits import (BudgetSpec, Lease, LimitExceeded, LimitSpec, LocalLimiter, RedisLimiter, budget_spec,
                           connect, format_reset, make_limiter, next_reset, parse_duration, request_limits)
 
+from .redis_server import OwnRedis, reachable
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _reachable(port: int) -> bool:
-    with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
 
 
 async def fresh_window(min_left: float = 5.0) -> None:
@@ -47,7 +40,7 @@ async def fresh_window(min_left: float = 5.0) -> None:
 @pytest.fixture
 def prefix():
     """A key prefix of this test's own on the shared Redis; its keys are deleted afterwards."""
-    if not _reachable(6379):
+    if not reachable(6379):
         pytest.skip("Redis is not reachable at 127.0.0.1:6379")
     name = f"keystile-test:{uuid.uuid4().hex}"
     yield name
@@ -311,37 +304,9 @@ async def test_redis_leases_of_dead_processes_expire(prefix):
     await limiter.aclose()
 
 
-class OwnRedis:
-    """A redis-server of our own on a free port, to take away and bring back."""
-
-    def __init__(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--daemonize", "no"], stdout=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while not _reachable(self.port):
-            assert time.time() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture
 def own_redis():
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = OwnRedis()
-    server.start()
+    server = OwnRedis().start()
     yield server
     server.stop()
 

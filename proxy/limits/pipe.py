@@ -8,7 +8,16 @@ command, response callbacks); this costs a few µs, and concurrent requests shar
 Failures are redis-py's exception types, so callers treat both alike: ConnectionError when the
 connection cannot be made or is lost (every command in flight fails with it; the next call
 reconnects), TimeoutError when Redis answers nothing for `timeout` seconds while commands wait
-(the connection is then dropped), ResponseError for an error reply.
+(the connection is then dropped), and for an error reply the class redis-py's parser gives its
+kind: BusyLoadingError (LOADING), ReadOnlyError (READONLY), MasterDownError, ClusterDownError,
+TryAgainError, NoScriptError, AuthenticationError, ... else ResponseError. The message keeps the
+kind's word (`LOADING Redis is loading ...`).
+
+The URL is read by redis-py's parse_url: user and password (AUTH), the database (SELECT), and for
+rediss:// the ssl_* query options (ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile,
+ssl_check_hostname), turned into an SSL context by redis-py itself, so this connection verifies
+exactly as the redis-py client Keystile uses for invalidation does. Redis Cluster is not spoken
+(no MOVED/ASK redirection): point REDIS_URL at a single primary (or a proxy in front of a cluster).
 """
 
 from __future__ import annotations
@@ -22,14 +31,28 @@ from typing import Any
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import (AuthenticationError, BusyLoadingError, ClusterDownError, ConnectionError,
+                              MasterDownError, NoPermissionError, NoScriptError, ReadOnlyError, RedisError,
+                              ResponseError, TimeoutError, TryAgainError)
+
+# An error reply's first word -> redis-py's class for it (what its own parser raises).
+ERROR_KINDS: dict[str, type[RedisError]] = {
+    "LOADING": BusyLoadingError, "READONLY": ReadOnlyError, "MASTERDOWN": MasterDownError,
+    "CLUSTERDOWN": ClusterDownError, "TRYAGAIN": TryAgainError, "NOSCRIPT": NoScriptError,
+    "NOAUTH": AuthenticationError, "WRONGPASS": AuthenticationError, "NOPERM": NoPermissionError,
+}
+
+
+def reply_error(message: str) -> RedisError:
+    """An error reply as the exception of its kind, message whole."""
+    return ERROR_KINDS.get(message.split(" ", 1)[0], ResponseError)(message)
 
 
 class _Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
         self._loop = loop
         self._timeout = timeout
-        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._reader = hiredis.Reader(replyError=reply_error)
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._out: list[bytes] = []
         self._transport: asyncio.Transport | None = None
@@ -49,7 +72,7 @@ class _Connection(asyncio.Protocol):
             future = self._waiting.popleft()
             if future.done():
                 continue  # its caller was cancelled
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, RedisError):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
@@ -110,7 +133,10 @@ class RedisPipe:
         self._path: str | None = options.get("path")
         self._host: str = options.get("host", "localhost")
         self._port: int = int(options.get("port", 6379))
-        self._ssl = options.get("connection_class") is SSLConnection
+        self._ssl: ssl.SSLContext | None = None
+        if options.get("connection_class") is SSLConnection:
+            ssl_options = {k: v for k, v in options.items() if k.startswith("ssl_")}
+            self._ssl = SSLConnection(host=self._host, port=self._port, **ssl_options).ssl_context.get()
         self._unix = options.get("connection_class") is UnixDomainSocketConnection
         self._setup: list[tuple[Any, ...]] = []
         password, username = options.get("password"), options.get("username")
@@ -161,15 +187,14 @@ class RedisPipe:
             if self._unix:
                 opening = loop.create_unix_connection(make, self._path)
             else:
-                opening = loop.create_connection(make, self._host, self._port,
-                                                 ssl=ssl.create_default_context() if self._ssl else None)
+                opening = loop.create_connection(make, self._host, self._port, ssl=self._ssl)
             _, conn = await asyncio.wait_for(opening, self._connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectionError(f"cannot connect to redis at {self._where()}: {exc or type(exc).__name__}") from exc
         try:
             for command in self._setup:
                 await conn.send(command)
-        except ResponseError:
+        except BaseException:  # e.g. LOADING or WRONGPASS: this connection is no use
             conn.close()
             raise
         self._conn = conn

@@ -10,10 +10,12 @@ slot and budget reservation are members of sorted sets scored by their expiry (`
 a crashed instance frees its slots within `lease_ttl`; its token estimates stay counted only until
 their 60 s window ends. A request that outlives `lease_ttl` loses its slot (one more may start).
 
-Outage: a connection error or timeout logs one warning and switches to the in-process limiter
-(same limits, counted per instance, budgets seeded from the caller's database values). While down,
-requests go straight to it with no Redis attempt; a background PING at most every
-`probe_interval` seconds (started by traffic) detects the return, logs once, and switches back.
+Outage: a connection error or timeout, or an error reply saying Redis cannot take writes now
+(LOADING, READONLY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN), logs one warning and switches to the
+in-process limiter (same limits, counted per instance, budgets seeded from the caller's database
+values). While down, requests go straight to it with no Redis attempt; a background probe (a
+small write, so a read-only replica is not taken for a recovery) at most every `probe_interval`
+seconds (started by traffic) detects the return, logs once, and switches back.
 Leases admitted locally are released locally; releases of Redis leases that fail are queued
 (bounded) and replayed when Redis returns, so slots held before the outage are freed then.
 """
@@ -28,7 +30,8 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
-from redis.exceptions import BusyLoadingError, ConnectionError, ReadOnlyError, ResponseError, TimeoutError
+from redis.exceptions import (BusyLoadingError, ClusterDownError, ConnectionError, MasterDownError, ReadOnlyError,
+                              ResponseError, TimeoutError, TryAgainError)
 
 from .base import BudgetSpec, Lease, LeaseIds, LimitSpec, Usage, normalize
 from .errors import budget_refused, rate_refused
@@ -39,7 +42,10 @@ from .windows import WINDOW_S
 
 log = logging.getLogger("keystile")
 
-OUTAGE = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSError)
+# Redis cannot count for us right now: lost, stuck, loading its data, a replica (failover), its
+# primary gone, or its cluster down or resharding. Each switches to the in-process limits.
+OUTAGE = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, MasterDownError, ClusterDownError,
+          TryAgainError, OSError)
 PENDING_MAX = 10_000
 
 
@@ -213,7 +219,7 @@ class RedisLimiter:
 
     async def _check(self) -> None:
         try:
-            await self._pipe.call("PING")
+            await self._pipe.call("SET", f"{self._prefix}:probe", "1", "PX", 60_000)
             while self._pending:
                 keys, args = self._pending[0]
                 await self._pipe.call(*_eval(RELEASE, keys, args))
