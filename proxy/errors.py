@@ -72,6 +72,20 @@ class PayloadTooLarge(KeystileError):
     code = "request_too_large"
 
 
+class RequestTimedOut(KeystileError):
+    """The client did not send its request in time (the HTTP server's header timeout)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLarge(KeystileError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_too_large"
+
+
 class RateLimited(KeystileError):
     status = 429
     type = "rate_limit_error"

@@ -135,6 +135,9 @@ class KeystileSettings(BaseModel):
     usage_journal: Path | None = Field(default=None, description="directory of the usage journal; default beside "
                                        "a SQLite database (keystile.db.usage/), else ./keystile-usage/<database>/")
     auth_failures_per_minute: int = Field(default=30, ge=1, description="per client address, then 429")
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096, description="request line and headers; more: 431")
+    header_timeout: float = Field(default=10.0, gt=0, description="seconds for a request's head to arrive; then 408")
+    body_timeout: float = Field(default=30.0, gt=0, description="seconds a request body may pause; then closed")
     jwt: JWTSettings | None = None
 
     trusted_proxies: list[str] = Field(default_factory=list, description=(

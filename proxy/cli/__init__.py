@@ -47,6 +47,8 @@ def serve(
     """Serve the gateway."""
     import uvicorn
 
+    from ..http_server import ServerLimits
+    from ..http_server import protocol as http_protocol
     from ..services import check_deployments
     from ..settings import ConfigError, Settings, load_config
 
@@ -79,11 +81,15 @@ def serve(
     # Keystile's own log lines (writer outages, Redis fallbacks, ...) go out like uvicorn's.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["keystile"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    options = file_config.keystile_settings
+    limits = ServerLimits(max_header_bytes=options.max_header_bytes, header_timeout=options.header_timeout,
+                          body_timeout=options.body_timeout)
     # X-Forwarded-For is believed from the configured proxies only (uvicorn's own default trusts
     # 127.0.0.1, so a local client could pose as any address to the failed-auth throttle).
     uvicorn.run("proxy.app:factory", factory=True, host=host, port=port, workers=workers, loop="uvloop",
-                http="httptools", log_level=log_level, access_log=access_log, timeout_graceful_shutdown=30,
-                log_config=log_config, proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
+                http=http_protocol(limits), log_level=log_level, access_log=access_log,
+                timeout_graceful_shutdown=30, log_config=log_config, proxy_headers=bool(trusted),
+                forwarded_allow_ips=trusted or None)
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,125 @@
+"""The HTTP server's own limits (issue 11), against a real `keystile serve` over raw sockets: a cap
+on a request's head (431), time limits for slow senders (408 / close), and malformed HTTP answered
+in the error envelope."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from .conftest import relay_config
+from .servers import Keystile
+
+LIMITS = {"max_header_bytes": 16384, "header_timeout": 1.0, "body_timeout": 1.0}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, upstream):
+    with Keystile(tmp_path_factory.mktemp("limits"), relay_config(upstream, **LIMITS)) as keystile:
+        yield keystile
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def answer(reader: asyncio.StreamReader, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes, bool]:
+    """Status, headers, body of one answer, and whether the server then closed the connection."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if line)
+    body = await reader.readexactly(int(headers.get("content-length", 0)))
+    closed = await asyncio.wait_for(reader.read(1), timeout) == b""
+    return int(lines[0].split()[1]), headers, body, closed
+
+
+def envelope(body: bytes) -> dict:
+    error = orjson.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+async def test_oversized_headers_get_431_and_memory_stays_flat(server):
+    async def huge_authorization() -> tuple[int, bytes, int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ")
+        answered = asyncio.create_task(answer(reader, timeout=60))
+        sent = 0
+        try:
+            while sent < 16 << 20 and not answered.done():  # 16 MiB in 64 KiB pieces, unless answered first
+                writer.write(b"a" * 65536)
+                await writer.drain()
+                sent += 65536
+        except ConnectionError:
+            pass
+        status, headers, body, _ = await answered
+        writer.close()
+        return status, body, sent
+
+    before = rss_mib(server.proc.pid)
+    results = await asyncio.gather(*(huge_authorization() for _ in range(20)))
+    grown = rss_mib(server.proc.pid) - before
+    assert grown < 40, f"RSS grew {grown:.0f} MiB"
+    for status, body, _ in results:
+        assert status == 431
+        error = envelope(body)
+        assert error["code"] == "request_header_too_large" and "16384 bytes" in error["message"]
+
+    ok = httpx.get(server.url + "/health/liveliness", headers={"X-Padding": "p" * 12000})
+    assert ok.status_code == 200  # within the cap
+
+
+async def test_half_sent_heads_get_408_and_are_closed(server):
+    started = time.monotonic()
+    connections = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(200)]
+    for i, (_, writer) in enumerate(connections):
+        if i % 2:  # half send half a head, half send nothing at all
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: app")
+    results = await asyncio.gather(*(answer(reader) for reader, _ in connections))
+    assert time.monotonic() - started < 4.0
+    for status, _, body, closed in results:
+        assert status == 408 and closed
+        assert envelope(body)["code"] == "request_timeout"
+    for _, writer in connections:
+        writer.close()
+
+
+async def test_a_stalled_body_is_closed_and_a_slow_steady_one_is_not(server):
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
+    body = orjson.dumps({"model": "echo", "messages": [{"role": "user", "content": "slow " * 10}]})
+    key = server.master_key.encode()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(head % (key, len(body)) + body[:20])
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed, nothing answered
+    assert 0.9 <= time.monotonic() - started < 3.0
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(head % (key, len(body)))
+    for i in range(0, len(body), 20):  # 20 bytes every 0.4 s: slower in all than the limit, never idle that long
+        await asyncio.sleep(0.4)
+        writer.write(body[i:i + 20])
+    status, _, answer_body, _ = await answer(reader)
+    assert status == 200 and b"echo: slow" in answer_body
+    writer.close()
+
+
+async def test_malformed_http_gets_the_error_envelope(server):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n")
+    status, headers, body, closed = await answer(reader)
+    assert status == 400 and headers["content-type"] == "application/json" and closed
+    error = envelope(body)
+    assert error["type"] == "invalid_request_error" and "malformed HTTP" in error["message"]
+    writer.close()
