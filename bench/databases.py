@@ -74,15 +74,18 @@ SEED_COLUMNS = ("id", "token_hash", "key_prefix", "key_type", "models", "aliases
                 "model_tpm_limit", "metadata", "spend", "blocked", "created_at", "updated_at")
 
 
-def seed_keys(db: Database, n: int) -> dict:
+def seed_keys(db: Database, n: int, keep: list[str] | None = None) -> dict:
     """Insert n virtual keys straight into the `keys` table (after `keystile db upgrade`), in one bulk
     statement: the rows /key/generate would write (proxy/db/models.py Key, proxy/auth/secrets.py),
-    with secrets nobody keeps. SQLite: executemany in one transaction; Postgres: COPY through psql."""
+    with secrets nobody keeps unless `keep` is given (they are appended to it).
+    SQLite: executemany in one transaction; Postgres: COPY through psql."""
     t0 = time.monotonic()
     now = datetime.now(UTC)
     rows = []
     for _ in range(n):
         secret = "sk-" + secrets.token_urlsafe(32)
+        if keep is not None:
+            keep.append(secret)
         rows.append((str(uuid.uuid4()), hashlib.sha256(secret.encode()).hexdigest(), f"sk-...{secret[-4:]}"))
     if db.kind == "sqlite":
         # SQLAlchemy's SQLite types: DateTime as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC, naive), JSON as text, bool 0/1
@@ -107,6 +110,17 @@ def seed_keys(db: Database, n: int) -> dict:
     if count < n:
         raise RuntimeError(f"seeding keys: {count} rows in keys after inserting {n}")
     return {"keys_seeded": n, "keys_in_db": count, "seed_s": round(time.monotonic() - t0, 2)}
+
+
+def count_rows(db: Database, table: str) -> int:
+    """Rows in `table` now (read beside the running Keystile: SQLite in WAL mode, Postgres)."""
+    if db.kind == "sqlite":
+        conn = sqlite3.connect(f"file:{db.sqlite_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        finally:
+            conn.close()
+    return int(psql(db.pg, f"SELECT count(*) FROM {table}", db=db.pg["dbname"]))
 
 
 def redis_server_pids(redis_url: str) -> list[int]:

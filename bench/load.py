@@ -73,10 +73,11 @@ class Run:
 
 
 def wrk(url: str, *, concurrency: int, seconds: float, body: dict, headers: dict[str, str],
-        cpus: set[int] | None) -> dict:
+        cpus: set[int] | None, env: dict[str, str] | None = None) -> dict:
+    """`env`: more for post.lua (BENCH_KEYS_FILE)."""
     threads = WRK_THREADS.get(concurrency, 2)
     env = {**os.environ, "BENCH_BODY": json.dumps(body, separators=(",", ":")),
-           "BENCH_AUTH": headers.get("Authorization", "")}
+           "BENCH_AUTH": headers.get("Authorization", ""), **(env or {})}
     argv = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "--latency", "-s", str(LUA), url + "/v1/chat/completions"]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, preexec_fn=affinity(cpus))
