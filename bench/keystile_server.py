@@ -102,3 +102,19 @@ def start_scenario(scenario: Scenario, target_name: str, upstream_url: str, work
     aux = (lambda db=db, fixed=redis_pids: fixed + pg_backend_pids(db)) \
         if redis_pids or db.pg else None
     return ks, Target(target_name, ks.server, headers, aux)
+
+
+def report_failure(what: str, exc: Exception, servers: list[Server]) -> None:
+    """A run broke: say so, with the log of every server that has exited."""
+    print(f"{what} failed: {exc}", file=sys.stderr)
+    for s in servers:
+        if s.proc.poll() is not None:
+            print(f"--- {s.name} log ---\n{tail(s.log_path)}", file=sys.stderr)
+
+
+def stop_all(servers: list[Server], databases: list[Database]) -> None:
+    """The run's servers, last started first, then its databases dropped."""
+    for s in reversed(servers):
+        s.stop()
+    for db in databases:
+        db.drop()

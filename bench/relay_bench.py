@@ -39,7 +39,7 @@ from pathlib import Path
 
 from client import BODIES, sanity_check
 from databases import Database, pg_server
-from keystile_server import Keystile, start_scenario
+from keystile_server import Keystile, report_failure, start_scenario, stop_all
 from load import Run, Target, measure, wrk
 from processes import (
     BENCH,
@@ -47,7 +47,6 @@ from processes import (
     Server,
     start_relay,
     start_upstream,
-    tail,
     wait_listening,
 )
 from profiling import profile
@@ -250,16 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         except Exception as exc:
             traceback.print_exc()
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            for s in servers:
-                if s.proc.poll() is not None:
-                    print(f"--- {s.name} log ---\n{tail(s.log_path)}", file=sys.stderr)
+            report_failure("benchmark", exc, servers)
             return 1
         finally:
-            for s in reversed(servers):
-                s.stop()
-            for db in databases:
-                db.drop()
+            stop_all(servers, databases)
 
 
 if __name__ == "__main__":

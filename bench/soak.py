@@ -25,9 +25,9 @@ from pathlib import Path
 
 from client import BODIES, sanity_check
 from databases import Database, count_rows, make_database, seed_keys
-from keystile_server import start_keystile
+from keystile_server import report_failure, start_keystile, stop_all
 from load import wrk
-from processes import BENCH, Server, start_upstream, tail, wait_listening
+from processes import BENCH, Server, start_upstream, wait_listening
 from scenarios import Scenario
 
 RESULTS = BENCH / "results"
@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         base = samples[min(args.warmup_slices, len(samples) - 1)]
         growth = samples[-1]["rss_mib"] - base["rss_mib"]
         verdict = "FLAT" if growth <= args.max_growth else "GROWING"
+        if len(samples) < args.warmup_slices + 3:
+            verdict = "TOO SHORT"  # fewer than two slices after the warm-up: nothing to judge
         print(f"RSS after warm-up {base['rss_mib']} MiB ({base['requests']:,} requests), at the end "
               f"{samples[-1]['rss_mib']} MiB ({total:,} requests): {growth:+.1f} MiB -> {verdict} "
               f"(at most {args.max_growth:g} MiB allowed); {errors} errors")
@@ -109,15 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results: {out}")
         return 0
     except Exception as exc:
-        print(f"soak failed: {exc}", file=sys.stderr)
-        for server in servers:
-            print(f"--- {server.name} log:\n{tail(server.log_path)}", file=sys.stderr)
+        report_failure("soak", exc, servers)
         return 1
     finally:
-        for server in reversed(servers):
-            server.stop()
-        for db in databases:
-            db.drop()
+        stop_all(servers, databases)
 
 
 if __name__ == "__main__":
