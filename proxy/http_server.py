@@ -130,9 +130,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         if not self._in_body or self.transport.is_closing():
             return
-        quiet = self.loop.time() - self._last_read
         if self.flow.read_paused:  # the gateway is not reading: not the sender's delay
-            quiet = 0.0
+            self._last_read = self.loop.time()
+        quiet = self.loop.time() - self._last_read
         if quiet < self._limits.body_timeout:
             self._timer = self.loop.call_later(self._limits.body_timeout - quiet, self._body_late)
             return
