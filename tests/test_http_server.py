@@ -5,6 +5,7 @@ in the error envelope."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from .conftest import relay_config
-from .servers import Keystile
+from .servers import BIN, Keystile
 
 LIMITS = {"max_header_bytes": 16384, "header_timeout": 1.0, "body_timeout": 1.0}
 
@@ -123,3 +124,12 @@ async def test_malformed_http_gets_the_error_envelope(server):
     error = envelope(body)
     assert error["type"] == "invalid_request_error" and "malformed HTTP" in error["message"]
     writer.close()
+
+
+def test_an_unusable_proxy_setting_stops_serve_with_one_line(tmp_path, upstream):
+    keystile = Keystile(tmp_path, relay_config(upstream), env={"HTTPS_PROXY": "socks5://127.0.0.1:1080"})
+    out = subprocess.run([str(BIN / "keystile"), "serve", "--config", str(keystile.config_path),
+                          "--port", str(keystile.port)], env=keystile.env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1
+    assert "only http:// proxies are supported" in out.stderr and "Traceback" not in out.stderr
