@@ -149,3 +149,33 @@ async def test_rediss_honours_ssl_cert_reqs_and_ssl_ca_certs_like_redis_py(tmp_p
             await client.aclose()
     finally:
         own.stop()
+
+
+async def test_a_real_replica_sends_the_limiter_to_its_fallback_until_it_is_promoted(caplog):
+    """A failover seen from the limiter: its Redis is (still, or again) a replica whose primary is
+    gone. READONLY, then MASTERDOWN once stale reads are off; promoted, it counts again."""
+    own = OwnRedis("--replicaof", "127.0.0.1", "1").start()  # nothing listens on port 1: the link stays down
+    admin = Redis.from_url(own.url)
+    try:
+        limiter = RedisLimiter(connect(own.url), prefix="replica", probe_interval=0.1)
+        spec = [LimitSpec("key:r", rpm=100)]
+        assert (await limiter.acquire(spec)).owner is not limiter and not limiter.shared
+        assert any("ReadOnlyError" in r.getMessage() for r in caplog.records)
+
+        await admin.config_set("replica-serve-stale-data", "no")
+        await asyncio.sleep(0.15)
+        await limiter.acquire(spec)  # the probe's write is refused: MASTERDOWN now
+        await asyncio.sleep(0.1)
+        assert not limiter.shared
+
+        await admin.execute_command("REPLICAOF", "NO", "ONE")  # promoted
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            await limiter.acquire(spec)
+            if limiter.shared:
+                break
+        assert limiter.shared and (await limiter.acquire(spec)).owner is limiter
+        await limiter.aclose()
+    finally:
+        await admin.aclose()
+        own.stop()
