@@ -5,8 +5,9 @@ uvicorn (0.30+) has neither for httptools: a client could send a 16 MiB header (
 it whole) or hold a connection open forever with half a request. Keystile listens on its own as
 often as behind nginx, so this holds without nginx:
 
-- the request line and headers may take `max_header_bytes` (default 64 KiB, counted as received,
-  so the cap holds to within one read); more gets 431 and the connection closed;
+- the request line and headers may take `max_header_bytes` (default 64 KiB); more gets 431 and
+  the connection closed. A head still incomplete is measured as received (so no more than one
+  read past the cap is buffered), a head complete in one read by its parsed size;
 - a request's head must arrive within `header_timeout` seconds of its first byte (of the
   connection, for the first request), else 408 and close;
 - a request body may pause at most `body_timeout` seconds between two reads (not counted while
@@ -44,6 +45,10 @@ class ServerLimits:
     body_timeout: float = 30.0
 
 
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request already refused."""
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above."""
 
@@ -75,8 +80,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_head:
             if self._head_bytes > self._limits.max_header_bytes:
-                self._refuse(HeadersTooLarge(f"request line and headers exceed "
-                                             f"{self._limits.max_header_bytes} bytes"))
+                self._refuse(self._too_large())
             elif self._timer is None and self._head_bytes:
                 self._timer = self.loop.call_later(self._limits.header_timeout, self._head_late)
         elif self._in_body:
@@ -85,9 +89,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._timer = self.loop.call_later(self._limits.body_timeout, self._body_late)
 
     def on_headers_complete(self) -> None:
+        if self._head_bytes > self._limits.max_header_bytes and self._head_size() > self._limits.max_header_bytes:
+            self._refuse(self._too_large())  # a whole oversized head in one read: the app never sees it
+            raise _Refused  # stops the parser; uvicorn's handler of parser errors finds it answered
         self._in_head, self._in_body, self._head_bytes = False, True, 0
         self._stop_timer()
         super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        """The head just parsed, in bytes (about: the request line's method and version left out)."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(f"request line and headers exceed {self._limits.max_header_bytes} bytes")
 
     def on_message_complete(self) -> None:
         self._in_head, self._in_body = True, False
@@ -95,7 +109,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(BadRequest(f"malformed HTTP request: {msg}", code="invalid_http"))
+        if not self._refused:  # else: a refusal stopped the parser, and has been answered
+            self._refuse(BadRequest(f"malformed HTTP request: {msg}", code="invalid_http"))
 
     def _refuse(self, error: KeystileError) -> None:
         """Answer with `error` and close (lingering), unless an answer is on its way (pipelining):

@@ -77,6 +77,20 @@ async def test_oversized_headers_get_431_and_memory_stays_flat(server):
     ok = httpx.get(server.url + "/health/liveliness", headers={"X-Padding": "p" * 12000})
     assert ok.status_code == 200  # within the cap
 
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    body = b'{"model":"echo","messages":[]}'
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\nContent-Length: %d\r\n\r\n%s"
+                 % (b"b" * 40000, len(body), body))  # a whole oversized head (and body) in one read
+    status, _, answer_body, closed = await answer(reader)
+    assert status == 431 and closed and envelope(answer_body)["code"] == "request_header_too_large"
+    writer.close()
+
+    big_body = orjson.dumps({"model": "echo", "messages": [{"role": "user", "content": "x" * 30000}]})
+    small_head = httpx.post(server.url + "/v1/chat/completions", content=big_body,
+                            headers={"Authorization": f"Bearer {server.master_key}",
+                                     "Content-Type": "application/json"})
+    assert small_head.status_code == 200  # a large body in the same read as its head is not a large head
+
 
 async def test_half_sent_heads_get_408_and_are_closed(server):
     started = time.monotonic()
