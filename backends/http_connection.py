@@ -145,6 +145,7 @@ class Connection(asyncio.Protocol):
         self._location: bytes | None = None
         self._decoder: Decoder | None = None
         self.head_bytes = 0  # received while the answer's head is incomplete
+        self._head_size = 0  # the headers parsed so far of the message being parsed
         self.holds_slot = False  # counted in its origin's connections until it closes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -186,8 +187,10 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._delimited = False
         self._encoding = self._location = None
+        self._head_size = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
         name = name.lower()
         if name in _WATCHED:
             if name == b"content-encoding":
@@ -203,6 +206,10 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.exchange
         if ex is None:
+            return
+        if self._head_size > MAX_HEAD:  # a whole oversized head in one read
+            ex.fail(BadResponse(f"upstream answer's headers exceed {MAX_HEAD // 1024} KiB"))
+            self.abort()
             return
         status = self._parser.get_status_code()
         if status < 200:  # 100 Continue, 103 Early Hints: the answer is still to come

@@ -139,6 +139,17 @@ async def test_oversized_answer_headers_are_refused():
         await pool.aclose()
 
 
+async def test_an_oversized_head_in_one_write_is_refused_too():
+    async def one_write(n, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: 2\r\n\r\n{}" % (b"z" * 100_000))
+
+    async with Server(one_write) as server:
+        pool = ClientPool()
+        with pytest.raises(BadResponse, match="headers exceed 64 KiB"):
+            await fetch(pool, server.url)
+        await pool.aclose()
+
+
 async def test_a_redirect_is_a_502_naming_where_to(tmp_path):
     async def moved(n, body, writer):
         writer.write(b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://api.example.com/v1/chat/completions\r\n"
