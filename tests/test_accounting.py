@@ -164,6 +164,22 @@ async def test_size_and_time_trigger_a_write_without_flush(db: Database, caller:
     assert await stored(db, caller) == (23, 23)
 
 
+async def test_a_backlog_is_written_in_larger_batches(db: Database, caller: Caller):
+    """More than a batch waiting (a saturated loop, a slow database): the writer catches up in
+    batches of catch_up x batch_size, so its backlog, held in memory, does not keep growing."""
+    writer = UsageWriter(db, batch_size=100, flush_interval=0.05)  # not started: a backlog builds up
+    for i in range(2500):
+        writer.record(caller.rec(i))
+    writer.start()
+    assert await writer.flush(timeout=20)
+    assert writer.written == 2500 and writer.batches == 3  # 1,000 + 1,000 + 500; 25 at batch_size alone
+    writer.record(caller.rec(2500))
+    assert await writer.flush(timeout=5)
+    assert writer.batches == 4  # no backlog: an ordinary batch
+    await writer.aclose()
+    assert await stored(db, caller) == (2501, 2501)
+
+
 async def wait_until(condition, timeout: float) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():

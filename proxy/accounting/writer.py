@@ -100,7 +100,11 @@ class UsageWriter:
       loop's thread. When `max_buffer` records are waiting, new ones are dropped and counted; one
       warning is logged when dropping starts and one with the count when there is room again.
     - Batches: the writer wakes every `flush_interval` seconds, or as soon as `batch_size` records
-      wait, and writes everything waiting in batches of at most `batch_size` records. Each batch
+      wait, and writes everything waiting in batches of at most `batch_size` records, or of
+      `catch_up` times that while more than a batch waits: on a saturated event loop each
+      transaction costs several loop turns whatever its size, so with small batches the writer
+      drained more slowly than requests arrived and its backlog (and RSS, about 1 KiB a record)
+      climbed toward `max_buffer` (bench/soak.py). Each batch
       is one transaction: its spend_logs rows plus the key, user and team spend they add
       (`proxy.db.spend.insert_usage`, idempotent by request_id).
     - Records are made storable before they are queued (`safe`: no NUL, no lone surrogates,
@@ -123,12 +127,13 @@ class UsageWriter:
 
     def __init__(self, db: Database, *, batch_size: int = 500, flush_interval: float = 0.5,
                  max_buffer: int = 100_000, retry_initial: float = 0.25, retry_max: float = 5.0,
-                 journal: Journal | None = None):
+                 journal: Journal | None = None, catch_up: int = 10):
         if batch_size < 1 or max_buffer < 1:
             raise ValueError("batch_size and max_buffer must be at least 1")
         self._db = db
         self._journal = journal
         self.batch_size = batch_size
+        self.catch_up = max(1, catch_up)
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
         self.retry_initial = retry_initial
@@ -144,6 +149,7 @@ class UsageWriter:
         self.spilled = 0  # records the buffer had no room for, kept in the journal only
         self.replayed = 0  # records written from journal files (earlier runs, or spilled)
         self.failures = 0  # failed batch attempts (total)
+        self.batches = 0  # batches from the buffer written (transactions, bisected ones counted once)
         self._dropping = 0  # records dropped in the current buffer-full episode
         self._failing = 0  # consecutive failed attempts in the current outage
         self._uncertain = 0  # records at the front that an attempt with a lost answer may have stored
@@ -335,13 +341,15 @@ class UsageWriter:
     async def _write_front(self) -> bool:
         """Write the batch at the front of the buffer, setting bad records aside; False when the
         database could not be reached (what was written is settled, the rest stays in front)."""
-        batch = list(itertools.islice(self._buffer, self.batch_size))
+        behind = len(self._buffer) > self.batch_size
+        batch = list(itertools.islice(self._buffer, self.batch_size * self.catch_up if behind else self.batch_size))
         try:
             await self._write_isolating(batch, front=True)
         except Exception as error:  # noqa: BLE001 - every failure is retried or isolated, never lost
             self._failed(error, len(self._buffer))
             self._uncertain = max(self._uncertain, len(batch))
             return False
+        self.batches += 1
         self._resumed()
         return True
 
