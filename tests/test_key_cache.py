@@ -189,3 +189,28 @@ async def test_the_change_feed_waits_for_ids_committed_out_of_order(tmp_path):
         assert await feed.poll() == 0 and feed.applied == 3
     finally:
         await db.aclose()
+
+
+async def test_background_refreshes_are_bounded_and_every_key_gets_one():
+    store, clock = Store(), Clock()
+    for i in range(100):
+        store.rows[f"h{i}"] = Principal(key_hash=f"h{i}", key_alias="old")
+    cache = KeyCache(store.load, ttl=30, clock=clock, max_refreshing=4)
+    for i in range(100):
+        await cache.get(f"h{i}")  # all loaded together, so all due together
+    for i in range(100):
+        store.rows[f"h{i}"] = Principal(key_hash=f"h{i}", key_alias="new")
+    clock.now = 20  # past ttl / 2 for every entry
+    store.calls, store.gate = 0, asyncio.Event()
+    for i in range(100):
+        assert (await cache.get(f"h{i}")).key_alias == "old"  # served at once, from the cache
+    await asyncio.sleep(0.01)
+    assert store.calls == 4  # not 100 tasks and sessions at once
+    store.gate.set()
+    for _ in range(200):  # later requests pick up the keys passed over
+        aliases = [(await cache.get(f"h{i}")).key_alias for i in range(100)]
+        if aliases == ["new"] * 100:
+            break
+        assert len(cache._refreshing) <= 4
+        await asyncio.sleep(0.001)
+    assert aliases == ["new"] * 100 and store.calls == 100  # each key refreshed once

@@ -6,7 +6,10 @@ authenticated without a database round trip. JWT callers' user and team records 
   drop the entries a change touches, within a second in every process. Entries are reloaded only
   to pick up the spend the database has accrued (the seed of budget counters): in the background
   once older than `ttl / 2` (no request waits), and before use once older than `ttl` (a key idle
-  that long). A revoked key never depends on either.
+  that long). A revoked key never depends on either. At most `max_refreshing` background reloads
+  run at a time: thousands of keys loaded together at start come due together, and one task and
+  database session each at once took 70+ MiB and starved the usage writer (bench/soak.py, 10,000
+  keys); a key passed over is refreshed by one of its later requests.
 - Unknown hashes are cached negatively for `negative_ttl`, in a bounded table.
 - `invalidate` drops entries at once and bumps a generation: a load that was in flight when an
   invalidation happened is not written back (it is repeated), so no stale record survives.
@@ -62,7 +65,7 @@ class KeyCache:
     def __init__(self, load: Callable[[str], Awaitable[Loaded]], *, ttl: float, negative_ttl: float = 5.0,
                  max_negative: int = 100_000, clock: Callable[[], float] = time.monotonic,
                  load_jwt: Callable[[Principal], Awaitable[Loaded]] | None = None,
-                 backoff: float = 0.5, max_backoff: float = 10.0):
+                 backoff: float = 0.5, max_backoff: float = 10.0, max_refreshing: int = 8):
         self._load = load
         self._load_jwt = load_jwt
         self._ttl = ttl
@@ -73,6 +76,7 @@ class KeyCache:
         self._negative: OrderedDict[str, float] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Loaded]] = {}
         self._refreshing: set[asyncio.Task] = set()
+        self._max_refreshing = max_refreshing
         self._hashes: set[int] = set()
         self._backoff, self._max_backoff = backoff, max_backoff
         self._down_until: float | None = None  # set while the database is unreachable
@@ -95,7 +99,8 @@ class KeyCache:
         if entry is not None:
             age = now - entry.loaded_at
             if age <= self._ttl or self._down(now):  # the database away: serve what we know
-                if age > self._ttl / 2 and ident not in self._inflight and not self._down(now):
+                if (age > self._ttl / 2 and ident not in self._inflight and not self._down(now)
+                        and len(self._refreshing) < self._max_refreshing):
                     task = asyncio.create_task(self._refresh(ident, claims, self._claim(ident)))
                     self._refreshing.add(task)
                     task.add_done_callback(self._refreshing.discard)
