@@ -6,12 +6,12 @@ each request with the next key (post.lua with BENCH_KEYS_FILE), in slices of `--
 and reads Keystile's RSS after each slice, and how many answered requests have no usage row in
 the database yet (the usage writer's backlog, held in memory). Prints both against requests
 served, and the verdict:
-flat when RSS grew by at most `--max-growth` MiB from the end of the warm-up (the first
-`--warmup-slices` slices: caches filling, the allocator settling) to the end. Writes the run as
+flat when RSS grew by at most `--max-growth` MiB from the first sample after `--warmup` seconds
+(caches filling, the allocator settling) to the end. Writes the run as
 JSON to bench/results/soak-<time>.json. Exit status is 0 whatever the figures (a report, not a
 test), non-zero when something broke.
 
-    .venv/bin/python bench/soak.py [--keys 10000] [--duration 300] [--interval 15] [--concurrency 32]
+    .venv/bin/python bench/soak.py [--keys 10000] [--duration 360] [--warmup 120] [--interval 15] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def rss_mib(pid: int) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Keystile's RSS over time with load spread over many keys.")
     p.add_argument("--keys", type=int, default=10_000, help="virtual keys seeded and used in turn (default 10000)")
-    p.add_argument("--duration", type=float, default=300, help="seconds of load in all (default 300)")
+    p.add_argument("--duration", type=float, default=360, help="seconds of load in all (default 360)")
     p.add_argument("--interval", type=float, default=15, help="seconds per slice, RSS read after each (default 15)")
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--warmup-slices", type=int, default=2, help="slices before the baseline (default 2)")
+    p.add_argument("--warmup", type=float, default=120,
+                   help="seconds of load before the baseline: caches filling, the allocator settling (default 120)")
     p.add_argument("--max-growth", type=float, default=10.0, help="MiB allowed after the warm-up (default 10)")
     p.add_argument("--database-url", metavar="URL", help="postgresql://… (a fresh database); default SQLite")
     p.add_argument("--settings", type=json.loads, default={}, metavar="JSON",
@@ -96,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {sample['t_s']:7.1f} s  {total:>9,} requests  {sample['rps']:>6,} req/s  "
                   f"RSS {sample['rss_mib']:7.1f} MiB  usage records not yet written {sample['unwritten']:>7,}",
                   flush=True)
-        base = samples[min(args.warmup_slices, len(samples) - 1)]
+        after = [s for s in samples if s["t_s"] >= args.warmup]
+        base = after[0] if after else samples[-1]
         growth = samples[-1]["rss_mib"] - base["rss_mib"]
         verdict = "FLAT" if growth <= args.max_growth else "GROWING"
-        if len(samples) < args.warmup_slices + 3:
+        if len(after) < 3:
             verdict = "TOO SHORT"  # fewer than two slices after the warm-up: nothing to judge
         print(f"RSS after warm-up {base['rss_mib']} MiB ({base['requests']:,} requests), at the end "
               f"{samples[-1]['rss_mib']} MiB ({total:,} requests): {growth:+.1f} MiB -> {verdict} "
