@@ -176,7 +176,9 @@ up() {
 stop_pid() {  # pidfile name: TERM, then KILL after 30 s
     local pidfile=$1 name=$2 pid
     alive "$pidfile" || { rm -f "$pidfile"; return 0; }
-    pid=$(cat "$pidfile")
+    # nginx removes its pid file as it quits: gone between the check and here is "stopped", not an
+    # error (under set -e a failed cat ended `down` before it stopped the instances)
+    pid=$(cat "$pidfile" 2>/dev/null) || { rm -f "$pidfile"; say "$name: stopped"; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
