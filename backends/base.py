@@ -55,7 +55,18 @@ class Chunk:
 
 
 class Backend(Protocol):
-    """One deployment's way to reach a model. `kind` is "chat" or "completions" where it matters."""
+    """One deployment's way to reach a model: everything the gateway calls on a backend.
+
+    `local` says the model runs on this host in a process the backend manages (llama.cpp); such a
+    backend loads after `start()` and is `ready` once loaded (the gateway's readiness waits for it).
+    A remote backend's `start()` does nothing and it is always `ready`."""
+
+    local: bool
+
+    async def start(self) -> None: ...
+
+    @property
+    def ready(self) -> bool: ...
 
     async def chat(self, body: dict) -> Completion: ...
 

@@ -62,11 +62,3 @@ class NotSupported(BackendError):
     """The backend cannot do this operation (e.g. embeddings on a chat-only upstream)."""
 
     retriable = False
-
-
-class DeploymentAtCapacity(BackendError):
-    """The deployment's own rpm/tpm (config.yaml) is used up for now; another may take the request."""
-
-    def __init__(self, message: str, *, retry_after: float = 1.0):
-        super().__init__(message, status=429, code="deployment_rate_limited")
-        self.retry_after = retry_after

@@ -69,6 +69,8 @@ class LlamaCppBackend:
     chat_format, flash_attn, logits_all, ...) are passed to it; others are ignored.
     """
 
+    local = True
+
     def __init__(
         self,
         public_name: str,

@@ -92,6 +92,8 @@ def _upstream_error(status: int, body: bytes, retry_after: str | None = None) ->
 
 
 class OpenAICompatBackend:
+    local = False
+
     def __init__(self, public_name: str, upstream_model: str, *, api_base: str, api_key: str | None,
                  pool: ClientPool, timeout: float, stream_timeout: float | None = None):
         self.public_name = public_name
@@ -183,6 +185,13 @@ class OpenAICompatBackend:
 
     async def tokenize(self, text: str) -> list[int]:
         raise errors.NotSupported(f"{self.public_name}: tokenize is not offered by this upstream")
+
+    async def start(self) -> None:
+        """Nothing to start: the model is remote."""
+
+    @property
+    def ready(self) -> bool:
+        return True
 
     async def health(self) -> bool:
         try:

@@ -42,6 +42,8 @@ def _translate(litellm: ModuleType, exc: Exception) -> errors.BackendError:
 
 
 class LiteLLMBackend:
+    local = False
+
     def __init__(self, public_name: str, model: str, *, timeout: float, params: dict[str, Any]):
         self.public_name = public_name
         self.model = model
@@ -103,6 +105,13 @@ class LiteLLMBackend:
 
     async def tokenize(self, text: str) -> list[int]:
         return list(self._litellm.encode(model=self.model, text=text))
+
+    async def start(self) -> None:
+        """Nothing to start: the model is remote."""
+
+    @property
+    def ready(self) -> bool:
+        return True
 
     async def health(self) -> bool:
         return True

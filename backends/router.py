@@ -1,8 +1,9 @@
-"""Model name -> deployments: choice of deployment, retries, fallbacks and cooldowns.
+"""Model name -> deployments: the order to try them in, retries, fallbacks and cooldowns.
 
-A request for a public model name tries its deployments (weighted shuffle or least busy), skipping
-those cooling down; a retriable failure moves on to the next deployment, then to the configured
-fallback model names. Streams are retried only until their first chunk has arrived.
+`attempts(name)` is every attempt one request may make: its deployments (weighted shuffle or least
+busy; those cooling down last), again for each retry, then the configured fallback model names.
+The caller (proxy/core/attempts.py) makes them in that order, moving on after a retriable failure,
+and reports each failure with `failed`, which cools a deployment down after too many.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from . import errors
-from .base import Backend, Chunk
-
-T = TypeVar("T")
+from .base import Backend
 
 
 @dataclass(eq=False)
@@ -88,7 +87,7 @@ class Router:
             ready.sort(key=lambda d: self._rng.random() ** (1.0 / d.weight), reverse=True)
         return ready + cooling
 
-    def _candidates(self, name: str) -> list[Deployment]:
+    def attempts(self, name: str) -> list[Deployment]:
         """Every attempt for a request: retries over this model's deployments, then fallbacks."""
         order = self._order(name)
         attempts = [order[i % len(order)] for i in range(1 + self.policy.num_retries)]
@@ -97,9 +96,9 @@ class Router:
                 attempts.extend(self._order(fallback)[:1])
         return attempts
 
-    def _failed(self, d: Deployment, exc: errors.BackendError) -> None:
-        if isinstance(exc, errors.DeploymentAtCapacity):
-            return  # its own rpm/tpm is used up: try others, but it is not unhealthy
+    def failed(self, d: Deployment, exc: errors.BackendError) -> None:
+        """`d` failed with a retriable error: one more failure in its last minute, and a cooldown
+        once there are more than `allowed_fails`."""
         now = self._clock()
         d.last_error = exc.message
         d.failures.append(now)
@@ -121,63 +120,3 @@ class Router:
         if reason:
             d.last_error = reason
         return True
-
-    async def call(self, name: str, op: Callable[[Deployment], Awaitable[T]]) -> tuple[Deployment, T]:
-        last: errors.BackendError | None = None
-        for d in self._candidates(name):
-            d.in_flight += 1
-            try:
-                return d, await op(d)
-            except errors.BackendError as exc:
-                if not exc.retriable:
-                    raise
-                self._failed(d, exc)
-                last = exc
-            finally:
-                d.in_flight -= 1
-        assert last is not None
-        raise last
-
-    async def open_stream(self, name: str, op: Callable[[Deployment], AsyncGenerator[Chunk, None]]
-                          ) -> tuple[Deployment, AsyncIterator[Chunk]]:
-        """Start a stream on the first deployment that yields a first chunk; the returned iterator
-        replays that chunk and then relays the rest (no retries once bytes may have reached a client)."""
-        last: errors.BackendError | None = None
-        for d in self._candidates(name):
-            stream = op(d)
-            d.in_flight += 1
-            try:
-                first = await anext(stream)
-            except StopAsyncIteration:
-                d.in_flight -= 1
-                return d, _empty()
-            except errors.BackendError as exc:
-                d.in_flight -= 1
-                await stream.aclose()
-                if not exc.retriable:
-                    raise
-                self._failed(d, exc)
-                last = exc
-                continue
-            except BaseException:
-                d.in_flight -= 1
-                await stream.aclose()
-                raise
-            return d, _relay(d, first, stream)
-        assert last is not None
-        raise last
-
-
-async def _empty() -> AsyncIterator[Chunk]:
-    return
-    yield  # pragma: no cover - makes this an async generator
-
-
-async def _relay(d: Deployment, first: Chunk, stream: AsyncGenerator[Chunk, None]) -> AsyncIterator[Chunk]:
-    try:
-        yield first
-        async for chunk in stream:
-            yield chunk
-    finally:
-        d.in_flight -= 1
-        await stream.aclose()

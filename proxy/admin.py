@@ -16,8 +16,8 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from .auth.principal import Principal
 from .db.models import Key, Team, User
+from .domain import Principal
 from .durations import after
 from .errors import BadRequest, Conflict, Forbidden, PayloadTooLarge
 from .protocol.fields import MAX_PAGE, ErrorEnvelope

@@ -1,4 +1,5 @@
-"""create_app(settings) -> FastAPI. The lifespan builds the one Services object and closes it."""
+"""create_app(settings) -> FastAPI (admin, spend, health, models, /docs), and factory() -> the edge
+in front of it, serving the dialects. The lifespan builds the one Services object and closes it."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import errors
+from . import dialects
 from .admin import INFERENCE_ERRORS
-from .fastpath import FastPath
-from .routes import health, keys, openai, principals, spend
+from .edge import docs, handlers
+from .edge.asgi import Edge
+from .routes import health, keys, models, principals, spend
 from .services import Services
 from .settings import Settings, load_config
 
@@ -37,16 +39,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Keystile", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible LLM gateway with keys, limits and accounting.")
-    errors.install(app)
+    handlers.install(app)
+    app.state.dialects = dialects.load()
+    docs.install(app, app.state.dialects)
     for prefix in ("/v1", "/openai/v1"):
-        app.include_router(openai.router, prefix=prefix, include_in_schema=prefix == "/v1", responses=INFERENCE_ERRORS)
+        app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/v1", responses=INFERENCE_ERRORS)
     app.include_router(health.router)
     for admin_router in (keys.router, principals.teams, principals.users, spend.router):
         app.include_router(admin_router)
     return app
 
 
-def factory() -> FastPath:
+def factory() -> Edge:
     """Entry point for uvicorn (`proxy.app:factory`), reading settings from the environment. The
-    inference routes are dispatched ahead of FastAPI's middleware and routing; the rest is FastAPI."""
-    return FastPath(create_app())
+    dialects' routes are dispatched by the edge, ahead of FastAPI's middleware and routing; the
+    rest is FastAPI."""
+    app = create_app()
+    return Edge(app, app.state.dialects)

@@ -1,7 +1,8 @@
-"""One exception tree for the gateway, and the single place that turns errors into HTTP answers.
-
-Every error body is {"error": {"message", "type", "param", "code"}} with the matching status.
-Backend errors (backends.errors) are mapped here too, so no route ever formats an error itself.
+"""One exception tree for the gateway, and the single place that classifies every failure:
+`as_keystile` turns backend errors (backends.errors), limit refusals (domain.LimitExceeded) and
+validation failures into a KeystileError with its HTTP status, type, code and headers. A dialect
+renders that into its own envelope; OpenAI's, {"error": {"message", "type", "param", "code"}}, is
+`error_body`. No HTTP framework here: the edge (proxy/edge/handlers.py) sends the answers.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import logging
 import math
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from pydantic import ValidationError
 
 from backends import errors as be
+
+from .domain import LimitExceeded
+from .limits.windows import format_reset
 
 log = logging.getLogger("keystile")
 
@@ -117,9 +118,6 @@ def from_backend(exc: be.BackendError) -> KeystileError:
             return Unavailable(exc.message or "model is still loading, retry shortly", headers={"Retry-After": "5"})
         case be.ModelCrashed():
             return Unavailable(exc.message, code="model_crashed", headers={"Retry-After": _seconds(exc.retry_after)})
-        case be.DeploymentAtCapacity():
-            return RateLimited(exc.message, code="deployment_rate_limited",
-                               headers={"Retry-After": _seconds(exc.retry_after)})
         case be.BackendOverloaded():
             return RateLimited(exc.message or "model queue is full", code="queue_full", headers={"Retry-After": "1"})
         case be.UpstreamTimeout():
@@ -144,13 +142,31 @@ def _seconds(delay: float) -> str:
     """A Retry-After value: whole seconds, at least 1."""
     return str(max(1, math.ceil(delay)))
 
+def from_limit(exc: LimitExceeded) -> RateLimited:
+    """A refusal by a rate limit or budget: 429 naming the limit, `Retry-After` in whole seconds
+    (at least 1) whenever a reset is known. Budgets use code `budget_exceeded`, a deployment's own
+    rpm/tpm `deployment_rate_limited`, the rest `rate_limit_exceeded`."""
+    code = ("budget_exceeded" if exc.kind == "budget" else
+            "deployment_rate_limited" if exc.scope_type == "deployment" else "rate_limit_exceeded")
+    headers = {"Retry-After": _seconds(exc.reset_s)} if exc.reset_s is not None else {}
+    if exc.kind in ("rpm", "tpm") and exc.reset_s is not None and exc.scope_type != "deployment":
+        # OpenAI's trio for the caller's limit that refused (a deployment's own limit is not the caller's)
+        unit = "requests" if exc.kind == "rpm" else "tokens"
+        headers.update({f"x-ratelimit-limit-{unit}": "%d" % exc.limit,
+                        f"x-ratelimit-remaining-{unit}": "%d" % exc.remaining,
+                        f"x-ratelimit-reset-{unit}": format_reset(exc.reset_s)})
+    return RateLimited(exc.message, code=code, headers=headers)
+
+
+def from_validation(exc: ValidationError) -> BadRequest:
+    """A body that failed its wire model: the first problem, with the field named in `param`."""
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    return BadRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param)
+
 
 def error_body(exc: KeystileError) -> bytes:
     return orjson.dumps({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
-
-
-def to_response(exc: KeystileError) -> Response:
-    return Response(error_body(exc), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
 def as_keystile(exc: BaseException) -> KeystileError:
@@ -158,40 +174,9 @@ def as_keystile(exc: BaseException) -> KeystileError:
         return exc
     if isinstance(exc, be.BackendError):
         return from_backend(exc)
+    if isinstance(exc, LimitExceeded):
+        return from_limit(exc)
+    if isinstance(exc, ValidationError):
+        return from_validation(exc)
     log.exception("unhandled error", exc_info=exc)
     return KeystileError("internal error")
-
-
-def _param(error: dict) -> str | None:
-    """The field a validation error is about, as a dotted path ("metadata", "messages.0.content")."""
-    return ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")) or None
-
-
-def install(app: FastAPI) -> None:
-    """Register the handlers that make every failure an error envelope, never a trace or HTML."""
-
-    async def keystile_error(_: Request, exc: Exception) -> Response:
-        return to_response(as_keystile(exc))
-
-    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        errors = exc.errors()
-        names = [_param(e) for e in errors if e.get("type") == "extra_forbidden"]
-        if names:  # every unknown field named at once
-            return to_response(BadRequest(f"unknown field{'s' * (len(names) > 1)}: {', '.join(map(str, names))}",
-                                          param=names[0], code="unknown_field"))
-        first = errors[0] if errors else {}
-        param = _param(first)
-        return to_response(BadRequest(f"{param or 'request'}: {first.get('msg', 'invalid')}", param=param))
-
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        cls = {404: NotFound, 405: BadRequest, 401: Unauthorized, 403: Forbidden}.get(exc.status_code, KeystileError)
-        err = cls(str(exc.detail), code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code),
-                  headers=dict(exc.headers or {}))  # 405 carries Allow
-        err.status = exc.status_code
-        return to_response(err)
-
-    app.add_exception_handler(KeystileError, keystile_error)
-    app.add_exception_handler(be.BackendError, keystile_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, keystile_error)

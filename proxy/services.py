@@ -16,19 +16,19 @@ from backends.http import ClientPool
 from backends.registry import make_backend
 from backends.router import Deployment, Router, RouterPolicy
 
+from .accounting.budgets import BudgetResetter
+from .accounting.journal import Journal, default_directory
+from .accounting.prices import PriceMap
+from .accounting.writer import UsageWriter
 from .auth.authenticator import Authenticator, FailureThrottle
 from .auth.cache import KeyCache
 from .auth.changes import ChangeFeed
 from .auth.invalidation import Invalidator
 from .auth.jwt import JWTVerifier
-from .db.keys import load_jwt_principal, load_principal
-from .accounting.budgets import BudgetResetter
-from .accounting.prices import PriceMap
-from .accounting.journal import Journal, default_directory
-from .accounting.writer import UsageWriter
-from .db.engine import Database
+from .auth.records import load_jwt_principal, load_principal
 from .cooldowns import CooldownSync
-from .gateway import Gateway
+from .core import Gateway
+from .db.engine import Database
 from .limits import Limiter, make_limiter
 from .settings import ConfigError, FileConfig, KeystileSettings, ModelEntry, Settings
 
@@ -124,7 +124,7 @@ class Services:
             log.info("usage journal %s: %d files of earlier runs to write", journal.directory, leftover)
         usage = UsageWriter(db, journal=journal)
         usage.start()
-        gateway = Gateway(router, limiter, prices, usage, max_request_bytes=options.max_request_bytes)
+        gateway = Gateway(router, limiter, prices, usage)
         services = cls(settings=settings, config=config, options=options, pool=pool, router=router, db=db,
                        redis=redis, cache=cache, invalidator=invalidator, changes=changes, auth=auth, limiter=limiter, prices=prices,
                        usage=usage, budgets=BudgetResetter(db, invalidator.publish), gateway=gateway,
@@ -135,9 +135,7 @@ class Services:
         services.cooldowns = CooldownSync(router, redis)
         await services.cooldowns.start()
         for d in router.deployments():
-            start = getattr(d.backend, "start", None)
-            if start is not None:
-                await start()  # local workers load in the background; requests get 503 until ready
+            await d.backend.start()  # local workers load in the background; requests get 503 until ready
         return services
 
     async def aclose(self) -> None:

@@ -23,8 +23,8 @@ from sqlalchemy import delete, func, select, text
 
 from proxy.accounting.journal import Journal
 from proxy.accounting.prices import Price, PriceMap
-from proxy.accounting.record import UsageRecord
 from proxy.accounting.writer import UsageWriter, is_data_error, safe
+from proxy.domain import UsageRecord
 from proxy.db.engine import Database
 from proxy.db.migrate import upgrade
 from proxy.db.models import Key, SpendLog, Team, User

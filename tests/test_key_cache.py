@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from proxy.auth.cache import KeyCache
-from proxy.auth.principal import Principal
+from proxy.domain import Principal
 
 
 class Clock:

@@ -19,8 +19,8 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from proxy.auth.principal import Principal, Scope
-from proxy.errors import RateLimited, error_body
+from proxy.domain import Principal, Scope
+from proxy.errors import RateLimited, as_keystile, error_body
 from proxy.limits import (BudgetSpec, Lease, LimitExceeded, LimitSpec, LocalLimiter, RedisLimiter, budget_spec,
                           connect, format_reset, make_limiter, next_reset, parse_duration, request_limits)
 
@@ -80,9 +80,10 @@ async def test_rpm_50_concurrent_exactly_10(limiter):
     assert len(leases) == 10
     err = refused[0]
     assert (err.kind, err.scope, err.limit, err.remaining, err.scope_type) == ("rpm", "key:k1", 10, 0, "key")
-    assert 1 <= int(err.headers["Retry-After"]) <= 60
-    assert isinstance(err, RateLimited) and err.status == 429
-    body = orjson.loads(error_body(err))["error"]
+    http = as_keystile(err)  # a plain exception, a 429 only through the one error mapping
+    assert 1 <= int(http.headers["Retry-After"]) <= 60
+    assert isinstance(http, RateLimited) and http.status == 429
+    body = orjson.loads(error_body(http))["error"]
     assert body["type"] == "rate_limit_error" and body["code"] == "rate_limit_exceeded"
 
 
@@ -158,7 +159,7 @@ async def test_parallel_and_idempotent_release(limiter):
     one, _two = await limiter.acquire(spec), await limiter.acquire(spec)
     with pytest.raises(LimitExceeded) as refused:
         await limiter.acquire(spec)
-    assert refused.value.kind == "parallel" and refused.value.headers["Retry-After"] == "1"
+    assert refused.value.kind == "parallel" and as_keystile(refused.value).headers["Retry-After"] == "1"
     for _ in range(3):
         await limiter.release(one, tokens_used=0, cost=0.0)
     await limiter.acquire(spec)
@@ -211,7 +212,7 @@ async def test_limiter_survives_a_flushed_script_cache(prefix):
     await limiter.release(lease, tokens_used=0, cost=0.0)  # NOSCRIPT: replayed with EVAL
     await asyncio.sleep(0.3)  # the probe replays it
     lease = await limiter.acquire(spec)  # EVAL again; admitted only if the release went through
-    assert lease.usage[0].requests == 2
+    assert lease.counts[0].requests == 2
     await limiter.release(lease, tokens_used=0, cost=0.0)
     assert limiter.shared
     await admin.aclose()
@@ -224,8 +225,8 @@ async def test_budget_50_concurrent_room_for_3(limiter):
     leases, refused = await _admit_many(limiter, 50, [], budget, max_cost=0.1)
     assert len(leases) == 3  # 0.65 + 3 * 0.1 <= 1.0 < 0.65 + 4 * 0.1
     err = refused[0]
-    assert err.code == "budget_exceeded" and err.kind == "budget" and err.limit == 1.0
-    assert 3590 <= int(err.headers["Retry-After"]) <= 3600 and "in flight 0.3000" in err.message
+    assert as_keystile(err).code == "budget_exceeded" and err.kind == "budget" and err.limit == 1.0
+    assert 3590 <= int(as_keystile(err).headers["Retry-After"]) <= 3600 and "in flight 0.3000" in err.message
     for lease in leases:
         await limiter.release(lease, tokens_used=0, cost=0.1)
     leases, _ = await _admit_many(limiter, 50, [], budget, max_cost=0.0)
@@ -260,7 +261,7 @@ async def test_budget_window_rollover(limiter):
 async def test_lifetime_budget_refusal_has_no_retry_after(limiter):
     with pytest.raises(LimitExceeded, match="never resets") as refused:
         await limiter.acquire([], [BudgetSpec("key:l", 5.0, None, seed_spend=5.0)])
-    assert refused.value.reset_s is None and "Retry-After" not in refused.value.headers
+    assert refused.value.reset_s is None and "Retry-After" not in as_keystile(refused.value).headers
 
 
 async def test_headers_of_the_tightest_limits():
@@ -274,8 +275,8 @@ async def test_headers_of_the_tightest_limits():
     with pytest.raises(LimitExceeded, match=r"key:ffffffff…: 10 requests") as refused:
         for _ in range(10):
             await limiter.acquire([key], tokens=1)
-    assert refused.value.headers == {"Retry-After": "17", "x-ratelimit-limit-requests": "10",  # the refusing limit's
-                                     "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "17s"}
+    assert as_keystile(refused.value).headers == {"Retry-After": "17", "x-ratelimit-limit-requests": "10",
+                                                  "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "17s"}
 
 
 async def test_local_rate_window_rollover():
@@ -382,7 +383,7 @@ async def test_make_limiter_picks_the_implementation():
 
 
 def test_request_limits_of_a_principal_without_limits_keep_nothing():
-    from proxy.auth.principal import MASTER
+    from proxy.domain import MASTER
 
     assert request_limits(MASTER, "m", now=0.0) == ((), [])
     assert MASTER.limit_plans == {}  # a module-level principal holds no per-process state

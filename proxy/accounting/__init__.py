@@ -1,6 +1,6 @@
-"""Usage accounting: what each request used (`record.UsageRecord`), what it cost
-(`prices.PriceMap`), and the batched writer that turns records into spend_logs rows and
-key/user/team spend (`writer.UsageWriter`). The SQL lives in `proxy.db.spend`.
+"""Usage accounting: what each request cost (`prices.PriceMap`), the batched writer that turns
+usage records (`proxy.domain.UsageRecord`) into spend_logs rows and key/user/team spend
+(`writer.UsageWriter`), and the budget-window resets (`budgets.BudgetResetter`). The SQL lives in
+`proxy.db.spend`.
 
-The hot path only builds a record and calls `UsageWriter.record()`: no database, no await.
-(Nothing is re-exported here: `proxy.db.spend` imports `record`, and `writer` imports it back.)"""
+The hot path only builds a record and calls `UsageWriter.record()`: no database, no await."""

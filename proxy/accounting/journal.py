@@ -31,7 +31,7 @@ from pathlib import Path
 import orjson
 from sqlalchemy.engine import make_url
 
-from .record import UsageRecord
+from ..domain import UsageRecord
 
 log = logging.getLogger("keystile")
 SEGMENT_RECORDS = 10_000

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from backends.registry import LOCAL_PROVIDERS
+
 log = logging.getLogger("keystile")
 
 LITELLM_COST_MAP = "model_prices_and_context_window_backup.json"
-LOCAL_PROVIDERS = ("llamacpp", "llama_cpp_python")
 
 
 class CostOverrides(Protocol):

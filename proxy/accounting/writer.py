@@ -16,8 +16,8 @@ from sqlalchemy import exc as sa_exc
 from ..db.engine import Database
 from ..db.models import SpendLog
 from ..db.spend import insert_usage
+from ..domain import UsageRecord
 from .journal import Journal
-from .record import UsageRecord
 
 log = logging.getLogger("keystile")
 

@@ -20,12 +20,12 @@ from collections.abc import Callable
 
 from starlette.requests import Request
 
-from ..db.keys import Refusal
+from ..domain import MASTER, Principal, Refusal
 from ..durations import utcnow
 from ..errors import Forbidden, RateLimited, Unauthorized
 from .cache import KeyCache
+from .credentials import bearer_token
 from .jwt import JWTVerifier, looks_like_jwt
-from .principal import MASTER, Principal, bearer_token
 from .secrets import hash_key
 
 
@@ -123,7 +123,7 @@ class Authenticator:
 
 def _usable(found: Principal | Refusal) -> Principal:
     if isinstance(found, Refusal):
-        raise Forbidden(str(found), code="key_blocked")
+        raise Forbidden(found.reason, code="key_blocked")
     if found.expires is not None and found.expires <= utcnow():
         raise Unauthorized("this key has expired", code="key_expired")
     return found

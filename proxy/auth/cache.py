@@ -31,14 +31,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..db.keys import Refusal
+from ..domain import Principal, Refusal
 from ..errors import Unavailable
-from .principal import Principal
 
 log = logging.getLogger("keystile")
 
 Loaded = Principal | Refusal | None
-Kind = Literal["key", "user", "team", "all"]
+Subject = Literal["key", "user", "team", "all"]
+"""What an invalidation is about: one key, every key of a user or team, or everything."""
 
 
 @dataclass(slots=True)
@@ -206,7 +206,7 @@ class KeyCache:
     def gone(self, token_hash: str) -> None:
         self._hashes.discard(_short(token_hash))
 
-    def invalidate(self, kind: Kind, ident: str | None = None) -> None:
+    def invalidate(self, kind: Subject, ident: str | None = None) -> None:
         self.generation += 1
         if kind == "all":
             self._entries.clear()

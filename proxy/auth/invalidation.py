@@ -10,7 +10,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ..pubsub import Channel
-from .cache import Kind, KeyCache
+from .cache import KeyCache, Subject
 
 log = logging.getLogger("keystile")
 CHANNEL = "keystile:invalidate"
@@ -30,7 +30,7 @@ class Invalidator:
     def _apply(self, data: dict[str, Any]) -> None:
         self._cache.invalidate(data["kind"], data.get("id"))
 
-    async def publish(self, kind: Kind, ident: str | None = None) -> None:
+    async def publish(self, kind: Subject, ident: str | None = None) -> None:
         self._cache.invalidate(kind, ident)
         if self._channel is not None:
             try:

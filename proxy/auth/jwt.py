@@ -24,7 +24,7 @@ from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
 from ..errors import Unauthorized
 from ..settings import KEY_TYPES, ConfigError, JWTSettings
-from .principal import Principal
+from ..domain import Principal
 
 log = logging.getLogger("keystile.jwt")
 

@@ -1,107 +1,34 @@
-"""Queries for keys, users and teams (keyword-only functions taking a session), the loaders that
-turn a key hash (or a JWT caller) into the Principal the hot path caches, and the change feed's
-queries (auth_changes, written by database triggers: see migrations/versions/0003)."""
+"""Queries for keys, users and teams, and the change feed's (auth_changes, written by database
+triggers: see migrations/versions/0003): keyword-only functions taking a session."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..auth.principal import Principal, Scope
-from ..durations import utcnow
 from .models import AuthChange, Key, Team, User
 
-ADMIN_ROLES = frozenset({"proxy_admin"})
 
-
-def _allowed(*lists: list[str] | None) -> frozenset[str] | None:
-    """Intersection of the non-empty model lists (an empty list means every model)."""
-    allowed: frozenset[str] | None = None
-    for models in lists:
-        if models:
-            allowed = frozenset(models) if allowed is None else allowed & frozenset(models)
-    return allowed
-
-
-def _scope(name: str, row: Key | User | Team) -> Scope:
-    return Scope(name=name, rpm=row.rpm_limit, tpm=row.tpm_limit, parallel=row.max_parallel_requests,
-                 max_budget=row.max_budget, budget_duration=row.budget_duration,
-                 budget_reset_at=row.budget_reset_at, spend=row.spend or 0.0)
-
-
-class Refusal(Exception):
-    """A key that exists but may not be used; the reason is safe to show its holder."""
-
-
-
-async def load_principal(session: AsyncSession, *, token_hash: str) -> Principal | Refusal | None:
-    """The key (current or still-in-grace previous secret) with its user and team, or None."""
-    now = utcnow()
+async def key_with_owners(session: AsyncSession, *, token_hash: str) -> tuple[Key, User | None, Team | None] | None:
+    """The key whose current or previous secret hashes to `token_hash`, with its user and team."""
     stmt = (select(Key, User, Team)
             .outerjoin(User, User.user_id == Key.user_id)
             .outerjoin(Team, Team.team_id == Key.team_id)
             .where(or_(Key.token_hash == token_hash, Key.previous_hash == token_hash)))
     row = (await session.execute(stmt)).first()
-    if row is None:
-        return None
-    key, user, team = row
-    if key.token_hash != token_hash and not (key.previous_valid_until and _aware(key.previous_valid_until) > now):
-        return None
-    if key.blocked:
-        return Refusal("this key is blocked")
-    if team is not None and team.blocked:
-        return Refusal("this key's team is blocked")
-    if user is not None and user.blocked:
-        return Refusal("this key's user is blocked")
-    scopes = [_scope(f"key:{key.token_hash}", key)]
-    if user is not None:
-        scopes.append(_scope(f"user:{user.user_id}", user))
-    if team is not None:
-        scopes.append(_scope(f"team:{team.team_id}", team))
-    expires = _aware(key.expires) if key.expires else None
-    if key.token_hash != token_hash:  # the previous secret of a rotated key ends with its grace period
-        grace = _aware(key.previous_valid_until)  # type: ignore[arg-type]
-        expires = grace if expires is None else min(expires, grace)
-    return Principal(
-        is_admin=user is not None and user.user_role in ADMIN_ROLES,
-        key_id=key.id, key_hash=key.token_hash, key_alias=key.key_alias, user_id=key.user_id, team_id=key.team_id,
-        key_type=key.key_type, models=_allowed(key.models, user.models if user else None, team.models if team else None),
-        aliases=dict(key.aliases or {}), expires=expires, scopes=tuple(scopes),
-        model_rpm={k: int(v) for k, v in (key.model_rpm_limit or {}).items()},
-        model_tpm={k: int(v) for k, v in (key.model_tpm_limit or {}).items()},
-    )
+    return None if row is None else (row[0], row[1], row[2])
 
 
-async def load_jwt_principal(session: AsyncSession, *, claims: Principal) -> Principal | Refusal:
-    """A JWT caller held to its user's and team's records as a key of that user is: blocked, models
-    (intersected with the token's own), limits and budgets. The team is the token's, else the
-    user's. Without either record the claims stand alone."""
-    user = await session.get(User, claims.user_id) if claims.user_id is not None else None
-    team_id = claims.team_id or (user.team_id if user is not None else None)
+async def user_and_team(session: AsyncSession, *, user_id: str | None, team_id: str | None
+                        ) -> tuple[User | None, Team | None]:
+    """A user and a team by id (the user's own team when `team_id` is None); None where missing."""
+    user = await session.get(User, user_id) if user_id is not None else None
+    team_id = team_id or (user.team_id if user is not None else None)
     team = await session.get(Team, team_id) if team_id is not None else None
-    if user is None and team is None:
-        return claims
-    if team is not None and team.blocked:
-        return Refusal("this caller's team is blocked")
-    if user is not None and user.blocked:
-        return Refusal("this caller's user is blocked")
-    scopes = [_scope(f"user:{user.user_id}", user)] if user is not None else []
-    if team is not None:
-        scopes.append(_scope(f"team:{team.team_id}", team))
-    return Principal(
-        is_master=claims.is_master, is_admin=user is not None and user.user_role in ADMIN_ROLES,
-        key_alias=claims.key_alias, user_id=claims.user_id, team_id=team_id, key_type=claims.key_type,
-        models=_narrowed(claims.models, _allowed(user.models if user else None, team.models if team else None)),
-        scopes=tuple(scopes))
-
-
-def _narrowed(claimed: frozenset[str] | None, allowed: frozenset[str] | None) -> frozenset[str] | None:
-    if claimed is None or allowed is None:
-        return allowed if claimed is None else claimed
-    return claimed & allowed
+    return user, team
 
 
 async def key_hashes(session: AsyncSession) -> list[str]:
@@ -123,11 +50,6 @@ async def changes_after(session: AsyncSession, *, after: int, limit: int = 10_00
 
 async def prune_changes(session: AsyncSession, *, before: datetime) -> None:
     await session.execute(delete(AuthChange).where(AuthChange.changed_at < before))
-
-
-def _aware(t: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 async def get_key(session: AsyncSession, *, token_hash: str | None = None, alias: str | None = None) -> Key | None:

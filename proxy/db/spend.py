@@ -20,7 +20,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import String
 
-from ..accounting.record import UsageRecord
+from ..domain import UsageRecord
 from .models import Key, SpendLog, Team, User
 
 INT32_MAX = 2**31 - 1

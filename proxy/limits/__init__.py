@@ -1,7 +1,7 @@
 """Rate limits, parallel-request limits and budgets: one atomic admission per request.
 
     limiter = make_limiter(settings.redis_url)            # in lifespan; `await limiter.aclose()` on shutdown
-    lease = await limiter.acquire(limits, budgets, tokens=estimate, max_cost=max_cost)  # or LimitExceeded (429)
+    lease = await limiter.acquire(limits, budgets, tokens=estimate, max_cost=max_cost)  # or LimitExceeded
     try: ...relay...
     finally: await limiter.release(lease, tokens_used=actual, cost=actual_cost)
 
@@ -10,16 +10,16 @@ See base.py for the semantics, windows.py for windows, redis_limiter.py for Redi
 
 from __future__ import annotations
 
-from .base import BudgetSpec, Lease, Limiter, LimitSpec, Usage
-from .errors import LimitExceeded
+from ..domain import LimitExceeded
+from .base import BudgetSpec, Counts, Lease, Limiter, LimitSpec
 from .local import LocalLimiter
 from .redis_limiter import RedisLimiter, connect
-from .specs import budget_spec, deployment_limit, request_limits
+from .specs import budget_spec, request_limits
 from .windows import WINDOW_S, format_reset, next_reset, parse_duration
 
 __all__ = [
-    "WINDOW_S", "BudgetSpec", "Lease", "LimitExceeded", "LimitSpec", "Limiter", "LocalLimiter", "RedisLimiter",
-    "Usage", "budget_spec", "deployment_limit", "format_reset", "make_limiter", "next_reset", "parse_duration",
+    "WINDOW_S", "BudgetSpec", "Counts", "Lease", "LimitExceeded", "LimitSpec", "Limiter", "LocalLimiter",
+    "RedisLimiter", "budget_spec", "format_reset", "make_limiter", "next_reset", "parse_duration",
     "request_limits",
 ]
 

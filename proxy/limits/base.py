@@ -36,7 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from ..domain import BudgetSpec, Limits, LimitSpec
 from .windows import WINDOW_S, format_reset
+
+__all__ = ["BudgetSpec", "Counts", "Lease", "LeaseIds", "Limiter", "Limits", "LimitSpec", "merge_limits", "normalize"]
 
 _RESETS = tuple(format_reset(s).encode() for s in range(WINDOW_S + 1))
 """`format_reset` of each whole second a rate window can have left, made once (headers on every answer)."""
@@ -45,46 +48,7 @@ BUDGET_EPS = 1e-9
 """Tolerance, in currency units, for float sums in budget checks."""
 
 
-@dataclass(frozen=True, slots=True)
-class LimitSpec:
-    """Rate and concurrency limits of one scope. None means "no such limit"; 0 blocks everything.
-
-    `scope` names the counters: `key:<hash>`, `user:<id>`, `team:<id>`, `key:<hash>:model:<model>`,
-    `deployment:<id>`. Two specs with the same scope in one request are merged (tightest wins).
-    """
-
-    scope: str
-    rpm: int | None = None
-    tpm: int | None = None
-    parallel: int | None = None
-
-    @property
-    def counted(self) -> bool:
-        """Whether this scope has a request/token counter (it has an rpm or a tpm limit)."""
-        return self.rpm is not None or self.tpm is not None
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetSpec:
-    """A spend limit of one scope. `window_reset_at` (epoch seconds) identifies the budget window
-    and is when it resets; None is a lifetime budget. `seed_spend` is the spend the database has
-    for that window, used only when the limiter has no counter for (scope, window) yet."""
-
-    scope: str
-    max_budget: float
-    window_reset_at: float | None = None
-    seed_spend: float = 0.0
-
-
-class Limits(tuple[LimitSpec, ...]):
-    """LimitSpecs as `normalize` leaves them: validated, one per scope, none empty. `normalize` hands
-    them back as they are, so limits made once (per caller and model, see specs.py) are not merged
-    again on every request."""
-
-    __slots__ = ()
-
-
-class Usage(NamedTuple):
+class Counts(NamedTuple):
     """Counts of one rate-limited scope right after this request was admitted."""
 
     spec: LimitSpec
@@ -103,7 +67,7 @@ class Lease:
     max_cost: float
     window: int
     reset_s: float
-    usage: tuple[Usage, ...] = ()
+    counts: tuple[Counts, ...] = ()
     owner: object = None
     released: bool = field(default=False)
 
@@ -117,7 +81,7 @@ class Lease:
         """
         rpm: tuple[int, int] | None = None  # (remaining, limit) of the tightest so far
         tpm: tuple[int, int] | None = None
-        for spec, requests, tokens in self.usage:
+        for spec, requests, tokens in self.counts:
             limit = spec.rpm
             if limit is not None and (rpm is None or (limit - requests, limit) < rpm):
                 rpm = (limit - requests, limit)

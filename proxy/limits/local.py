@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .base import BudgetSpec, Lease, LeaseIds, LimitSpec, Usage, budget_admits, normalize, rate_admits
-from .errors import budget_refused, rate_refused
+from .base import BudgetSpec, Counts, Lease, LeaseIds, LimitSpec, budget_admits, normalize, rate_admits
+from .refusals import budget_refused, rate_refused
 from .windows import WINDOW_S, rate_window
 
 SWEEP_EVERY_S = 60.0
@@ -97,7 +97,7 @@ class LocalLimiter:
                     rate = rates[spec.scope] = _Rate(window)
                 rate.requests += 1
                 rate.tokens += tokens
-                usage.append(Usage(spec, rate.requests, rate.tokens))
+                usage.append(Counts(spec, rate.requests, rate.tokens))
             if spec.parallel is not None:
                 slots = parallel.get(spec.scope)
                 if slots is None:

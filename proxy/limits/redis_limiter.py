@@ -33,8 +33,8 @@ from typing import Any
 from redis.exceptions import (BusyLoadingError, ClusterDownError, ConnectionError, MasterDownError, ReadOnlyError,
                               ResponseError, TimeoutError, TryAgainError)
 
-from .base import BudgetSpec, Lease, LeaseIds, LimitSpec, Usage, normalize
-from .errors import budget_refused, rate_refused
+from .base import BudgetSpec, Counts, Lease, LeaseIds, LimitSpec, normalize
+from .refusals import budget_refused, rate_refused
 from .local import LocalLimiter
 from .lua import ACQUIRE, RELEASE
 from .pipe import RedisPipe
@@ -169,7 +169,7 @@ class RedisLimiter:
             raise rate_refused(specs[index], kind, used, tokens, int(result[4]) / 1000)  # type: ignore[arg-type]
         reset_s, window = int(result[1]) / 1000, int(result[2])
         counts = iter(int(x) for x in result[3:])
-        usage = tuple(Usage(s, next(counts), next(counts)) for s in specs if s.counted)
+        usage = tuple(Counts(s, next(counts), next(counts)) for s in specs if s.counted)
         return Lease(lease_id, specs, buds, tokens, max_cost, window, reset_s, usage, owner=self)
 
     async def _send_release(self, keys: list[str], args: list[Any]) -> None:

@@ -1,4 +1,4 @@
-"""From an authenticated caller (and a deployment) to the LimitSpecs and BudgetSpecs of a request.
+"""From an authenticated caller to the LimitSpecs and BudgetSpecs of a request.
 
 Budget windows: a scope with `budget_duration` uses the database's `budget_reset_at` as its window
 while that is in the future, seeded with the database's `spend`. Once it has passed (the database
@@ -8,8 +8,8 @@ with no `budget_reset_at` at all, windows are aligned to the Unix epoch (see nex
 
 from __future__ import annotations
 
-from ..auth.principal import Principal, Scope
-from .base import BudgetSpec, Limits, LimitSpec, merge_limits
+from ..domain import BudgetSpec, LimitPlan, Limits, LimitSpec, Principal, Scope
+from .base import merge_limits
 from .windows import next_reset, parse_duration
 
 NO_LIMITS = Limits()
@@ -27,16 +27,16 @@ def request_limits(principal: Principal, model: str, *, now: float) -> tuple[Lim
     plan = principal.limit_plans.get(model)
     if plan is None:
         plan = principal.limit_plans[model] = _plan(principal, model)
-    limits, budgeted = plan
-    return limits, [budget_spec(s, now) for s in budgeted] if budgeted else []  # type: ignore[misc]
+    budgeted = plan.budgeted
+    return plan.limits, [budget_spec(s, now) for s in budgeted] if budgeted else []  # type: ignore[misc]
 
 
-def _plan(principal: Principal, model: str) -> tuple[Limits, tuple[Scope, ...]]:
+def _plan(principal: Principal, model: str) -> LimitPlan:
     limits = [LimitSpec(s.name, s.rpm, s.tpm, s.parallel) for s in principal.scopes]
     rpm, tpm = principal.model_rpm.get(model), principal.model_tpm.get(model)
     if principal.key_hash and (rpm is not None or tpm is not None):
         limits.append(LimitSpec(f"key:{principal.key_hash}:model:{model}", rpm=rpm, tpm=tpm))
-    return merge_limits(limits), tuple(s for s in principal.scopes if s.max_budget is not None)
+    return LimitPlan(merge_limits(limits), tuple(s for s in principal.scopes if s.max_budget is not None))
 
 
 def budget_spec(scope: Scope, now: float) -> BudgetSpec | None:
@@ -50,10 +50,3 @@ def budget_spec(scope: Scope, now: float) -> BudgetSpec | None:
         return BudgetSpec(scope.name, scope.max_budget, stored, scope.spend)
     return BudgetSpec(scope.name, scope.max_budget, next_reset(parse_duration(scope.budget_duration), now,
                                                                 anchor=stored), 0.0)
-
-
-def deployment_limit(deployment_id: str, rpm: int | None, tpm: int | None) -> LimitSpec | None:
-    """A deployment's own rpm/tpm (from config.yaml), or None when it has neither."""
-    if rpm is None and tpm is None:
-        return None
-    return LimitSpec(f"deployment:{deployment_id}", rpm=rpm, tpm=tpm)

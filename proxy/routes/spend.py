@@ -11,9 +11,9 @@ from fastapi import APIRouter, Query
 from ..admin import ERRORS, Admin, AdminRoute, AnyCaller, Page, Size, sessions
 from ..auth.secrets import to_hash
 from ..db import spend
+from ..domain import UsageRecord
 from ..durations import parse_duration, utcnow
 from ..errors import Forbidden
-from ..accounting.record import UsageRecord
 from ..protocol.answers import GlobalSpend, LiteLLMSpendLog, SpendLogs, SpendReport
 from ..protocol.fields import NO_NUL, Duration, Id, Instant, KeyRef, ModelName
 from ..services import ServicesDep

@@ -1,47 +1,13 @@
-"""The refusal: a 429 naming the limit that refused, with the numbers and a Retry-After header."""
+"""Refusals: the LimitExceeded (domain.py) naming the limit that refused, with its numbers.
+proxy/errors.py turns it into a 429 with a Retry-After header."""
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
-from ..errors import RateLimited
-from .base import BudgetSpec, LimitSpec
+from ..domain import BudgetSpec, LimitExceeded, LimitKind, LimitSpec
 from .windows import format_reset
-
-Kind = Literal["rpm", "tpm", "parallel", "budget"]
 
 PARALLEL_RETRY_S = 1.0
 """A parallel slot frees when some request finishes; clients are told to retry after a second."""
-
-
-class LimitExceeded(RateLimited):
-    """A request refused by one limit. `scope` is e.g. `key:<hash>` or `deployment:<id>`, `kind`
-    is rpm|tpm|parallel|budget, `limit` and `remaining` are in the kind's unit (requests, tokens,
-    requests in flight, currency), `reset_s` is seconds until the limit resets (None: a lifetime
-    budget, which never does). Budgets use code `budget_exceeded`, the rest `rate_limit_exceeded`;
-    `headers` carries `Retry-After` (whole seconds, at least 1) whenever a reset is known."""
-
-    def __init__(self, message: str, *, scope: str, kind: Kind, limit: float, remaining: float,
-                 reset_s: float | None):
-        headers = {"Retry-After": str(max(1, math.ceil(reset_s)))} if reset_s is not None else {}
-        if kind in ("rpm", "tpm") and reset_s is not None:  # OpenAI's trio for the limit that refused
-            unit = "requests" if kind == "rpm" else "tokens"
-            headers.update({f"x-ratelimit-limit-{unit}": "%d" % limit,
-                            f"x-ratelimit-remaining-{unit}": "%d" % remaining,
-                            f"x-ratelimit-reset-{unit}": format_reset(reset_s)})
-        super().__init__(message, code="budget_exceeded" if kind == "budget" else "rate_limit_exceeded",
-                         headers=headers)
-        self.scope = scope
-        self.kind: Kind = kind
-        self.limit = limit
-        self.remaining = remaining
-        self.reset_s = reset_s
-
-    @property
-    def scope_type(self) -> str:
-        """`key`, `user`, `team`, `model` (a key's per-model limit) or `deployment`."""
-        return "model" if ":model:" in self.scope else self.scope.split(":", 1)[0]
 
 
 def display(scope: str) -> str:
@@ -53,7 +19,7 @@ def display(scope: str) -> str:
     return ":".join(parts)
 
 
-def rate_refused(spec: LimitSpec, kind: Kind, used: int, tokens: int, reset_s: float) -> LimitExceeded:
+def rate_refused(spec: LimitSpec, kind: LimitKind, used: int, tokens: int, reset_s: float) -> LimitExceeded:
     """Refusal by an rpm, tpm or parallel limit; `used` is the count before this request."""
     who = display(spec.scope)
     if kind == "rpm":

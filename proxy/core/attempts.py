@@ -1,0 +1,145 @@
+"""Making a call's attempts on deployments, with each deployment's own rate limit: the router says
+in which order (retries, fallbacks, cooldowns); this runs them.
+
+A deployment's `rpm`/`tpm` (config.yaml) is counted here and only here: an attempt first takes a
+lease on the deployment's limit, and a deployment whose limit is used up is passed over (it is
+busy, not unhealthy). When every attempt was refused by a limit the call is refused with a
+LimitExceeded on that deployment (a 429, code `deployment_rate_limited`); otherwise the last
+backend failure is raised. A stream is retried only until its first chunk has arrived: after that
+bytes may have reached the client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from backends.base import Backend, Chunk, Completion
+from backends.errors import BackendError
+from backends.router import Deployment, Router
+
+from ..domain import LimitExceeded, Limits, LimitSpec
+from ..limits.base import Lease, Limiter, merge_limits
+from .values import Operation
+
+CALLS: dict[Operation, Callable[[Backend, dict], Awaitable[Completion]]] = {
+    "chat": lambda backend, body: backend.chat(body),
+    "completions": lambda backend, body: backend.complete(body),
+    "embeddings": lambda backend, body: backend.embed(body),
+}
+STREAMS: dict[Operation, Callable[[Backend, dict], AsyncGenerator[Chunk, None]]] = {
+    "chat": lambda backend, body: backend.chat_stream(body),  # type: ignore[dict-item]
+    "completions": lambda backend, body: backend.complete_stream(body),  # type: ignore[dict-item]
+}
+
+
+def deployment_limits(d: Deployment) -> Limits | None:
+    """A deployment's own rpm/tpm as the limiter takes them, or None when it has neither."""
+    if d.rpm is None and d.tpm is None:
+        return None
+    return merge_limits([LimitSpec(f"deployment:{d.id}", rpm=d.rpm, tpm=d.tpm)])
+
+
+class Attempts:
+    def __init__(self, router: Router, limiter: Limiter):
+        self.router = router
+        self.limiter = limiter
+        self._limits = {d.id: deployment_limits(d) for d in router.deployments()}
+
+    async def _lease(self, d: Deployment, tokens: int) -> Lease | None:
+        limits = self._limits.get(d.id)
+        return None if limits is None else await self.limiter.acquire(limits, tokens=tokens)
+
+    async def _release(self, lease: Lease | None, used: int) -> None:
+        if lease is not None:
+            await self.limiter.release(lease, tokens_used=used, cost=0.0)
+
+    def _failed(self, d: Deployment, exc: BackendError) -> None:
+        if not exc.retriable:
+            raise exc
+        self.router.failed(d, exc)
+
+    async def call(self, name: str, operation: Operation, body: dict, tokens: int) -> tuple[Deployment, Completion]:
+        """The first completed answer among the attempts for model `name`."""
+        run = CALLS[operation]
+        last: Exception | None = None
+        for d in self.router.attempts(name):
+            try:
+                lease = await self._lease(d, tokens)
+            except LimitExceeded as exc:
+                last = exc
+                continue
+            d.in_flight += 1
+            result: Completion | None = None
+            try:
+                result = await run(d.backend, body)
+                return d, result
+            except BackendError as exc:
+                self._failed(d, exc)
+                last = exc
+            finally:
+                d.in_flight -= 1
+                await self._release(lease, result.usage.total_tokens if result is not None and result.usage else 0)
+        raise _exhausted(last)
+
+    async def open_stream(self, name: str, operation: Operation, body: dict, tokens: int
+                          ) -> tuple[Deployment, AsyncGenerator[Chunk, None]]:
+        """Start a stream on the first deployment that yields a first chunk; the returned iterator
+        replays that chunk and then relays the rest."""
+        start = STREAMS[operation]
+        last: Exception | None = None
+        for d in self.router.attempts(name):
+            try:
+                lease = await self._lease(d, tokens)
+            except LimitExceeded as exc:
+                last = exc
+                continue
+            stream = start(d.backend, body)
+            d.in_flight += 1
+            try:
+                first = await anext(stream)
+            except BaseException as exc:
+                d.in_flight -= 1
+                await stream.aclose()
+                await self._release(lease, 0)
+                if isinstance(exc, StopAsyncIteration):
+                    return d, _empty()
+                if not isinstance(exc, BackendError):
+                    raise
+                self._failed(d, exc)
+                last = exc
+                continue
+            return d, self._relay(d, first, stream, lease)
+        raise _exhausted(last)
+
+    async def _relay(self, d: Deployment, first: Chunk, stream: AsyncGenerator[Chunk, None], lease: Lease | None
+                     ) -> AsyncGenerator[Chunk, None]:
+        used = first.usage.total_tokens if first.usage is not None else 0
+        try:
+            yield first
+            if lease is None:
+                async for chunk in stream:
+                    yield chunk
+            else:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        used = chunk.usage.total_tokens
+                    yield chunk
+        finally:
+            d.in_flight -= 1
+            await stream.aclose()
+            await self._release(lease, used)
+
+
+def _exhausted(last: Exception | None) -> Exception:
+    """What a call that no attempt served raises: the last failure, where every attempt was
+    refused by its deployment's limit a refusal saying so."""
+    if isinstance(last, LimitExceeded):
+        return LimitExceeded(f"every deployment of this model is at its rate limit ({last.message})",
+                             scope=last.scope, kind=last.kind, limit=last.limit, remaining=last.remaining,
+                             reset_s=last.reset_s)
+    assert last is not None, "the router gave no attempt"
+    return last
+
+
+async def _empty() -> AsyncGenerator[Chunk, None]:
+    return
+    yield  # pragma: no cover - makes this an async generator

@@ -1,0 +1,211 @@
+"""The inference path every dialect shares, with plain values in and out:
+
+    answer_or_stream = await gateway.call(principal, "chat", Inference(body, stream=..., route=...),
+                                          disconnected=...)
+
+caller check -> model (aliases, allowed models) -> limits and budgets (one atomic admission) ->
+attempts on deployments (their own limits, retries, fallbacks) -> Answer, or a Stream of chunks.
+However the call ends, one settlement: limits released with the real usage, one usage record
+queued. A stream is settled when its iteration ends or is closed; a client that hangs up is billed
+for what was generated."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import anyio
+
+from backends.base import Chunk, Usage
+from backends.errors import BackendError
+from backends.router import Deployment, Router
+
+from ..accounting.prices import PriceMap
+from ..accounting.writer import UsageWriter
+from ..domain import Principal, UsageRecord
+from ..errors import Forbidden, NotFound, as_keystile
+from ..limits import Lease, Limiter, request_limits
+from .attempts import Attempts
+from .cancel import Disconnected, Watch, unless_disconnected
+from .estimates import estimate_prompt_tokens, requested_completion_tokens, streamed_text
+from .values import STREAMABLE, Answer, Inference, Operation, Stream
+
+COUNT_TIMEOUT_S = 2.0
+
+
+@dataclass(slots=True)
+class Call:
+    """One request's progress, from which its usage record is made."""
+
+    principal: Principal
+    route: str
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    model: str = ""
+    prompt_estimate: int = 0
+    deployment: Deployment | None = None
+    usage: Usage | None = None
+    status: int = 200
+    error_type: str | None = None
+    ttft_ms: float | None = None
+    streamed: bool = False
+
+    def fail(self, exc: BaseException) -> None:
+        """The call ended with `exc`: a client that went away is a 499, anything else the status
+        and type of its error envelope."""
+        if isinstance(exc, Exception) and not isinstance(exc, Disconnected):
+            err = as_keystile(exc)
+            self.status, self.error_type = err.status, err.type
+        else:
+            self.status, self.error_type = 499, "client_disconnected"
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+def check_caller(principal: Principal) -> None:
+    """Management keys may use the admin routes only."""
+    if not principal.may_infer:
+        raise Forbidden("this key is for management routes only", code="wrong_key_type")
+
+
+class Gateway:
+    def __init__(self, router: Router, limiter: Limiter, prices: PriceMap, usage: UsageWriter):
+        self.router = router
+        self.limiter = limiter
+        self.prices = prices
+        self.usage = usage
+        self.attempts = Attempts(router, limiter)
+        # Request ids: a random per-process prefix and a counter (unique without a syscall each).
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
+
+    def _call(self, principal: Principal, route: str) -> Call:
+        return Call(principal, route, f"{self._id_prefix}{next(self._ids):x}")
+
+    def resolve_model(self, principal: Principal, requested: str) -> str:
+        """The public model name `requested` stands for (a key's alias resolved), if it is served
+        and this caller may use it."""
+        name = principal.resolve(requested)
+        if name not in self.router:
+            raise NotFound(f"model '{requested}' does not exist or is not served here")
+        if not principal.may_use(name):
+            raise Forbidden(f"this key may not use model '{requested}'", code="model_not_allowed")
+        return name
+
+    def reject(self, principal: Principal, route: str, exc: BaseException, *, model: str = "") -> None:
+        """Record a request that failed before it reached `call` (body unreadable, malformed or
+        invalid): every authenticated request leaves one usage record."""
+        call = self._call(principal, route)
+        call.model = model
+        call.fail(exc)
+        self._record(call)
+
+    async def call(self, principal: Principal, operation: Operation, request: Inference, *,
+                   disconnected: Watch | None = None) -> Answer | Stream:
+        """Serve one request: an Answer, or a Stream when `request.stream` (chat and completions).
+        Raises the gateway's errors (errors.py), LimitExceeded, BackendError, or Disconnected when
+        `disconnected()` returned first; the call is settled and recorded in every case."""
+        call = self._call(principal, request.route)
+        body = request.body
+        try:
+            check_caller(principal)
+            call.model = str(body.get("model") or "")
+            call.model = name = self.resolve_model(principal, call.model)
+            lease = await self._admit(call, name, body)
+        except BaseException as exc:
+            call.fail(exc)
+            self._record(call)
+            raise
+        if request.stream and operation in STREAMABLE:
+            return await self._stream(call, lease, name, operation, body, disconnected)
+        try:
+            call.deployment, result = await unless_disconnected(
+                disconnected, self.attempts.call(name, operation, body, lease.tokens))
+            call.usage = result.usage
+            return Answer(result.body, result.usage, lease.headers())
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            await self._settle(call, lease)
+
+    async def _admit(self, call: Call, name: str, body: dict) -> Lease:
+        call.prompt_estimate = estimate_prompt_tokens(body)
+        completion = requested_completion_tokens(body)
+        limits, budgets = request_limits(call.principal, name, now=time.time())
+        max_cost = max((self.prices.max_cost(d.upstream, call.prompt_estimate, completion, d)
+                        for d in self.router.groups[name]), default=0.0) if budgets else 0.0
+        return await self.limiter.acquire(limits, budgets, tokens=call.prompt_estimate + (completion or 0),
+                                          max_cost=max_cost)
+
+    async def _stream(self, call: Call, lease: Lease, name: str, operation: Operation, body: dict,
+                      disconnected: Watch | None) -> Stream:
+        # The upstream is always asked for usage (billing); a dialect drops it if its client did not ask.
+        options = body.get("stream_options") or {}
+        upstream_body = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
+        call.streamed = True
+        try:
+            call.deployment, chunks = await unless_disconnected(
+                disconnected, self.attempts.open_stream(name, operation, upstream_body, lease.tokens))
+        except BaseException as exc:
+            call.fail(exc)
+            await self._settle(call, lease)
+            raise
+        return Stream(self._relay(call, lease, chunks, body), lease.headers())
+
+    async def _relay(self, call: Call, lease: Lease, chunks: AsyncGenerator[Chunk, None], body: dict
+                     ) -> AsyncGenerator[Chunk, None]:
+        relayed: list[bytes] = []
+        try:
+            async for chunk in chunks:
+                if call.ttft_ms is None:
+                    call.ttft_ms = call.elapsed_ms()
+                if chunk.usage is not None:
+                    call.usage = chunk.usage
+                relayed.append(chunk.data)
+                yield chunk
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()
+                if call.usage is None:
+                    call.usage = await self._count(call, body, relayed)
+                await self._settle(call, lease)
+
+    async def _count(self, call: Call, body: dict, relayed: list[bytes]) -> Usage:
+        """Usage of a stream that ended without a usage chunk: the model's tokenizer where it has
+        one, else the character estimate."""
+        text = streamed_text(relayed)
+        completion = (len(text) + 3) // 4
+        if call.deployment is not None and text:
+            try:
+                completion = len(await asyncio.wait_for(call.deployment.backend.tokenize(text), COUNT_TIMEOUT_S))
+            except (BackendError, asyncio.TimeoutError):
+                pass
+        return Usage(call.prompt_estimate, completion)
+
+    async def _settle(self, call: Call, lease: Lease) -> None:
+        usage, d = call.usage, call.deployment
+        cost = self.prices.cost(d.upstream, usage.prompt_tokens, usage.completion_tokens, d) if usage and d else 0.0
+        await self.limiter.release(lease, tokens_used=usage.total_tokens if usage else 0, cost=cost)
+        self._record(call, cost)
+
+    def _record(self, call: Call, cost: float = 0.0) -> None:
+        p, usage = call.principal, call.usage
+        self.usage.record(UsageRecord(
+            request_id=call.request_id, created_at=call.created_at, model=call.model, route=call.route,
+            status=call.status, key_hash=p.key_hash, user_id=p.user_id, team_id=p.team_id,
+            deployment=call.deployment.id if call.deployment else None,
+            prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
+            cost=cost, latency_ms=call.elapsed_ms(), ttft_ms=call.ttft_ms, error_type=call.error_type,
+            streamed=call.streamed,
+        ))

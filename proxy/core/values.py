@@ -1,0 +1,58 @@
+"""What goes into the core and what comes out: plain values, no HTTP.
+
+Requests and answers are OpenAI-shaped (the backends' own language, backends/base.py): a dialect
+that speaks another wire format translates its request into an `Inference` and the core's
+`Answer` or `Stream` back into its own shape; the OpenAI dialect relays the bytes untouched."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from backends.base import Chunk, Usage
+
+Operation = Literal["chat", "completions", "embeddings"]
+"""What is asked of a model: a chat completion, a text completion or embeddings."""
+
+STREAMABLE: frozenset[Operation] = frozenset({"chat", "completions"})
+
+
+@dataclass(slots=True)
+class Inference:
+    """One request to the core. `body` is an OpenAI-shaped request body with the public model name
+    (`body["model"]`); it goes to the backend as it is. `stream` asks for chunks (chat and
+    completions only). `route` names the request in its usage record (e.g. `/v1/chat/completions`)."""
+
+    body: dict
+    stream: bool = False
+    route: str = ""
+
+
+@dataclass(slots=True)
+class Answer:
+    """A completed call: the OpenAI-shaped JSON body (model = the public name), its usage, and
+    the x-ratelimit-* headers of the limits that admitted it (raw ASGI pairs)."""
+
+    body: bytes
+    usage: Usage | None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class Stream:
+    """A streamed call: an async iterator of Chunks (each one OpenAI-shaped `data:` payload, with
+    the usage where a chunk carries it). The call is settled and recorded when the iteration ends,
+    fails or is closed: whoever consumes it calls `aclose()` in a `finally`. A failure after the
+    first chunk is raised from the iteration (a BackendError), for the dialect to render."""
+
+    __slots__ = ("_chunks", "headers")
+
+    def __init__(self, chunks: AsyncGenerator[Chunk, None], headers: list[tuple[bytes, bytes]]):
+        self._chunks = chunks
+        self.headers = headers
+
+    def __aiter__(self) -> AsyncGenerator[Chunk, None]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()

@@ -1,0 +1,124 @@
+"""What a dialect is: one wire format, translated to and from the core (proxy/core/).
+
+A dialect names its endpoints (path, the core operation, the request's wire model for validation
+and /docs) and says, with plain values:
+
+- `parse`: the request body (bytes) -> the core's `Inference` (an OpenAI-shaped body);
+- `answer`: the core's `Answer` (OpenAI JSON bytes) -> the body its clients expect;
+- `events`: the core's `Stream` of chunks -> SSE events `(event name or None, data)`;
+- `error` / `stream_error`: a classified failure (errors.KeystileError) -> its error envelope.
+
+The edge (proxy/edge/) does the rest: it authenticates, reads the body within the size limit,
+watches for the client hanging up, calls `handle`, frames SSE and sends the bytes. `handle` is the
+request -> core -> answer path; a dialect that is not one request for one answer (an async job
+API, say) overrides it and still only uses `gateway.call`. A dialect that speaks OpenAI's format
+relays the bytes untouched; one that translates parses each chunk itself, lazily, in `events`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from ..core import Answer, Gateway, Inference, Operation, Stream, Watch
+from ..domain import Principal
+from ..errors import BadRequest, KeystileError, error_body, from_validation
+
+Event = tuple[bytes | None, bytes]
+"""One server-sent event: its `event:` name (None for none) and its `data:` payload."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A POST route of a dialect: `path` under each of the dialect's prefixes, the core operation
+    it asks for, and the wire model its body must satisfy (also what /docs shows)."""
+
+    path: str
+    operation: Operation
+    model: type[BaseModel]
+    summary: str = ""
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A request as the edge hands it to a dialect: its path, a reader of its body (within the
+    size limit; raises the gateway's errors, or core.Disconnected) and the client's hang-up."""
+
+    path: str
+    read_body: Callable[[], Awaitable[bytes]]
+    disconnected: Watch | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the edge sends: a whole body, or SSE `events` (then `close` ends the core's stream,
+    settling it, whatever happened to the events)."""
+
+    status: int = 200
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    media_type: bytes = b"application/json"
+    events: AsyncIterator[Event] | None = None
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+def parse_json(raw: bytes) -> dict:
+    """A request body that must be one JSON object."""
+    if not raw:
+        raise BadRequest("request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def validate(model: type[BaseModel], data: dict) -> BaseModel:
+    """`data` checked against a wire model; a BadRequest naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(exc) from exc
+
+
+class Dialect:
+    """Base of every dialect; a subclass sets `name`, `prefixes`, `endpoints` and overrides what
+    differs from OpenAI's format (see the module docstring)."""
+
+    name: str = ""
+    prefixes: tuple[str, ...] = ("",)
+    endpoints: tuple[Endpoint, ...] = ()
+
+    def parse(self, endpoint: Endpoint, raw: bytes) -> Inference:
+        raise NotImplementedError
+
+    def answer(self, endpoint: Endpoint, answer: Answer) -> bytes:
+        return answer.body
+
+    def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncIterator[Event]:
+        """An async generator over `stream`; the edge closes it, and the stream, when done."""
+        raise NotImplementedError
+
+    def error(self, err: KeystileError) -> bytes:
+        return error_body(err)
+
+    def stream_error(self, err: KeystileError) -> Event:
+        """The event that ends a stream which failed after it started (the status is sent already)."""
+        return None, self.error(err)
+
+    async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
+        try:
+            request = self.parse(endpoint, await incoming.read_body())
+        except BaseException as exc:
+            gateway.reject(principal, incoming.path, exc)
+            raise
+        request.route = incoming.path
+        result = await gateway.call(principal, endpoint.operation, request, disconnected=incoming.disconnected)
+        if isinstance(result, Stream):
+            return Reply(headers=result.headers, media_type=b"text/event-stream",
+                         events=self.events(endpoint, request, result), close=result.aclose)
+        return Reply(headers=result.headers, body=self.answer(endpoint, result))

@@ -1,0 +1,46 @@
+"""OpenAI's inference routes (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, also
+under `/openai/v1`): the core speaks this format, so bodies are validated and relayed as they are,
+answers and chunks as bytes, never parsed again."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from backends.base import Chunk
+
+from ..core import Inference, Stream
+from ..protocol.openai import ChatRequest, CompletionRequest, EmbeddingRequest
+from .base import Dialect, Endpoint, Event, parse_json, validate
+
+DONE: Event = (None, b"[DONE]")
+
+
+def _usage_only(chunk: Chunk) -> bool:
+    """The usage chunk the core asked the upstream for, which a client that did not ask must not get."""
+    return chunk.usage is not None and b'"choices":[]' in chunk.data
+
+
+class OpenAI(Dialect):
+    name = "openai"
+    prefixes = ("/v1", "/openai/v1")
+    endpoints = (
+        Endpoint("/chat/completions", "chat", ChatRequest, "Chat completion (JSON or SSE stream)"),
+        Endpoint("/completions", "completions", CompletionRequest, "Text completion (JSON or SSE stream)"),
+        Endpoint("/embeddings", "embeddings", EmbeddingRequest, "Embeddings"),
+    )
+
+    def parse(self, endpoint: Endpoint, raw: bytes) -> Inference:
+        body = parse_json(raw)
+        validate(endpoint.model, body)  # the client's own dict goes on: fields we do not name pass through
+        return Inference(body, stream=body.get("stream") is True)
+
+    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncIterator[Event]:
+        include_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
+        async for chunk in stream:
+            if chunk.usage is not None and not include_usage and _usage_only(chunk):
+                continue
+            yield None, chunk.data
+        yield DONE
+
+
+DIALECT = OpenAI()

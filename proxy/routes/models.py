@@ -1,0 +1,43 @@
+"""OpenAI's model listing, under /v1 and /openai/v1 (the inference routes are the OpenAI dialect's,
+proxy/dialects/openai.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from ..core import check_caller
+from ..domain import Principal
+from ..errors import NotFound
+from ..services import ServicesDep
+
+router = APIRouter(tags=["openai"])
+
+
+async def caller(request: Request, services: ServicesDep) -> Principal:
+    principal = await services.auth.authenticate(request)
+    check_caller(principal)
+    return principal
+
+
+Caller = Annotated[Principal, Depends(caller)]
+
+
+def _model_card(name: str, created: int) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "keystile"}
+
+
+@router.get("/models", summary="Models this key may use")
+async def list_models(services: ServicesDep, principal: Caller) -> dict:
+    names = [n for n in services.router.names() if principal.may_use(n)]
+    names += [alias for alias, target in principal.aliases.items() if target in names and alias not in names]
+    return {"object": "list", "data": [_model_card(n, services.started) for n in names]}
+
+
+@router.get("/models/{model_id:path}", summary="One model")
+async def get_model(model_id: str, services: ServicesDep, principal: Caller) -> dict:
+    name = principal.resolve(model_id)
+    if name not in services.router or not principal.may_use(name):
+        raise NotFound(f"model '{model_id}' does not exist or is not served here")
+    return _model_card(model_id, services.started)
