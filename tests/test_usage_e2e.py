@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from proxy.accounting.prices import PriceMap
-from proxy.usage import estimate_prompt_tokens, requested_completion_tokens
+from proxy.core.estimates import estimate_prompt_tokens, requested_completion_tokens
 
 from .conftest import model_entry, relay_config
 from .servers import Keystile

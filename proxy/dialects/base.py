@@ -3,7 +3,7 @@
 A dialect names its endpoints (path, the core operation, the request's wire model for validation
 and /docs) and says, with plain values:
 
-- `parse`: the request body (bytes) -> the core's `Inference` (an OpenAI-shaped body);
+- `parse`: the request body (a JSON object) -> the core's `Inference` (an OpenAI-shaped body);
 - `answer`: the core's `Answer` (OpenAI JSON bytes) -> the body its clients expect;
 - `events`: the core's `Stream` of chunks -> SSE events `(event name or None, data)`;
 - `error` / `stream_error`: a classified failure (errors.KeystileError) -> its error envelope.
@@ -93,7 +93,8 @@ class Dialect:
     prefixes: tuple[str, ...] = ("",)
     endpoints: tuple[Endpoint, ...] = ()
 
-    def parse(self, endpoint: Endpoint, raw: bytes) -> Inference:
+    def parse(self, endpoint: Endpoint, body: dict) -> Inference:
+        """Validate and translate; raise BadRequest (or a pydantic ValidationError) naming the field."""
         raise NotImplementedError
 
     def answer(self, endpoint: Endpoint, answer: Answer) -> bytes:
@@ -111,10 +112,13 @@ class Dialect:
         return None, self.error(err)
 
     async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
+        body: dict = {}
         try:
-            request = self.parse(endpoint, await incoming.read_body())
-        except BaseException as exc:
-            gateway.reject(principal, incoming.path, exc)
+            body = parse_json(await incoming.read_body())
+            request = self.parse(endpoint, body)
+        except BaseException as exc:  # recorded too, under the model it named if any
+            model = body.get("model")
+            gateway.reject(principal, incoming.path, exc, model=model if isinstance(model, str) else "")
             raise
         request.route = incoming.path
         result = await gateway.call(principal, endpoint.operation, request, disconnected=incoming.disconnected)

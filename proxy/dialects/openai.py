@@ -10,7 +10,7 @@ from backends.base import Chunk
 
 from ..core import Inference, Stream
 from ..protocol.openai import ChatRequest, CompletionRequest, EmbeddingRequest
-from .base import Dialect, Endpoint, Event, parse_json, validate
+from .base import Dialect, Endpoint, Event, validate
 
 DONE: Event = (None, b"[DONE]")
 
@@ -29,8 +29,7 @@ class OpenAI(Dialect):
         Endpoint("/embeddings", "embeddings", EmbeddingRequest, "Embeddings"),
     )
 
-    def parse(self, endpoint: Endpoint, raw: bytes) -> Inference:
-        body = parse_json(raw)
+    def parse(self, endpoint: Endpoint, body: dict) -> Inference:
         validate(endpoint.model, body)  # the client's own dict goes on: fields we do not name pass through
         return Inference(body, stream=body.get("stream") is True)
 
