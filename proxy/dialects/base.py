@@ -32,23 +32,35 @@ Event = tuple[bytes | None, bytes]
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A POST route of a dialect: `path` under each of the dialect's prefixes, the core operation
-    it asks for, and the wire model its body must satisfy (also what /docs shows)."""
+    """A route of a dialect: `path` under each of the dialect's prefixes, the core operation it asks
+    for, and the wire model its JSON body must satisfy (also what /docs shows). A path may end in
+    one parameter, `/jobs/{job_id}`, handed to `handle` in `Incoming.params`; a route without a
+    body (a GET) has no model, and its dialect overrides `handle`."""
 
     path: str
-    operation: Operation
-    model: type[BaseModel]
+    operation: Operation | None
+    model: type[BaseModel] | None
     summary: str = ""
+    method: str = "POST"
+
+    @property
+    def param(self) -> str | None:
+        """The name of the path's trailing parameter, if it has one."""
+        last = self.path.rsplit("/", 1)[-1]
+        return last[1:-1] if last.startswith("{") and last.endswith("}") else None
 
 
 @dataclass(slots=True)
 class Incoming:
     """A request as the edge hands it to a dialect: its path, a reader of its body (within the
-    size limit; raises the gateway's errors, or core.Disconnected) and the client's hang-up."""
+    size limit; raises the gateway's errors, or core.Disconnected), the client's hang-up, the
+    path parameter if the endpoint has one, and the query string."""
 
     path: str
     read_body: Callable[[], Awaitable[bytes]]
     disconnected: Watch | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    query: bytes = b""
 
 
 @dataclass(slots=True)
@@ -113,6 +125,7 @@ class Dialect:
 
     async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
         body: dict = {}
+        assert endpoint.operation is not None, f"{endpoint.path}: a route without an operation needs its own handle"
         try:
             body = parse_json(await incoming.read_body())
             request = self.parse(endpoint, body)

@@ -17,38 +17,62 @@ from .body import read_body
 from .send import send_body, send_error, send_reply, watch
 
 
-def routes(dialects: Sequence[Dialect]) -> dict[str, tuple[Dialect, Endpoint]]:
-    """Full path -> (dialect, endpoint), for every prefix of every dialect."""
-    table: dict[str, tuple[Dialect, Endpoint]] = {}
-    for dialect in dialects:
-        for prefix in dialect.prefixes:
-            for endpoint in dialect.endpoints:
-                path = prefix + endpoint.path
-                if path in table:
-                    raise ValueError(f"{path} is claimed by dialects {table[path][0].name} and {dialect.name}")
-                table[path] = (dialect, endpoint)
-    return table
+Route = tuple[Dialect, Endpoint]
+
+
+class Routes:
+    """The dialects' routes: exact paths by method (one dict lookup on the hot path), then paths
+    ending in a parameter (`/v1/jobs/{job_id}`), matched by prefix."""
+
+    def __init__(self, dialects: Sequence[Dialect]):
+        self.exact: dict[str, dict[str, Route]] = {}
+        self.prefixed: list[tuple[str, str, str, Route]] = []  # (method, prefix, parameter name, route)
+        seen: dict[tuple[str, str], str] = {}
+        for dialect in dialects:
+            for prefix in dialect.prefixes:
+                for endpoint in dialect.endpoints:
+                    path = prefix + endpoint.path
+                    if (endpoint.method, path) in seen:
+                        raise ValueError(f"{endpoint.method} {path} is claimed by dialects "
+                                         f"{seen[endpoint.method, path]} and {dialect.name}")
+                    seen[endpoint.method, path] = dialect.name
+                    name = endpoint.param
+                    if name is None:
+                        self.exact.setdefault(endpoint.method, {})[path] = (dialect, endpoint)
+                    else:
+                        self.prefixed.append((endpoint.method, path[:-len(name) - 2], name, (dialect, endpoint)))
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        table = self.exact.get(method)
+        route = table.get(path) if table is not None else None
+        if route is not None:
+            return route, {}
+        for m, prefix, name, route in self.prefixed:
+            if m == method and path.startswith(prefix) and "/" not in path[len(prefix):] and len(path) > len(prefix):
+                return route, {name: path[len(prefix):]}
+        return None
 
 
 class Edge:
     def __init__(self, app: FastAPI, dialects: Sequence[Dialect]):
         self.app = app
-        self.routes = routes(dialects)
+        self.routes = Routes(dialects)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if route is None:
+        found = self.routes.match(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if found is None:
             await self.app(scope, receive, send)
             return
-        dialect, endpoint = route
+        (dialect, endpoint), params = found
         services = self.app.state.services
         request = Request(scope, receive)
         disconnected = watch(receive)
         limit = services.options.max_request_bytes
+        incoming = Incoming(scope["path"], lambda: read_body(request, limit), disconnected, params,
+                            scope.get("query_string", b""))
         try:
             principal = await services.auth.authenticate(request)
-            reply = await dialect.handle(services.gateway, principal, endpoint,
-                                         Incoming(scope["path"], lambda: read_body(request, limit), disconnected))
+            reply = await dialect.handle(services.gateway, principal, endpoint, incoming)
         except Disconnected:
             await send_body(send, 499, b"", [])  # nobody is listening; the call is settled and recorded
             return

@@ -9,23 +9,28 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ..dialects.base import Dialect
+from ..dialects.base import Dialect, Endpoint
 
 REF = "#/components/schemas/{model}"
 
 
-def _operation(dialect: Dialect, summary: str, schema_name: str) -> dict[str, Any]:
-    return {
+def _operation(dialect: Dialect, endpoint: Endpoint) -> dict[str, Any]:
+    operation: dict[str, Any] = {
         "tags": [dialect.name],
-        "summary": summary,
+        "summary": endpoint.summary,
         "security": [{"bearer": []}],
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"$ref": REF.format(model=schema_name)}}}},
         "responses": {
             "200": {"description": "JSON answer, or an SSE stream (`text/event-stream`) when streaming"},
             "default": {"description": "error envelope"},
         },
     }
+    if endpoint.model is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": REF.format(model=endpoint.model.__name__)}}}}
+    if endpoint.param is not None:
+        operation["parameters"] = [{"name": endpoint.param, "in": "path", "required": True,
+                                    "schema": {"type": "string"}}]
+    return operation
 
 
 def install(app: FastAPI, dialects: Sequence[Dialect]) -> None:
@@ -38,11 +43,12 @@ def install(app: FastAPI, dialects: Sequence[Dialect]) -> None:
             spec["components"].setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
             for dialect in dialects:
                 for endpoint in dialect.endpoints:
-                    schema = endpoint.model.model_json_schema(ref_template=REF)
-                    schemas.update(schema.pop("$defs", {}))
-                    schemas[endpoint.model.__name__] = schema
-                    path = dialect.prefixes[0] + endpoint.path
-                    spec["paths"][path] = {"post": _operation(dialect, endpoint.summary, endpoint.model.__name__)}
+                    if endpoint.model is not None:
+                        schema = endpoint.model.model_json_schema(ref_template=REF)
+                        schemas.update(schema.pop("$defs", {}))
+                        schemas[endpoint.model.__name__] = schema
+                    path = spec["paths"].setdefault(dialect.prefixes[0] + endpoint.path, {})
+                    path[endpoint.method.lower()] = _operation(dialect, endpoint)
             app.openapi_schema = spec
         return app.openapi_schema
 
