@@ -254,3 +254,18 @@ async def test_refusals_before_the_backend_are_recorded(db_url):
         assert as_keystile(wrong.value).code == "wrong_key_type"
         rows = await core.rows(principal.key_hash)
     assert sorted((r.status, r.model) for r in rows) == [(200, "m"), (404, "nope"), (429, "m")]
+
+
+async def test_a_stream_closed_before_it_was_read_still_frees_everything(db_url):
+    backend = Scripted("a")
+    deployment = Deployment("m", "m-0", backend, "openai/m", rpm=100)
+    async with Core(db_url, [deployment]) as core:
+        principal = caller(parallel=1)
+        stream = await core.gateway.call(principal, "chat", chat(stream=True))
+        assert deployment.in_flight == 1
+        await stream.aclose()  # e.g. the client was gone before the first byte went out
+        assert deployment.in_flight == 0 and backend.closed_streams == 1
+        await core.gateway.call(principal, "chat", chat())  # the parallel slot is free
+        rows = await core.rows(principal.key_hash)
+    streamed = [r for r in rows if r.streamed]
+    assert [(r.status, r.error_type) for r in streamed] == [(499, "client_disconnected")]

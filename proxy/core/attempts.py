@@ -81,7 +81,7 @@ class Attempts:
         raise _exhausted(last)
 
     async def open_stream(self, name: str, operation: Operation, body: dict, tokens: int
-                          ) -> tuple[Deployment, AsyncGenerator[Chunk, None]]:
+                          ) -> tuple[Deployment, Relayed | _Empty]:
         """Start a stream on the first deployment that yields a first chunk; the returned iterator
         replays that chunk and then relays the rest."""
         start = STREAMS[operation]
@@ -101,32 +101,64 @@ class Attempts:
                 await stream.aclose()
                 await self._release(lease, 0)
                 if isinstance(exc, StopAsyncIteration):
-                    return d, _empty()
+                    return d, _Empty()
                 if not isinstance(exc, BackendError):
                     raise
                 self._failed(d, exc)
                 last = exc
                 continue
-            return d, self._relay(d, first, stream, lease)
+            return d, Relayed(self, d, first, stream, lease)
         raise _exhausted(last)
 
-    async def _relay(self, d: Deployment, first: Chunk, stream: AsyncGenerator[Chunk, None], lease: Lease | None
-                     ) -> AsyncGenerator[Chunk, None]:
-        used = first.usage.total_tokens if first.usage is not None else 0
+
+class Relayed:
+    """The chunks of a stream that has started on deployment `d`: its first chunk again, then the
+    rest as they come. `aclose()`, whether or not the chunks were read, closes the upstream stream,
+    frees the deployment and settles its lease with the tokens the stream reported."""
+
+    __slots__ = ("_attempts", "_d", "_first", "_stream", "_lease", "_used", "_closed")
+
+    def __init__(self, attempts: Attempts, d: Deployment, first: Chunk, stream: AsyncGenerator[Chunk, None],
+                 lease: Lease | None):
+        self._attempts, self._d, self._first, self._stream, self._lease = attempts, d, first, stream, lease
+        self._used = first.usage.total_tokens if first.usage is not None else 0
+        self._closed = False
+
+    def __aiter__(self) -> Relayed:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        chunk = await self._stream.__anext__()
+        if chunk.usage is not None:
+            self._used = chunk.usage.total_tokens
+        return chunk
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._d.in_flight -= 1
         try:
-            yield first
-            if lease is None:
-                async for chunk in stream:
-                    yield chunk
-            else:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        used = chunk.usage.total_tokens
-                    yield chunk
+            await self._stream.aclose()
         finally:
-            d.in_flight -= 1
-            await stream.aclose()
-            await self._release(lease, used)
+            await self._attempts._release(self._lease, self._used)
+
+
+class _Empty:
+    """A stream that ended before its first chunk."""
+
+    def __aiter__(self) -> _Empty:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        pass
 
 
 def _exhausted(last: Exception | None) -> Exception:
@@ -138,8 +170,3 @@ def _exhausted(last: Exception | None) -> Exception:
                              reset_s=last.reset_s)
     assert last is not None, "the router gave no attempt"
     return last
-
-
-async def _empty() -> AsyncGenerator[Chunk, None]:
-    return
-    yield  # pragma: no cover - makes this an async generator

@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import secrets
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -55,6 +55,7 @@ class Call:
     error_type: str | None = None
     ttft_ms: float | None = None
     streamed: bool = False
+    finished: bool = False
 
     def fail(self, exc: BaseException) -> None:
         """The call ended with `exc`: a client that went away is a 499, anything else the status
@@ -158,11 +159,28 @@ class Gateway:
             call.fail(exc)
             await self._settle(call, lease)
             raise
-        return Stream(self._relay(call, lease, chunks, body), lease.headers())
-
-    async def _relay(self, call: Call, lease: Lease, chunks: AsyncGenerator[Chunk, None], body: dict
-                     ) -> AsyncGenerator[Chunk, None]:
         relayed: list[bytes] = []
+
+        async def finish() -> None:
+            """Once, however the stream ends (also when it is closed without having been read)."""
+            if call.finished:
+                return
+            call.finished = True
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()
+                if call.usage is None:
+                    call.usage = await self._count(call, body, relayed)
+                await self._settle(call, lease)
+
+        async def abandoned() -> None:
+            if not call.finished:
+                call.fail(Disconnected())  # closed before it was read: nobody took the answer
+                await finish()
+
+        return Stream(self._relay(call, chunks, relayed, finish), lease.headers(), abandoned)
+
+    async def _relay(self, call: Call, chunks: AsyncIterator[Chunk], relayed: list[bytes],
+                     finish: Callable[[], Awaitable[None]]) -> AsyncGenerator[Chunk, None]:
         try:
             async for chunk in chunks:
                 if call.ttft_ms is None:
@@ -175,11 +193,7 @@ class Gateway:
             call.fail(exc)
             raise
         finally:
-            with anyio.CancelScope(shield=True):
-                await chunks.aclose()
-                if call.usage is None:
-                    call.usage = await self._count(call, body, relayed)
-                await self._settle(call, lease)
+            await finish()
 
     async def _count(self, call: Call, body: dict, relayed: list[bytes]) -> Usage:
         """Usage of a stream that ended without a usage chunk: the model's tokenizer where it has

@@ -6,7 +6,7 @@ that speaks another wire format translates its request into an `Inference` and t
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,14 +41,18 @@ class Answer:
 
 class Stream:
     """A streamed call: an async iterator of Chunks (each one OpenAI-shaped `data:` payload, with
-    the usage where a chunk carries it). The call is settled and recorded when the iteration ends,
-    fails or is closed: whoever consumes it calls `aclose()` in a `finally`. A failure after the
-    first chunk is raised from the iteration (a BackendError), for the dialect to render."""
+    the usage where a chunk carries it), and the x-ratelimit-* headers. The call is settled and
+    recorded when the iteration ends or fails, or when the stream is closed: whoever holds it calls
+    `aclose()` in a `finally` (also if it never read a chunk: that is a client gone, a 499). A
+    failure after the first chunk is raised from the iteration (a BackendError), for the dialect to
+    render in its own way."""
 
-    __slots__ = ("_chunks", "headers")
+    __slots__ = ("_chunks", "_abandoned", "headers")
 
-    def __init__(self, chunks: AsyncGenerator[Chunk, None], headers: list[tuple[bytes, bytes]]):
+    def __init__(self, chunks: AsyncGenerator[Chunk, None], headers: list[tuple[bytes, bytes]],
+                 abandoned: Callable[[], Awaitable[None]] | None = None):
         self._chunks = chunks
+        self._abandoned = abandoned
         self.headers = headers
 
     def __aiter__(self) -> AsyncGenerator[Chunk, None]:
@@ -56,3 +60,5 @@ class Stream:
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
+        if self._abandoned is not None:
+            await self._abandoned()
