@@ -45,12 +45,9 @@ class Attempts:
         self._limits = {d.id: deployment_limits(d) for d in router.deployments()}
 
     async def _lease(self, d: Deployment, tokens: int) -> Lease | None:
-        limits = self._limits.get(d.id)
+        """A lease on `d`'s own limit (None when it has none), or LimitExceeded."""
+        limits = self._limits[d.id]
         return None if limits is None else await self.limiter.acquire(limits, tokens=tokens)
-
-    async def _release(self, lease: Lease | None, used: int) -> None:
-        if lease is not None:
-            await self.limiter.release(lease, tokens_used=used, cost=0.0)
 
     def _failed(self, d: Deployment, exc: BackendError) -> None:
         if not exc.retriable:
@@ -62,11 +59,13 @@ class Attempts:
         run = CALLS[operation]
         last: Exception | None = None
         for d in self.router.attempts(name):
-            try:
-                lease = await self._lease(d, tokens)
-            except LimitExceeded as exc:
-                last = exc
-                continue
+            lease = None
+            if self._limits[d.id] is not None:
+                try:
+                    lease = await self._lease(d, tokens)
+                except LimitExceeded as exc:
+                    last = exc
+                    continue
             d.in_flight += 1
             result: Completion | None = None
             try:
@@ -77,14 +76,14 @@ class Attempts:
                 last = exc
             finally:
                 d.in_flight -= 1
-                await self._release(lease, result.usage.total_tokens if result is not None and result.usage else 0)
+                if lease is not None:
+                    used = result.usage.total_tokens if result is not None and result.usage else 0
+                    await self.limiter.release(lease, tokens_used=used, cost=0.0)
         raise _exhausted(last)
 
-    async def open_stream(self, name: str, operation: Operation, body: dict, tokens: int
-                          ) -> tuple[Deployment, Relayed | _Empty]:
-        """Start a stream on the first deployment that yields a first chunk; the returned iterator
-        replays that chunk and then relays the rest."""
-        start = STREAMS[operation]
+    async def open_stream(self, name: str, operation: Operation, body: dict, tokens: int) -> Started:
+        """Start a stream on the first deployment that yields a first chunk (or ends at once)."""
+        begin = STREAMS[operation]
         last: Exception | None = None
         for d in self.router.attempts(name):
             try:
@@ -92,73 +91,49 @@ class Attempts:
             except LimitExceeded as exc:
                 last = exc
                 continue
-            stream = start(d.backend, body)
+            stream = begin(d.backend, body)
             d.in_flight += 1
+            started = Started(self, d, stream, lease)
             try:
-                first = await anext(stream)
+                started.first = await anext(stream)
+            except StopAsyncIteration:
+                return started
             except BaseException as exc:
-                d.in_flight -= 1
-                await stream.aclose()
-                await self._release(lease, 0)
-                if isinstance(exc, StopAsyncIteration):
-                    return d, _Empty()
+                await started.close()
+                await started.settle(0)
                 if not isinstance(exc, BackendError):
                     raise
                 self._failed(d, exc)
                 last = exc
                 continue
-            return d, Relayed(self, d, first, stream, lease)
+            return started
         raise _exhausted(last)
 
 
-class Relayed:
-    """The chunks of a stream that has started on deployment `d`: its first chunk again, then the
-    rest as they come. `aclose()`, whether or not the chunks were read, closes the upstream stream,
-    frees the deployment and settles its lease with the tokens the stream reported."""
+class Started:
+    """A stream that has started on `deployment`: its `first` chunk (None if it ended at once), then
+    the rest from `stream`. However far it was read, its reader calls `close()` (the upstream
+    stream ends, the deployment is free) and then `settle(used)` (the deployment's lease gets the
+    tokens used); each acts once."""
 
-    __slots__ = ("_attempts", "_d", "_first", "_stream", "_lease", "_used", "_closed")
+    __slots__ = ("_attempts", "deployment", "stream", "_lease", "first", "_closed")
 
-    def __init__(self, attempts: Attempts, d: Deployment, first: Chunk, stream: AsyncGenerator[Chunk, None],
+    def __init__(self, attempts: Attempts, deployment: Deployment, stream: AsyncGenerator[Chunk, None],
                  lease: Lease | None):
-        self._attempts, self._d, self._first, self._stream, self._lease = attempts, d, first, stream, lease
-        self._used = first.usage.total_tokens if first.usage is not None else 0
+        self._attempts, self.deployment, self.stream, self._lease = attempts, deployment, stream, lease
+        self.first: Chunk | None = None
         self._closed = False
 
-    def __aiter__(self) -> Relayed:
-        return self
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.deployment.in_flight -= 1
+            await self.stream.aclose()
 
-    async def __anext__(self) -> Chunk:
-        first = self._first
-        if first is not None:
-            self._first = None
-            return first
-        chunk = await self._stream.__anext__()
-        if chunk.usage is not None:
-            self._used = chunk.usage.total_tokens
-        return chunk
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._d.in_flight -= 1
-        try:
-            await self._stream.aclose()
-        finally:
-            await self._attempts._release(self._lease, self._used)
-
-
-class _Empty:
-    """A stream that ended before its first chunk."""
-
-    def __aiter__(self) -> _Empty:
-        return self
-
-    async def __anext__(self) -> Chunk:
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        pass
+    async def settle(self, used: int) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await self._attempts.limiter.release(lease, tokens_used=used, cost=0.0)
 
 
 def _exhausted(last: Exception | None) -> Exception:

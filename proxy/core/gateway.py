@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -30,7 +30,7 @@ from ..accounting.writer import UsageWriter
 from ..domain import Principal, UsageRecord
 from ..errors import Forbidden, NotFound, as_keystile
 from ..limits import Lease, Limiter, request_limits
-from .attempts import Attempts
+from .attempts import Attempts, Started
 from .cancel import Disconnected, Watch, unless_disconnected
 from .estimates import estimate_prompt_tokens, requested_completion_tokens, streamed_text
 from .values import STREAMABLE, Answer, Inference, Operation, Stream
@@ -153,12 +153,13 @@ class Gateway:
         upstream_body = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
         call.streamed = True
         try:
-            call.deployment, chunks = await unless_disconnected(
+            started = await unless_disconnected(
                 disconnected, self.attempts.open_stream(name, operation, upstream_body, lease.tokens))
         except BaseException as exc:
             call.fail(exc)
             await self._settle(call, lease)
             raise
+        call.deployment = started.deployment
         relayed: list[bytes] = []
 
         async def finish() -> None:
@@ -167,24 +168,33 @@ class Gateway:
                 return
             call.finished = True
             with anyio.CancelScope(shield=True):
-                await chunks.aclose()
-                if call.usage is None:
-                    call.usage = await self._count(call, body, relayed)
-                await self._settle(call, lease)
+                try:
+                    await started.close()  # before counting: a local model is free to tokenize then
+                    if call.usage is None:
+                        call.usage = await self._count(call, body, relayed)
+                finally:
+                    await started.settle(call.usage.total_tokens if call.usage else 0)
+                    await self._settle(call, lease)
 
         async def abandoned() -> None:
             if not call.finished:
                 call.fail(Disconnected())  # closed before it was read: nobody took the answer
                 await finish()
 
-        return Stream(self._relay(call, chunks, relayed, finish), lease.headers(), abandoned)
+        return Stream(self._relay(call, started, relayed, finish), lease.headers(), abandoned)
 
-    async def _relay(self, call: Call, chunks: AsyncIterator[Chunk], relayed: list[bytes],
+    async def _relay(self, call: Call, started: Started, relayed: list[bytes],
                      finish: Callable[[], Awaitable[None]]) -> AsyncGenerator[Chunk, None]:
         try:
-            async for chunk in chunks:
-                if call.ttft_ms is None:
-                    call.ttft_ms = call.elapsed_ms()
+            first = started.first
+            if first is None:
+                return
+            call.ttft_ms = call.elapsed_ms()
+            if first.usage is not None:
+                call.usage = first.usage
+            relayed.append(first.data)
+            yield first
+            async for chunk in started.stream:
                 if chunk.usage is not None:
                     call.usage = chunk.usage
                 relayed.append(chunk.data)

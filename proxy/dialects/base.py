@@ -16,7 +16,7 @@ relays the bytes untouched; one that translates parses each chunk itself, lazily
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -59,7 +59,7 @@ class Incoming:
     path: str
     read_body: Callable[[], Awaitable[bytes]]
     disconnected: Watch | None = None
-    params: dict[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
     query: bytes = b""
 
 

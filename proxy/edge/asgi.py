@@ -4,7 +4,8 @@ spend, health, models, /docs) goes on to FastAPI. One dispatch: a dialect route 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -18,6 +19,7 @@ from .send import send_body, send_error, send_reply, watch
 
 
 Route = tuple[Dialect, Endpoint]
+NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
 
 class Routes:
@@ -42,11 +44,11 @@ class Routes:
                     else:
                         self.prefixed.append((endpoint.method, path[:-len(name) - 2], name, (dialect, endpoint)))
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    def match(self, method: str, path: str) -> tuple[Route, Mapping[str, str]] | None:
         table = self.exact.get(method)
         route = table.get(path) if table is not None else None
         if route is not None:
-            return route, {}
+            return route, NO_PARAMS
         for m, prefix, name, route in self.prefixed:
             if m == method and path.startswith(prefix) and "/" not in path[len(prefix):] and len(path) > len(prefix):
                 return route, {name: path[len(prefix):]}
