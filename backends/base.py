@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(slots=True)
@@ -57,16 +57,19 @@ class Chunk:
 class Backend(Protocol):
     """One deployment's way to reach a model: everything the gateway calls on a backend.
 
-    `local` says the model runs on this host in a process the backend manages (llama.cpp); such a
-    backend loads after `start()` and is `ready` once loaded (the gateway's readiness waits for it).
-    A remote backend's `start()` does nothing and it is always `ready`."""
+    `local` says the model runs on this host in a process the backend manages (llama.cpp): such a
+    backend loads after `start()`, `status()` says how it is (`{"state": "loading" | "ready" |
+    "restarting" | "failed" | "stopped", ...}`, what /health and readiness show) and `retry()` starts
+    a crashed worker now (False when none is awaited). A remote backend's `start()` does nothing,
+    its status is `{"state": "ready"}` and `retry()` is False."""
 
     local: bool
 
     async def start(self) -> None: ...
 
-    @property
-    def ready(self) -> bool: ...
+    def status(self) -> dict[str, Any]: ...
+
+    def retry(self) -> bool: ...
 
     async def chat(self, body: dict) -> Completion: ...
 

@@ -11,6 +11,7 @@ import email.utils
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -189,9 +190,11 @@ class OpenAICompatBackend:
     async def start(self) -> None:
         """Nothing to start: the model is remote."""
 
-    @property
-    def ready(self) -> bool:
-        return True
+    def status(self) -> dict[str, Any]:
+        return {"state": "ready"}
+
+    def retry(self) -> bool:
+        return False
 
     async def health(self) -> bool:
         try:

@@ -109,9 +109,11 @@ class LiteLLMBackend:
     async def start(self) -> None:
         """Nothing to start: the model is remote."""
 
-    @property
-    def ready(self) -> bool:
-        return True
+    def status(self) -> dict[str, Any]:
+        return {"state": "ready"}
+
+    def retry(self) -> bool:
+        return False
 
     async def health(self) -> bool:
         return True

@@ -25,7 +25,7 @@ from proxy.db.migrate import upgrade
 from proxy.db.spend import spend_logs
 from proxy.dialects.openai import DIALECT
 from proxy.domain import LimitExceeded, Principal, Scope
-from proxy.errors import as_keystile
+from proxy.errors import RateLimited, as_keystile
 from proxy.limits import LocalLimiter
 
 WORDS = ["Hello", " there", ",", " friend"]
@@ -44,9 +44,11 @@ class Scripted:
     async def start(self) -> None:
         pass
 
-    @property
-    def ready(self) -> bool:
-        return True
+    def status(self) -> dict:
+        return {"state": "ready"}
+
+    def retry(self) -> bool:
+        return False
 
     async def chat(self, body: dict) -> Completion:
         self.bodies.append(body)
@@ -67,7 +69,7 @@ class Scripted:
                 yield Chunk(orjson.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": word}}]}))
             if self.usage_chunk and body["stream_options"]["include_usage"]:
                 yield Chunk(b'{"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":4}}',
-                            Usage(7, 4))
+                            Usage(7, 4), usage_only=True)
         finally:
             self.closed_streams += 1
 
@@ -216,11 +218,12 @@ async def test_deployment_limits_pass_a_busy_deployment_over_and_refuse_when_all
         for _ in range(2):
             await core.gateway.call(principal, "chat", chat())
         assert (len(one.bodies), len(two.bodies)) == (1, 1)  # the second went where there was room
-        with pytest.raises(LimitExceeded) as refused:
+        with pytest.raises(RateLimited) as refused:  # after admission: with the caller's x-ratelimit-* headers
             await core.gateway.call(principal, "chat", chat())
-        assert refused.value.scope in ("deployment:m-one", "deployment:m-two")
+        cause = refused.value.__cause__
+        assert isinstance(cause, LimitExceeded) and cause.scope in ("deployment:m-one", "deployment:m-two")
         assert "every deployment of this model is at its rate limit" in refused.value.message
-        assert as_keystile(refused.value).code == "deployment_rate_limited"
+        assert refused.value.code == "deployment_rate_limited" and refused.value.headers["Retry-After"]
         assert all(d.cooldown_until == 0 for d in deployments)  # busy is not unhealthy
         rows = await core.rows(principal.key_hash)
     assert sorted(r.status for r in rows) == [200, 200, 429]

@@ -27,8 +27,8 @@ from backends.router import Deployment, Router
 
 from ..accounting.prices import PriceMap
 from ..accounting.writer import UsageWriter
-from ..domain import Principal, UsageRecord
-from ..errors import Forbidden, NotFound, as_keystile
+from ..domain import LimitExceeded, Principal, UsageRecord
+from ..errors import Forbidden, KeystileError, NotFound, as_keystile
 from ..limits import Lease, Limiter, request_limits
 from .attempts import Attempts, Started
 from .cancel import Disconnected, Watch, unless_disconnected
@@ -36,6 +36,8 @@ from .estimates import estimate_prompt_tokens, requested_completion_tokens, stre
 from .values import STREAMABLE, Answer, Inference, Operation, Stream
 
 COUNT_TIMEOUT_S = 2.0
+AFTER_ADMISSION = (BackendError, LimitExceeded)
+"""Failures of an admitted call's attempts (a backend's, or every deployment at its own limit)."""
 
 
 @dataclass(slots=True)
@@ -68,6 +70,14 @@ class Call:
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
+
+
+def _with_lease_headers(exc: Exception, lease: Lease) -> KeystileError:
+    """A failure after admission answers with the same x-ratelimit-* headers as a success would."""
+    err = as_keystile(exc)
+    for name, value in lease.headers():
+        err.headers.setdefault(name.decode(), value.decode())
+    return err
 
 
 def check_caller(principal: Principal) -> None:
@@ -131,6 +141,9 @@ class Gateway:
                 disconnected, self.attempts.call(name, operation, body, lease.tokens))
             call.usage = result.usage
             return Answer(result.body, result.usage, lease.headers())
+        except AFTER_ADMISSION as exc:
+            call.fail(exc)
+            raise _with_lease_headers(exc, lease) from exc
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -158,6 +171,8 @@ class Gateway:
         except BaseException as exc:
             call.fail(exc)
             await self._settle(call, lease)
+            if isinstance(exc, AFTER_ADMISSION):
+                raise _with_lease_headers(exc, lease) from exc
             raise
         call.deployment = started.deployment
         relayed: list[bytes] = []

@@ -6,18 +6,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from backends.base import Chunk
-
 from ..core import Inference, Stream
 from ..protocol.openai import ChatRequest, CompletionRequest, EmbeddingRequest
 from .base import Dialect, Endpoint, Event, validate
 
 DONE: Event = (None, b"[DONE]")
-
-
-def _usage_only(chunk: Chunk) -> bool:
-    """The usage chunk the core asked the upstream for, which a client that did not ask must not get."""
-    return chunk.usage is not None and b'"choices":[]' in chunk.data
 
 
 class OpenAI(Dialect):
@@ -36,8 +29,8 @@ class OpenAI(Dialect):
     async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncIterator[Event]:
         include_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
         async for chunk in stream:
-            if chunk.usage is not None and not include_usage and _usage_only(chunk):
-                continue
+            if chunk.usage_only and not include_usage:
+                continue  # the usage the core asked the upstream for; this client did not
             yield None, chunk.data
         yield DONE
 

@@ -36,7 +36,7 @@ async def readiness(services: ServicesDep) -> JSONResponse:
 
 def local_models(services: Services) -> dict[str, dict]:
     """Each local model's state (loading, ready, restarting, failed with the crash) by deployment id."""
-    return {d.id: d.backend.status() for d in services.router.deployments() if hasattr(d.backend, "status")}
+    return {d.id: d.backend.status() for d in services.router.deployments() if d.backend.local}
 
 
 @router.get("/health", summary="Per-deployment state (auth)", response_model=Health,
@@ -64,5 +64,5 @@ async def restart(_: Admin, body: HealthRestart, services: ServicesDep) -> dict:
     if body.model not in services.router:
         raise NotFound(f"model '{body.model}' does not exist or is not served here")
     restarted = [d.id for d in services.router.groups[body.model]
-                 if hasattr(d.backend, "retry") and d.backend.retry()]
+                 if d.backend.retry()]
     return {"model": body.model, "restarted": restarted, "local_models": local_models(services)}
