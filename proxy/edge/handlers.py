@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from backends.errors import BackendError
 
+from ..core import Disconnected
 from ..domain import LimitExceeded
 from ..errors import BadRequest, Forbidden, KeystileError, NotFound, Unauthorized, as_keystile, error_body
 
@@ -25,6 +26,8 @@ def to_response(exc: KeystileError) -> Response:
 
 def install(app: FastAPI) -> None:
     async def keystile_error(_: Request, exc: Exception) -> Response:
+        if isinstance(exc, Disconnected):
+            return Response(status_code=499)  # hung up while sending the body: nobody to tell
         return to_response(as_keystile(exc))
 
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -44,7 +47,7 @@ def install(app: FastAPI) -> None:
         err.status = exc.status_code
         return to_response(err)
 
-    for handled in (KeystileError, BackendError, LimitExceeded, Exception):
+    for handled in (KeystileError, BackendError, LimitExceeded, Disconnected, Exception):
         app.add_exception_handler(handled, keystile_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
