@@ -55,7 +55,8 @@ class Scripted:
         await asyncio.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
-        answer = {"object": "chat.completion", "model": body["model"], "usage": {"prompt_tokens": 7, "completion_tokens": 4},
+        answer = {"object": "chat.completion", "model": body["model"],
+                  "usage": {"prompt_tokens": 7, "completion_tokens": 4},
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)}}]}
         return Completion(orjson.dumps(answer), Usage(7, 4))
 
@@ -66,10 +67,12 @@ class Scripted:
         try:
             for word in WORDS:
                 await asyncio.sleep(self.delay)
-                yield Chunk(orjson.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": word}}]}))
+                delta = {"index": 0, "delta": {"content": word}}
+                yield Chunk(orjson.dumps({"object": "chat.completion.chunk", "choices": [delta]}))
             if self.usage_chunk and body["stream_options"]["include_usage"]:
-                yield Chunk(b'{"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":4}}',
-                            Usage(7, 4), usage_only=True)
+                usage = b'{"prompt_tokens":7,"completion_tokens":4}'
+                yield Chunk(b'{"object":"chat.completion.chunk","choices":[],"usage":' + usage + b"}", Usage(7, 4),
+                            usage_only=True)
         finally:
             self.closed_streams += 1
 
@@ -139,7 +142,8 @@ async def test_a_json_call_is_answered_settled_and_recorded(db_url):
     async with Core(db_url, [Deployment("m", "m-0", backend, "openai/m")]) as core:
         principal = caller(parallel=1, tpm=1000)
         first = await core.gateway.call(principal, "chat", chat())
-        assert isinstance(first, Answer) and orjson.loads(first.body)["choices"][0]["message"]["content"] == "".join(WORDS)
+        assert isinstance(first, Answer)
+        assert orjson.loads(first.body)["choices"][0]["message"]["content"] == "".join(WORDS)
         assert first.usage == Usage(7, 4)
         assert dict(first.headers)[b"x-ratelimit-limit-tokens"] == b"1000"
         second = await core.gateway.call(principal, "chat", chat())  # the parallel slot was released
@@ -231,7 +235,8 @@ async def test_deployment_limits_pass_a_busy_deployment_over_and_refuse_when_all
 
 async def test_a_failed_deployment_is_retried_on_another_and_cools_down(db_url):
     broken, good = Scripted("broken", fail=UpstreamUnreachable("connection refused")), Scripted("good")
-    deployments = [Deployment("m", "m-broken", broken, "openai/m", weight=1e9), Deployment("m", "m-good", good, "openai/m", weight=1e-9)]
+    deployments = [Deployment("m", "m-broken", broken, "openai/m", weight=1e9),
+                   Deployment("m", "m-good", good, "openai/m", weight=1e-9)]
     async with Core(db_url, deployments) as core:
         principal = caller()
         answer = await core.gateway.call(principal, "chat", chat())

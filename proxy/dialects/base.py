@@ -16,7 +16,7 @@ relays the bytes untouched; one that translates parses each chunk itself, lazily
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -72,7 +72,7 @@ class Reply:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
     media_type: bytes = b"application/json"
-    events: AsyncIterator[Event] | None = None
+    events: AsyncGenerator[Event, None] | None = None
     close: Callable[[], Awaitable[None]] | None = None
 
 
@@ -112,7 +112,7 @@ class Dialect:
     def answer(self, endpoint: Endpoint, answer: Answer) -> bytes:
         return answer.body
 
-    def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncIterator[Event]:
+    def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncGenerator[Event, None]:
         """An async generator over `stream`; the edge closes it, and the stream, when done."""
         raise NotImplementedError
 

@@ -4,7 +4,7 @@ answers and chunks as bytes, never parsed again."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from ..core import Inference, Stream
 from ..protocol.openai import ChatRequest, CompletionRequest, EmbeddingRequest
@@ -26,7 +26,7 @@ class OpenAI(Dialect):
         validate(endpoint.model, body)  # the client's own dict goes on: fields we do not name pass through
         return Inference(body, stream=body.get("stream") is True)
 
-    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncIterator[Event]:
+    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncGenerator[Event, None]:
         include_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
         async for chunk in stream:
             if chunk.usage_only and not include_usage:

@@ -51,7 +51,7 @@ async def send_reply(send: Send, dialect: Dialect, reply: Reply, disconnected: W
     except (Disconnected, OSError):
         pass  # the client is gone; the core's stream accounts for it when closed below
     finally:
-        await reply.events.aclose()  # type: ignore[attr-defined]
+        await reply.events.aclose()
         if reply.close is not None:
             await reply.close()
 
