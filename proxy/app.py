@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from . import dialects
 from .admin import INFERENCE_ERRORS
-from .edge import docs, handlers
+from .edge import handlers
 from .edge.asgi import Edge
 from .routes import health, keys, models, principals, spend
 from .services import Services
@@ -40,8 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Keystile", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible LLM gateway with keys, limits and accounting.")
     handlers.install(app)
-    app.state.dialects = dialects.load()
-    docs.install(app, app.state.dialects)
+    app.state.dialects = dialects.load()  # served (and documented) by the edge, factory() below
     for prefix in ("/v1", "/openai/v1"):
         app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/v1", responses=INFERENCE_ERRORS)
     app.include_router(health.router)

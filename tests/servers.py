@@ -19,7 +19,9 @@ BIN = Path(sys.executable).parent
 
 class Keystile:
     def __init__(self, tmp: Path, config: dict, *, env: dict | None = None, wait_ready: bool = False,
-                 database_url: str | None = None, args: tuple[str, ...] = ()):
+                 database_url: str | None = None, args: tuple[str, ...] = (), serve: list[str] | None = None):
+        """`serve`: the command that serves (given --config, --port and `args` after it);
+        `keystile serve` by default."""
         self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -34,6 +36,7 @@ class Keystile:
             self.env.pop("REDIS_URL", None)
         self.wait_ready = wait_ready
         self.args = args
+        self.serve = serve or [str(BIN / "keystile"), "serve"]
         self.proc: subprocess.Popen | None = None
 
     def migrate(self) -> None:
@@ -44,7 +47,7 @@ class Keystile:
         self.migrate()
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(BIN / "keystile"), "serve", "--config", str(self.config_path), "--port", str(self.port), *self.args],
+            [*self.serve, "--config", str(self.config_path), "--port", str(self.port), *self.args],
             env=self.env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT)
         path = "/health/readiness" if self.wait_ready else "/health/liveliness"
         deadline = time.monotonic() + 120

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from ..core import Disconnected
 from ..dialects.base import Dialect, Endpoint, Incoming
 from ..errors import as_keystile
+from . import docs
 from .body import read_body
 from .send import send_body, send_error, send_reply, watch
 
@@ -56,9 +57,12 @@ class Routes:
 
 
 class Edge:
+    """`app` serves everything but the dialects' routes; /openapi.json lists these too (docs.py)."""
+
     def __init__(self, app: FastAPI, dialects: Sequence[Dialect]):
         self.app = app
         self.routes = Routes(dialects)
+        docs.install(app, dialects)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = self.routes.match(scope["method"], scope["path"]) if scope["type"] == "http" else None
