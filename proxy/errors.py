@@ -61,6 +61,12 @@ class NotFound(KeystileError):
     code = "model_not_found"
 
 
+class MethodNotAllowed(KeystileError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
 class Conflict(KeystileError):
     status = 409
     type = "invalid_request_error"

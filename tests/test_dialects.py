@@ -54,13 +54,20 @@ def test_a_translated_stream_with_its_own_event_names(toy):
 def test_errors_in_the_dialects_own_envelope(toy):
     missing = post(toy, "/toy/say", {"model": "no-such-model", "prompt": "hi"})
     assert missing.status_code == 404
-    assert missing.json()["oops"]["kind"] == "invalid_request_error" and "no-such-model" in missing.json()["oops"]["why"]
+    assert missing.json()["oops"]["kind"] == "invalid_request_error"
+    assert "no-such-model" in missing.json()["oops"]["why"]
     invalid = post(toy, "/toy/say", {"model": "echo", "prompt": ""})
     assert invalid.status_code == 400 and "prompt" in invalid.json()["oops"]["why"]
     unauthenticated = httpx.post(toy.url + "/toy/say", json={"model": "echo", "prompt": "hi"})
     assert unauthenticated.status_code == 401 and unauthenticated.json()["oops"]["kind"] == "authentication_error"
     failing = post(toy, "/toy/say", {"model": "failing", "prompt": "hi"})
     assert failing.status_code == 502 and failing.json()["oops"]["kind"] == "upstream_error"
+    wrong_method = httpx.get(toy.url + "/toy/say")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["oops"]["kind"] == "invalid_request_error"
+    openai_wrong_method = httpx.get(toy.url + "/openai/v1/chat/completions")
+    assert openai_wrong_method.status_code == 405
+    assert openai_wrong_method.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_a_stream_failing_midway_ends_with_the_dialects_error_event(toy):

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..core import Disconnected
 from ..dialects.base import Dialect, Endpoint, Incoming
-from ..errors import as_keystile
+from ..errors import MethodNotAllowed, as_keystile
 from . import docs
 from .body import read_body
 from .send import send_body, send_error, send_reply, watch
@@ -30,6 +30,7 @@ class Routes:
     def __init__(self, dialects: Sequence[Dialect]):
         self.exact: dict[str, dict[str, Route]] = {}
         self.prefixed: list[tuple[str, str, str, Route]] = []  # (method, prefix, parameter name, route)
+        self.methods: dict[str, list[str]] = {}  # exact path -> the methods it is served with
         seen: dict[tuple[str, str], str] = {}
         for dialect in dialects:
             for prefix in dialect.prefixes:
@@ -42,6 +43,7 @@ class Routes:
                     name = endpoint.param
                     if name is None:
                         self.exact.setdefault(endpoint.method, {})[path] = (dialect, endpoint)
+                        self.methods.setdefault(path, []).append(endpoint.method)
                     else:
                         self.prefixed.append((endpoint.method, path[:-len(name) - 2], name, (dialect, endpoint)))
 
@@ -67,6 +69,13 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = self.routes.match(scope["method"], scope["path"]) if scope["type"] == "http" else None
         if found is None:
+            allowed = self.routes.methods.get(scope["path"]) if scope["type"] == "http" else None
+            if allowed:
+                dialect = self.routes.exact[allowed[0]][scope["path"]][0]
+                err = MethodNotAllowed(f"{scope['method']} is not allowed here; use {', '.join(allowed)}",
+                                       headers={"Allow": ", ".join(allowed)})
+                await send_error(send, dialect, err)
+                return
             await self.app(scope, receive, send)
             return
         (dialect, endpoint), params = found
