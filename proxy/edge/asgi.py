@@ -57,6 +57,15 @@ class Routes:
                 return route, {name: path[len(prefix):]}
         return None
 
+    def wrong_method(self, method: str, path: str) -> tuple[Dialect, MethodNotAllowed] | None:
+        """A dialect's path asked with a method it is not served with: the refusal, in its dialect."""
+        allowed = self.methods.get(path)
+        if not allowed:
+            return None
+        methods = ", ".join(allowed)
+        return (self.exact[allowed[0]][path][0],
+                MethodNotAllowed(f"{method} is not allowed here; use {methods}", headers={"Allow": methods}))
+
 
 class Edge:
     """`app` serves everything but the dialects' routes; /openapi.json lists these too (docs.py)."""
@@ -67,16 +76,16 @@ class Edge:
         docs.install(app, dialects)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = self.routes.match(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # lifespan, websockets
+            return
+        found = self.routes.match(scope["method"], scope["path"])
         if found is None:
-            allowed = self.routes.methods.get(scope["path"]) if scope["type"] == "http" else None
-            if allowed:
-                dialect = self.routes.exact[allowed[0]][scope["path"]][0]
-                err = MethodNotAllowed(f"{scope['method']} is not allowed here; use {', '.join(allowed)}",
-                                       headers={"Allow": ", ".join(allowed)})
-                await send_error(send, dialect, err)
-                return
-            await self.app(scope, receive, send)
+            refused = self.routes.wrong_method(scope["method"], scope["path"])
+            if refused is not None:
+                await send_error(send, *refused)
+            else:
+                await self.app(scope, receive, send)
             return
         (dialect, endpoint), params = found
         services = self.app.state.services
