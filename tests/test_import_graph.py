@@ -3,8 +3,8 @@ ring, backends/ knows nothing of proxy/ or of HTTP frameworks, domain.py imports
 server, and the core runs without Starlette or FastAPI loaded.
 
 The parts are proxy's subpackages and top-level modules (proxy.core, proxy.limits, proxy.errors,
-...) and backends' modules. Every import counts, also those inside functions or under
-TYPE_CHECKING: a ring that only type checkers see is still a ring in the design."""
+...) and backends' modules. Every import that runs counts, also those inside functions; imports
+under `if TYPE_CHECKING:` (annotations only) do not."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _imports(path: Path) -> set[str]:
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -45,6 +45,19 @@ def _imports(path: Path) -> set[str]:
                 found.add(stem)
             found.update(f"{stem}.{alias.name}" for alias in node.names)  # `from . import x` may be a module
     return found
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except what sits under `if TYPE_CHECKING:`."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
 
 
 def _graph() -> dict[str, set[str]]:
@@ -155,4 +168,6 @@ def test_the_graph_sees_imports():
     assert "backends.router" in graph["proxy.core.gateway"]  # from backends.router import ...
     assert "backends.errors" in graph["backends.router"]  # from . import errors
     assert "backends.llamacpp" in graph["backends.registry"]  # an import inside a function
+    typed_only = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\nimport y\n")
+    assert {n.names[0].name for n in _runtime_nodes(typed_only) if isinstance(n, ast.Import)} == {"y"}
     assert _rings({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
