@@ -98,3 +98,15 @@ def model_entry(upstream: FakeUpstream, public: str, upstream_model: str, *, mod
     if model_info:
         entry["model_info"] = model_info
     return entry
+
+
+@pytest.fixture(scope="session")
+def clients_gateway(tmp_path_factory, upstream):
+    """A gateway for the client dialects' tests (Anthropic Messages, Responses): `echo` answers with
+    text, `tools` calls the first tool it is offered (after a sentence; `toolsilent` without one),
+    `pausing` goes quiet mid-stream, `failing` and `dropping` fail before and during a stream."""
+    config = {"model_list": [model_entry(upstream, public, target) for public, target in (
+        ("echo", "echo-upstream"), ("tools", "tools-upstream"), ("toolsilent", "toolsilent-upstream"),
+        ("pausing", "pausing"), ("failing", "fail"), ("dropping", "drop"), ("badreq", "badreq"))]}
+    with Keystile(tmp_path_factory.mktemp("clients"), config) as server:
+        yield server

@@ -4,7 +4,10 @@ The requested model name picks the behaviour: `echo*` answers normally (JSON and
 answers 500, `badreq` answers 400, `hang` never answers, `drop` streams two chunks and then drops
 the connection, `slowstream` waits between chunks, `ratelimited` answers 429 with `Retry-After: 3`,
 `spaced*` answers like `echo*` but writes its JSON with spaces (`"choices": []`, as Python's json
-module does). Every request body is recorded."""
+module does), `pausing` goes quiet for PAUSE_S after its first chunk. `tools*` calls the first tool
+it is offered (a sentence, then the call, its arguments streamed in two pieces; `toolsilent*`
+without the sentence) and, once the last message is a tool result, answers with that result.
+Every request body is recorded."""
 
 from __future__ import annotations
 
@@ -28,10 +31,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PAUSE_S = 2.5
+
+
+def _tool_call(body: dict) -> dict | None:
+    """The call a `tools*` model makes: to the first tool, with the last user text as `q`."""
+    if not body.get("tools") or not body["model"].startswith("tool") or body["messages"][-1]["role"] == "tool":
+        return None
+    user = next((m.get("content") for m in reversed(body["messages"]) if m["role"] == "user"), "")
+    return {"id": "call_abc123", "type": "function", "function": {
+        "name": body["tools"][0]["function"]["name"], "arguments": orjson.dumps({"q": str(user)}).decode()}}
+
+
 def _text(body: dict) -> str:
     if "messages" in body:
-        last = body["messages"][-1].get("content")
-        return f"echo: {last}" if isinstance(last, str) else "echo"
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            return f"the tool said: {last.get('content')}"
+        content = last.get("content")
+        return f"echo: {content}" if isinstance(content, str) else "echo"
     return f"echo: {body.get('prompt')}"
 
 
@@ -102,32 +120,51 @@ class FakeUpstream:
             await asyncio.sleep(3600)
         if model == "slowstart":  # a slow first token (long prefill): nothing at all for 3 s, then the answer
             await asyncio.sleep(3.0)
-        text = _text(body)
-        words = text.split(" ")
-        usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+        call = _tool_call(body) if chat else None
+        text = ("" if model.startswith("toolsilent") else "Let me look that up.") if call else _text(body)
+        words = text.split(" ") if text else []
+        out = len(words) + (3 if call else 0)
+        usage = {"prompt_tokens": 7, "completion_tokens": out, "total_tokens": 7 + out}
         if body.get("stream"):
-            return StreamingResponse(self._stream(body, model, chat, words, usage), media_type="text/event-stream")
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
+            return StreamingResponse(self._stream(body, model, chat, words, usage, call),
+                                     media_type="text/event-stream")
+        message: dict = {"role": "assistant", "content": text or None}
+        if call:
+            message["tool_calls"] = [call]
+        choice = ({"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"} if chat
                   else {"index": 0, "text": text, "finish_reason": "stop"})
         return Response(_dumps(model, {
             "id": "cmpl-1", "object": "chat.completion" if chat else "text_completion", "created": 1,
             "model": model, "choices": [choice], "usage": usage,
         }), media_type="application/json")
 
-    async def _stream(self, body, model, chat, words, usage):
+    async def _stream(self, body, model, chat, words, usage, call=None):
         kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(choice: dict) -> bytes:
+            return b"data: " + _dumps(model, {"id": "c1", "object": kind, "created": 1, "model": model,
+                                              "choices": [choice]}) + b"\n\n"
         for i, word in enumerate(words):
+            if model == "pausing" and i == 1:
+                await asyncio.sleep(PAUSE_S)
             if model == "drop" and i == 2:
                 raise ConnectionResetError("upstream dropped the stream")
             if model == "slowstream":
                 await asyncio.sleep(0.2)
             piece = word if i == 0 else " " + word
-            choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else \
-                {"index": 0, "text": piece, "finish_reason": None}
-            yield b"data: " + _dumps(model, {"id": "c1", "object": kind, "created": 1, "model": model,
-                                             "choices": [choice]}) + b"\n\n"
+            yield chunk({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else
+                        {"index": 0, "text": piece, "finish_reason": None})
         if model == "drop":
             raise ConnectionResetError("upstream dropped the stream")
+        if call:
+            args = call["function"]["arguments"]
+            yield chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                         "function": {"name": call["function"]["name"], "arguments": ""}}]}, "finish_reason": None})
+            for piece in (args[:5], args[5:]):
+                yield chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
+                             "finish_reason": None})
+        if chat:
+            yield chunk({"index": 0, "delta": {}, "finish_reason": "tool_calls" if call else "stop"})
         if (body.get("stream_options") or {}).get("include_usage"):
             yield b"data: " + _dumps(model, {"id": "c1", "object": kind, "created": 1, "model": model,
                                              "choices": [], "usage": usage}) + b"\n\n"

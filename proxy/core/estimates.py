@@ -35,6 +35,24 @@ def estimate_prompt_tokens(body: dict) -> int:
     return 0
 
 
+def prompt_text(body: dict) -> str:
+    """The text a chat body puts before the model: each message's role and text, tool calls and
+    tool definitions (for counting with a real tokenizer)."""
+    parts = []
+    for m in body.get("messages") or ():
+        content = m.get("content")
+        parts.append(str(m.get("role") or ""))
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text") or "") for p in content if isinstance(p, dict))
+        if m.get("tool_calls"):
+            parts.append(orjson.dumps(m["tool_calls"]).decode())
+    if body.get("tools"):
+        parts.append(orjson.dumps(body["tools"]).decode())
+    return "\n".join(parts)
+
+
 def requested_completion_tokens(body: dict) -> int | None:
     value = body.get("max_completion_tokens") or body.get("max_tokens")
     return value if isinstance(value, int) else None

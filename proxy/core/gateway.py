@@ -32,7 +32,7 @@ from ..errors import Forbidden, KeystileError, NotFound, as_keystile
 from ..limits import Lease, Limiter, request_limits
 from .attempts import Attempts, Started
 from .cancel import Disconnected, Watch, unless_disconnected
-from .estimates import estimate_prompt_tokens, requested_completion_tokens, streamed_text
+from .estimates import MESSAGE_OVERHEAD, estimate_prompt_tokens, prompt_text, requested_completion_tokens, streamed_text
 from .values import STREAMABLE, Answer, Inference, Operation, Stream
 
 COUNT_TIMEOUT_S = 2.0
@@ -109,6 +109,19 @@ class Gateway:
         if not principal.may_use(name):
             raise Forbidden(f"this key may not use model '{requested}'", code="model_not_allowed")
         return name
+
+    async def count_prompt(self, principal: Principal, body: dict) -> int:
+        """The prompt tokens of an OpenAI-shaped chat body for the model it names (a token-count
+        route; nothing is generated, limited or recorded): the tokenizer of the model's first
+        deployment where it has one, else the estimate the limits use."""
+        check_caller(principal)
+        name = self.resolve_model(principal, str(body.get("model") or ""))
+        text = prompt_text(body)
+        try:
+            tokens = await asyncio.wait_for(self.router.groups[name][0].backend.tokenize(text), COUNT_TIMEOUT_S)
+        except (BackendError, asyncio.TimeoutError):
+            return estimate_prompt_tokens(body)
+        return len(tokens) + MESSAGE_OVERHEAD * len(body.get("messages") or ())
 
     def reject(self, principal: Principal, route: str, exc: BaseException, *, model: str = "") -> None:
         """Record a request that failed before it reached `call` (body unreadable, malformed or

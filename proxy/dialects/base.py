@@ -112,6 +112,11 @@ class Dialect:
     def answer(self, endpoint: Endpoint, answer: Answer) -> bytes:
         return answer.body
 
+    def render(self, endpoint: Endpoint, request: Inference, answer: Answer) -> bytes:
+        """The body of a completed call; a translating dialect that needs the request it parsed
+        (to name tools back, say) overrides this instead of `answer`."""
+        return self.answer(endpoint, answer)
+
     def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncGenerator[Event, None]:
         """An async generator over `stream`; the edge closes it, and the stream, when done."""
         raise NotImplementedError
@@ -138,4 +143,4 @@ class Dialect:
         if isinstance(result, Stream):
             return Reply(headers=result.headers, media_type=b"text/event-stream",
                          events=self.events(endpoint, request, result), close=result.aclose)
-        return Reply(headers=result.headers, body=self.answer(endpoint, result))
+        return Reply(headers=result.headers, body=self.render(endpoint, request, result))

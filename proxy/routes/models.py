@@ -3,6 +3,7 @@ proxy/dialects/openai.py)."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -28,16 +29,30 @@ def _model_card(name: str, created: int) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": "keystile"}
 
 
-@router.get("/models", summary="Models this key may use")
-async def list_models(services: ServicesDep, principal: Caller) -> dict:
+def _anthropic_card(name: str, created: int) -> dict:
+    when = datetime.fromtimestamp(created, timezone.utc).isoformat().replace("+00:00", "Z")
+    return {"type": "model", "id": name, "display_name": name, "created_at": when}
+
+
+def _anthropic(request: Request) -> bool:
+    """Anthropic's SDKs and Claude Code send `anthropic-version`; they get Anthropic's shapes."""
+    return "anthropic-version" in request.headers
+
+
+@router.get("/models", summary="Models this key may use (Anthropic's list shape with `anthropic-version`)")
+async def list_models(request: Request, services: ServicesDep, principal: Caller) -> dict:
     names = [n for n in services.router.names() if principal.may_use(n)]
     names += [alias for alias, target in principal.aliases.items() if target in names and alias not in names]
+    if _anthropic(request):
+        return {"data": [_anthropic_card(n, services.started) for n in names], "has_more": False,
+                "first_id": names[0] if names else None, "last_id": names[-1] if names else None}
     return {"object": "list", "data": [_model_card(n, services.started) for n in names]}
 
 
 @router.get("/models/{model_id:path}", summary="One model")
-async def get_model(model_id: str, services: ServicesDep, principal: Caller) -> dict:
+async def get_model(model_id: str, request: Request, services: ServicesDep, principal: Caller) -> dict:
     name = principal.resolve(model_id)
     if name not in services.router or not principal.may_use(name):
         raise NotFound(f"model '{model_id}' does not exist or is not served here")
-    return _model_card(model_id, services.started)
+    card = _anthropic_card if _anthropic(request) else _model_card
+    return card(model_id, services.started)

@@ -1,0 +1,304 @@
+"""Anthropic's Messages API (`POST /v1/messages`, `POST /v1/messages/count_tokens`), for Claude Code
+and Anthropic SDK code, served at the gateway root (and under `/anthropic`), translated onto chat
+for every backend.
+
+Requests: system, text, image and document-text blocks; tools, tool_use and tool_result;
+stop_sequences, max_tokens, temperature, top_p, top_k, metadata.user_id. `thinking` is accepted
+and ignored (the chat backends do not think in Anthropic's way), as are thinking blocks sent back
+in the history. Anthropic's server tools (web search, code execution, ... : a `type` with a
+version) are dropped: no chat backend can run them. Answers and streams come back in Anthropic's
+shape, streams with its event sequence and a `ping` during long silences; errors in its envelope."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import orjson
+
+from ..core import Answer, Gateway, Inference, Stream
+from ..core.estimates import estimate_prompt_tokens
+from ..domain import Principal
+from ..errors import BadRequest, KeystileError
+from ..protocol.anthropic import CountTokensRequest, MessagesRequest
+from .base import Dialect, Endpoint, Event, Incoming, Reply, parse_json, validate
+from .chat import ChunkReader, Text, ToolArgs, ToolStart, data_url_image, parsed_arguments, read_answer, \
+    url_image, with_heartbeat
+
+PING_S = 10.0
+"""Seconds of silence in a stream after which a `ping` event is sent."""
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
+                "content_filter": "refusal"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+               504: "timeout_error"}
+
+
+@dataclass(slots=True)
+class MessagesCall(Inference):
+    """The chat request a Messages request became, and the model name the client asked for."""
+
+    model: str = ""
+
+
+# -- Anthropic request -> chat request ---------------------------------------------------------------
+
+
+def _text_of(blocks: str | list, param: str) -> str:
+    """A system prompt or tool result: a string, or text blocks joined by newlines."""
+    if isinstance(blocks, str):
+        return blocks
+    texts = []
+    for i, block in enumerate(blocks):
+        if block.get("type") != "text":
+            raise BadRequest(f"{param}.{i}: only text blocks are supported here, not {block.get('type')!r}",
+                             param=f"{param}.{i}.type")
+        texts.append(str(block.get("text") or ""))
+    return "\n".join(texts)
+
+
+def _image(block: dict, param: str) -> dict:
+    source = block.get("source") or {}
+    if source.get("type") == "base64":
+        return data_url_image(str(source.get("media_type") or "image/png"), str(source.get("data") or ""))
+    if source.get("type") == "url":
+        return url_image(str(source.get("url") or ""))
+    raise BadRequest(f"{param}.source: images are sent as base64 or url sources", param=f"{param}.source")
+
+
+def _tool_result(block: dict, param: str) -> tuple[dict, list[dict]]:
+    """A tool message, and the images of the result (sent after it in a user message)."""
+    content = block.get("content")
+    images: list[dict] = []
+    text = ""
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        texts = []
+        for i, part in enumerate(content):
+            if part.get("type") == "image":
+                images.append(_image(part, f"{param}.content.{i}"))
+            else:
+                texts.append(_text_of([part], f"{param}.content"))
+        text = "\n".join(texts)
+    if block.get("is_error") and not text.startswith("Error"):
+        text = f"Error: {text}"
+    return {"role": "tool", "tool_call_id": str(block.get("tool_use_id") or ""), "content": text}, images
+
+
+def _user(blocks: list[dict], param: str) -> list[dict]:
+    tools: list[dict] = []
+    parts: list[dict] = []
+    for i, block in enumerate(blocks):
+        kind, where = block.get("type"), f"{param}.{i}"
+        if kind == "text":
+            parts.append({"type": "text", "text": str(block.get("text") or "")})
+        elif kind == "image":
+            parts.append(_image(block, where))
+        elif kind == "tool_result":
+            message, images = _tool_result(block, where)
+            tools.append(message)
+            parts.extend(images)
+        elif kind == "document" and (block.get("source") or {}).get("type") == "text":
+            parts.append({"type": "text", "text": str(block["source"].get("data") or "")})
+        elif kind not in ("thinking", "redacted_thinking"):
+            raise BadRequest(f"{where}: content blocks of type {kind!r} are not supported by this gateway",
+                             param=f"{where}.type")
+    if not parts:
+        return tools
+    if all(p["type"] == "text" for p in parts):
+        return [*tools, {"role": "user", "content": "\n".join(p["text"] for p in parts)}]
+    return [*tools, {"role": "user", "content": parts}]
+
+
+def _assistant(blocks: list[dict], param: str) -> dict:
+    texts, calls = [], []
+    for i, block in enumerate(blocks):
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))
+        elif kind in ("tool_use", "server_tool_use"):
+            calls.append({"id": str(block.get("id") or ""), "type": "function", "function": {
+                "name": str(block.get("name") or ""), "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+        elif kind not in ("thinking", "redacted_thinking"):
+            raise BadRequest(f"{param}.{i}: assistant content blocks of type {kind!r} are not supported",
+                             param=f"{param}.{i}.type")
+    message: dict = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _messages(body: dict) -> list[dict]:
+    out: list[dict] = []
+    if body.get("system"):
+        out.append({"role": "system", "content": _text_of(body["system"], "system")})
+    for i, m in enumerate(body["messages"]):
+        content, param = m["content"], f"messages.{i}.content"
+        if isinstance(content, str):
+            out.append({"role": m["role"], "content": content})
+        elif m["role"] == "user":
+            out.extend(_user(content, param))
+        else:
+            out.append(_assistant(content, param))
+    return out
+
+
+def _tools(body: dict, chat: dict) -> None:
+    tools = [{"type": "function", "function": {
+        "name": t["name"], **({"description": t["description"]} if t.get("description") else {}),
+        "parameters": t.get("input_schema") or {"type": "object", "properties": {}}}}
+        for t in body.get("tools") or () if t.get("type") in (None, "custom")]
+    if not tools:
+        return
+    chat["tools"] = tools
+    choice = body.get("tool_choice")
+    if choice:
+        kind = choice["type"]
+        chat["tool_choice"] = ({"type": "function", "function": {"name": choice.get("name") or ""}} if kind == "tool"
+                               else {"auto": "auto", "any": "required", "none": "none"}[kind])
+        if choice.get("disable_parallel_tool_use"):
+            chat["parallel_tool_calls"] = False
+
+
+def to_chat(body: dict) -> dict:
+    """A Messages request body (validated) as an OpenAI chat request body."""
+    chat: dict = {"model": body["model"], "messages": _messages(body)}
+    if body.get("max_tokens") is not None:
+        chat["max_tokens"] = body["max_tokens"]
+    for name in ("temperature", "top_p", "top_k"):
+        if body.get(name) is not None:
+            chat[name] = body[name]
+    if body.get("stop_sequences"):
+        chat["stop"] = body["stop_sequences"]
+    user = (body.get("metadata") or {}).get("user_id")
+    if isinstance(user, str) and user:
+        chat["user"] = user
+    _tools(body, chat)
+    if body.get("stream") is True:
+        chat["stream"] = True
+    return chat
+
+
+# -- chat answer -> Anthropic message ----------------------------------------------------------------
+
+
+def _usage(prompt: int, completion: int, cached: int) -> dict:
+    return {"input_tokens": max(prompt - cached, 0), "output_tokens": completion,
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+
+
+def _message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+def _event(name: bytes, data: dict) -> Event:
+    return name, orjson.dumps(data)
+
+
+class Anthropic(Dialect):
+    name = "anthropic"
+    prefixes = ("", "/anthropic")
+    endpoints = (
+        Endpoint("/v1/messages", "chat", MessagesRequest, "Anthropic Messages (JSON or SSE stream)"),
+        Endpoint("/v1/messages/count_tokens", None, CountTokensRequest, "Anthropic token count"),
+    )
+
+    def parse(self, endpoint: Endpoint, body: dict) -> Inference:
+        validate(MessagesRequest, body)
+        return MessagesCall(to_chat(body), stream=body.get("stream") is True, model=body["model"])
+
+    def render(self, endpoint: Endpoint, request: Inference, answer: Answer) -> bytes:
+        r = read_answer(answer.body)
+        content: list[dict] = [{"type": "text", "text": r.text}] if r.text else []
+        content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": parsed_arguments(c.arguments)}
+                    for c in r.tool_calls]
+        return orjson.dumps({
+            "id": _message_id(), "type": "message", "role": "assistant", "model": _model(request),
+            "content": content, "stop_reason": STOP_REASONS.get(r.finish_reason or "stop", "end_turn"),
+            "stop_sequence": None,
+            "usage": _usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens),
+        })
+
+    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncIterator[Event]:
+        yield _event(b"message_start", {"type": "message_start", "message": {
+            "id": _message_id(), "type": "message", "role": "assistant", "model": _model(request), "content": [],
+            "stop_reason": None, "stop_sequence": None,
+            "usage": _usage(estimate_prompt_tokens(request.body), 0, 0)}})
+        yield _event(b"ping", {"type": "ping"})
+        blocks = _Blocks()
+        reader = ChunkReader()
+        async for chunk in with_heartbeat(stream, PING_S):
+            if chunk is None:
+                yield _event(b"ping", {"type": "ping"})
+                continue
+            for delta in reader.read(chunk):
+                for event in blocks.add(delta):
+                    yield event
+        for event in blocks.close():
+            yield event
+        r = reader.result
+        yield _event(b"message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": STOP_REASONS.get(r.finish_reason or "stop", "end_turn"), "stop_sequence": None},
+            "usage": _usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens)})
+        yield _event(b"message_stop", {"type": "message_stop"})
+
+    def error(self, err: KeystileError) -> bytes:
+        return orjson.dumps({"type": "error", "error": {"type": ERROR_TYPES.get(err.status, "api_error"),
+                                                        "message": err.message}})
+
+    def stream_error(self, err: KeystileError) -> Event:
+        return b"error", self.error(err)
+
+    async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
+        if endpoint.operation is not None:
+            return await super().handle(gateway, principal, endpoint, incoming)
+        body = parse_json(await incoming.read_body())
+        validate(CountTokensRequest, body)
+        count = await gateway.count_prompt(principal, to_chat(body))
+        return Reply(body=orjson.dumps({"input_tokens": count}))
+
+
+def _model(request: Inference) -> str:
+    return request.model if isinstance(request, MessagesCall) else str(request.body.get("model") or "")
+
+
+class _Blocks:
+    """The content blocks of a streamed message: each delta opens, continues or closes one."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.open: str | None = None  # "text" or "tool_use"
+        self.tool = -1  # the position of the open tool call
+
+    def _start(self, kind: str, block: dict) -> Event:
+        self.index += 1
+        self.open = kind
+        return _event(b"content_block_start", {"type": "content_block_start", "index": self.index,
+                                               "content_block": block})
+
+    def add(self, delta: Text | ToolStart | ToolArgs) -> Iterator[Event]:
+        if isinstance(delta, Text):
+            if self.open != "text":
+                yield from self.close()
+                yield self._start("text", {"type": "text", "text": ""})
+            yield _event(b"content_block_delta", {"type": "content_block_delta", "index": self.index,
+                                                  "delta": {"type": "text_delta", "text": delta.text}})
+        elif isinstance(delta, ToolStart):
+            yield from self.close()
+            self.tool = delta.index
+            yield self._start("tool_use", {"type": "tool_use", "id": delta.id, "name": delta.name, "input": {}})
+        elif self.open == "tool_use" and delta.index == self.tool:
+            yield _event(b"content_block_delta", {"type": "content_block_delta", "index": self.index,
+                                                  "delta": {"type": "input_json_delta", "partial_json": delta.fragment}})
+
+    def close(self) -> Iterator[Event]:
+        if self.open is not None:
+            self.open = None
+            yield _event(b"content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+
+DIALECT = Anthropic()
