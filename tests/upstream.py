@@ -31,7 +31,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-PAUSE_S = 2.5
+PAUSE_S = 5.5
 
 
 def _tool_call(body: dict) -> dict | None:

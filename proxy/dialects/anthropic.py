@@ -26,7 +26,7 @@ from .base import Dialect, Endpoint, Event, Incoming, Reply, parse_json, validat
 from .chat import ChunkReader, Text, ToolArgs, ToolStart, data_url_image, parsed_arguments, read_answer, \
     url_image, with_heartbeat
 
-PING_S = 10.0
+PING_S = 5.0
 """Seconds of silence in a stream after which a `ping` event is sent."""
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
