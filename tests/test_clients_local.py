@@ -1,0 +1,47 @@
+"""The client dialects (Anthropic Messages, Responses) on the real SmolLM2 through llama.cpp,
+behind a real Keystile server, driven by the `anthropic` and `openai` SDKs. Tool calls are tested
+against the fake upstream (test_anthropic.py, test_responses.py): this model does not call tools."""
+
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+
+from .servers import Keystile
+from .test_local_model import MODEL
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    config = {"model_list": [{"model_name": "smollm2", "litellm_params": {
+        "model": f"llamacpp/{MODEL}", "n_ctx": 1024, "n_threads": 1, "max_queue": 4, "timeout": 120}}]}
+    with Keystile(tmp_path_factory.mktemp("clients-local"), config, wait_ready=True) as server:
+        yield server
+
+
+def test_anthropic_messages(local):
+    client = anthropic.Anthropic(base_url=local.url, api_key=local.master_key, max_retries=0, timeout=120)
+    ask = [{"role": "user", "content": "Say hello."}]
+    m = client.messages.create(model="smollm2", max_tokens=12, temperature=0, system="You are kind.", messages=ask)
+    assert m.content[0].text.strip() and m.usage.input_tokens > 0 and 0 < m.usage.output_tokens <= 12
+    with client.messages.stream(model="smollm2", max_tokens=12, temperature=0, messages=ask) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text.strip() and final.content[0].text == text and final.usage.output_tokens > 0
+    assert final.stop_reason in ("end_turn", "max_tokens")
+    # The model's own tokenizer: 40 one-letter words are ~40 tokens; the 4-characters estimate says 20.
+    counted = client.messages.count_tokens(model="smollm2", messages=[{"role": "user", "content": "a " * 40}])
+    assert 40 <= counted.input_tokens < 60
+
+
+def test_responses(local):
+    client = openai.OpenAI(base_url=local.url + "/v1", api_key=local.master_key, max_retries=0, timeout=120)
+    r = client.responses.create(model="smollm2", instructions="You are kind.", input="Say hello.",
+                                max_output_tokens=12, temperature=0)
+    assert r.output_text.strip() and r.usage.input_tokens > 0 and 0 < r.usage.output_tokens <= 12
+    with client.responses.stream(model="smollm2", input="Count to twenty.", max_output_tokens=4) as stream:
+        kinds = [e.type for e in stream]
+    # Cut short by max_output_tokens: OpenAI's `response.incomplete`, whose response the helper keeps.
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.incomplete"
+    assert "response.output_text.delta" in kinds
