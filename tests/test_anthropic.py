@@ -161,8 +161,9 @@ def test_models_in_anthropic_shape(clients_gateway, client):
 
 
 def test_claude_code_request(clients_gateway, upstream):
-    """The body and headers Claude Code sends (system as text blocks with cache_control, metadata,
-    thinking, tools with cache_control, ?beta=true, anthropic-beta), a tool turn included."""
+    """The body and headers Claude Code 2.1.197 sends (system as text blocks with cache_control, a
+    mid-conversation system message, metadata, adaptive thinking, context_management, output_config,
+    ?beta=true, anthropic-beta), a tool turn included."""
     body = {
         "model": "tools", "max_tokens": 32000, "temperature": 1, "stream": True,
         "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.37; cc_entrypoint=cli;"},
@@ -172,6 +173,7 @@ def test_claude_code_request(clients_gateway, upstream):
             {"role": "user", "content": [
                 {"type": "text", "text": "<system-reminder>context</system-reminder>"},
                 {"type": "text", "text": "list the files", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "system", "content": "Available agent types for the Agent tool: ..."},
             {"role": "assistant", "content": [
                 {"type": "thinking", "thinking": "I should run ls.", "signature": "sig"},
                 {"type": "tool_use", "id": "toolu_01", "name": "Bash", "input": {"command": "ls"}}]},
@@ -182,21 +184,26 @@ def test_claude_code_request(clients_gateway, upstream):
                                     "required": ["command"], "additionalProperties": False,
                                     "$schema": "http://json-schema.org/draft-07/schema#"},
                    "cache_control": {"type": "ephemeral"}}],
-        "metadata": {"user_id": "user_abc_account__session_123"},
-        "thinking": {"type": "enabled", "budget_tokens": 31999},
+        "metadata": {"user_id": '{"device_id":"0e36","account_uuid":"","session_id":"5327"}'},
+        "thinking": {"type": "adaptive"}, "output_config": {"effort": "high"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
     }
     headers = _headers(clients_gateway, **{
-        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14",
-        "anthropic-dangerous-direct-browser-access": "true", "x-app": "cli", "user-agent": "claude-cli/2.1.37"})
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
+                          "mid-conversation-system-2026-04-07,effort-2025-11-24",
+        "anthropic-dangerous-direct-browser-access": "true", "x-app": "cli",
+        "user-agent": "claude-cli/2.1.197 (external, sdk-cli)"})
     got = events(clients_gateway.url + "/v1/messages?beta=true", body, headers)
     text = "".join(d["delta"].get("text", "") for n, d in got if n == "content_block_delta")
     assert text == "the tool said: README.md" and got[-1][0] == "message_stop"
     sent = upstream.requests[-1]
     assert sent["messages"][0]["content"].endswith("official CLI for Claude.")
     assert sent["messages"][1] == {"role": "user", "content": "<system-reminder>context</system-reminder>\nlist the files"}
-    assert sent["messages"][2]["tool_calls"][0]["function"] == {"name": "Bash", "arguments": '{"command":"ls"}'}
-    assert sent["messages"][3] == {"role": "tool", "tool_call_id": "toolu_01", "content": "README.md"}
-    assert "thinking" not in sent and sent["user"] == "user_abc_account__session_123"
+    assert sent["messages"][2] == {"role": "system", "content": "Available agent types for the Agent tool: ..."}
+    assert sent["messages"][3]["tool_calls"][0]["function"] == {"name": "Bash", "arguments": '{"command":"ls"}'}
+    assert sent["messages"][4] == {"role": "tool", "tool_call_id": "toolu_01", "content": "README.md"}
+    assert not {"thinking", "context_management", "output_config", "metadata"} & set(sent)
+    assert sent["user"] == body["metadata"]["user_id"]
     r = httpx.post(clients_gateway.url + "/v1/messages/count_tokens?beta=true", headers=headers,
                    json={k: body[k] for k in ("model", "system", "messages", "tools")})
     assert r.status_code == 200 and r.json()["input_tokens"] > 10

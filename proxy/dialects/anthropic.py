@@ -2,7 +2,8 @@
 and Anthropic SDK code, served at the gateway root (and under `/anthropic`), translated onto chat
 for every backend.
 
-Requests: system, text, image and document-text blocks; tools, tool_use and tool_result;
+Requests: system (also mid-conversation system messages, as Claude Code sends them), text,
+image and document-text blocks; tools, tool_use and tool_result;
 stop_sequences, max_tokens, temperature, top_p, top_k, metadata.user_id. `thinking` is accepted
 and ignored (the chat backends do not think in Anthropic's way), as are thinking blocks sent back
 in the history. Anthropic's server tools (web search, code execution, ... : a `type` with a
@@ -137,7 +138,9 @@ def _messages(body: dict) -> list[dict]:
         out.append({"role": "system", "content": _text_of(body["system"], "system")})
     for i, m in enumerate(body["messages"]):
         content, param = m["content"], f"messages.{i}.content"
-        if isinstance(content, str):
+        if m["role"] == "system":  # Claude Code's mid-conversation system messages
+            out.append({"role": "system", "content": _text_of(content, param)})
+        elif isinstance(content, str):
             out.append({"role": m["role"], "content": content})
         elif m["role"] == "user":
             out.extend(_user(content, param))

@@ -17,7 +17,7 @@ class Block(_Open):
 
 
 class Message(_Open):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]  # system: Claude Code's mid-conversation system messages (beta)
     content: StrictStr | list[Block]
 
 
