@@ -20,10 +20,11 @@ class UpstreamHTTPError(BackendError):
     and not worth retrying elsewhere."""
 
     def __init__(self, message: str, *, status: int, code: str | None = None, param: str | None = None,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, body: bytes | None = None):
         super().__init__(message, status=status, code=code)
         self.param = param
         self.retry_after = retry_after  # seconds, from the upstream's Retry-After
+        self.body = body  # the upstream's own error body, where it is to reach the client as it is
         self.retriable = status in (408, 429) or status >= 500
 
 

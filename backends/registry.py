@@ -30,6 +30,11 @@ def make_backend(public_name: str, params: dict[str, Any], *, pool: ClientPool, 
                                    stream_timeout=stream_timeout)
     if provider in OPENAI_COMPATIBLE:
         raise ValueError(f"provider '{provider}' needs api_base")
+    if provider == "anthropic":
+        from .anthropic import AnthropicBackend
+
+        return AnthropicBackend(public_name, upstream, api_base=api_base, api_key=params.pop("api_key", None),
+                                pool=pool, timeout=timeout, stream_timeout=stream_timeout, params=params)
     from .providers import LiteLLMBackend
 
     return LiteLLMBackend(public_name, f"{provider}/{upstream}", timeout=timeout,

@@ -117,9 +117,25 @@ class UpstreamTimedOut(KeystileError):
     code = "upstream_timeout"
 
 
+class UpstreamAnswered(KeystileError):
+    """An upstream's error relayed as it is (a pass-through dialect's upstream): its status and
+    body (`raw`), which that dialect sends unchanged."""
+
+    type = "upstream_error"
+
+    def __init__(self, exc: be.UpstreamHTTPError, raw: bytes):
+        wait = exc.retry_after if exc.retry_after is not None else 1.0 if exc.status == 429 else None
+        super().__init__(exc.message, param=exc.param, code=exc.code, headers=None if wait is None else
+                         {"Retry-After": _seconds(min(wait, MAX_RETRY_AFTER_S))})
+        self.status = exc.status
+        self.raw = raw
+
+
 def from_backend(exc: be.BackendError) -> KeystileError:
     """Translate a backend's error into the gateway's tree (one mapping, used everywhere)."""
     match exc:
+        case be.UpstreamHTTPError(body=bytes() as raw):
+            return UpstreamAnswered(exc, raw)
         case be.ModelLoading():
             return Unavailable(exc.message or "model is still loading, retry shortly", headers={"Retry-After": "5"})
         case be.ModelCrashed():

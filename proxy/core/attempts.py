@@ -24,10 +24,12 @@ CALLS: dict[Operation, Callable[[Backend, dict], Awaitable[Completion]]] = {
     "chat": lambda backend, body: backend.chat(body),
     "completions": lambda backend, body: backend.complete(body),
     "embeddings": lambda backend, body: backend.embed(body),
+    "messages": lambda backend, body: backend.messages(body),  # type: ignore[attr-defined]
 }
 STREAMS: dict[Operation, Callable[[Backend, dict], AsyncGenerator[Chunk, None]]] = {
     "chat": lambda backend, body: backend.chat_stream(body),  # type: ignore[dict-item]
     "completions": lambda backend, body: backend.complete_stream(body),  # type: ignore[dict-item]
+    "messages": lambda backend, body: backend.messages_stream(body),  # type: ignore[attr-defined]
 }
 
 

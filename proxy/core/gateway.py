@@ -33,7 +33,7 @@ from ..limits import Lease, Limiter, request_limits
 from .attempts import Attempts, Started
 from .cancel import Disconnected, Watch, unless_disconnected
 from .estimates import MESSAGE_OVERHEAD, estimate_prompt_tokens, prompt_text, requested_completion_tokens, streamed_text
-from .values import STREAMABLE, Answer, Inference, Operation, Stream
+from .values import RELAYED, STREAMABLE, Answer, Inference, Operation, Stream
 
 COUNT_TIMEOUT_S = 2.0
 AFTER_ADMISSION = (BackendError, LimitExceeded)
@@ -110,6 +110,18 @@ class Gateway:
             raise Forbidden(f"this key may not use model '{requested}'", code="model_not_allowed")
         return name
 
+    def relays(self, principal: Principal, requested: str, wire: str) -> bool:
+        """Whether every deployment a call for model `requested` may reach (its fallbacks included)
+        takes requests in wire format `wire` as they are (a backend's `relays`), so a dialect may
+        relay its body instead of translating it. False for a model this caller cannot use (the
+        call itself then says why)."""
+        try:
+            name = self.resolve_model(principal, requested)
+        except KeystileError:
+            return False
+        names = [name, *(n for n in self.router.policy.fallbacks.get(name, []) if n in self.router)]
+        return all(wire in getattr(d.backend, "relays", ()) for n in names for d in self.router.groups[n])
+
     async def count_prompt(self, principal: Principal, body: dict) -> int:
         """The prompt tokens of an OpenAI-shaped chat body for the model it names (a token-count
         route; nothing is generated, limited or recorded): the tokenizer of the model's first
@@ -175,8 +187,10 @@ class Gateway:
     async def _stream(self, call: Call, lease: Lease, name: str, operation: Operation, body: dict,
                       disconnected: Watch | None) -> Stream:
         # The upstream is always asked for usage (billing); a dialect drops it if its client did not ask.
+        # A relayed body goes as it is (such upstreams report usage in their own events).
         options = body.get("stream_options") or {}
-        upstream_body = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
+        upstream_body = body if operation in RELAYED else \
+            {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
         call.streamed = True
         try:
             started = await unless_disconnected(

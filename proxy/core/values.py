@@ -12,10 +12,13 @@ from typing import Literal
 
 from backends.base import Chunk, Usage
 
-Operation = Literal["chat", "completions", "embeddings"]
-"""What is asked of a model: a chat completion, a text completion or embeddings."""
+Operation = Literal["chat", "completions", "embeddings", "messages"]
+"""What is asked of a model: a chat completion, a text completion, embeddings, or an Anthropic
+Messages request relayed as it is to a backend that takes them (`relays` has "anthropic")."""
 
-STREAMABLE: frozenset[Operation] = frozenset({"chat", "completions"})
+STREAMABLE: frozenset[Operation] = frozenset({"chat", "completions", "messages"})
+RELAYED: frozenset[Operation] = frozenset({"messages"})
+"""Operations whose body goes to the backend as the client sent it (nothing added)."""
 
 
 @dataclass(slots=True)

@@ -12,9 +12,10 @@ shape, streams with its event sequence and a `ping` during long silences; errors
 
 from __future__ import annotations
 
+import re
 import secrets
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -27,6 +28,9 @@ from .base import Dialect, Endpoint, Event, Incoming, Reply, parse_json, validat
 from .chat import ChunkReader, Text, ToolArgs, ToolStart, data_url_image, parsed_arguments, read_answer, \
     url_image, with_heartbeat
 
+FORWARDED = ("anthropic-version", "anthropic-beta")
+"""The client's headers a relayed request carries on to an Anthropic upstream."""
+_TYPE = re.compile(rb'"type"\s*:\s*"([a-z_]+)"')
 PING_S = 5.0
 """Seconds of silence in a stream after which a `ping` event is sent."""
 
@@ -249,20 +253,63 @@ class Anthropic(Dialect):
             "usage": _usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens)})
         yield _event(b"message_stop", {"type": "message_stop"})
 
-    def error(self, err: KeystileError) -> bytes:
-        return orjson.dumps({"type": "error", "error": {"type": ERROR_TYPES.get(err.status, "api_error"),
-                                                        "message": err.message}})
-
     def stream_error(self, err: KeystileError) -> Event:
         return b"error", self.error(err)
 
+    def error(self, err: KeystileError) -> bytes:
+        raw = getattr(err, "raw", None)  # a relayed upstream's own error: unchanged
+        if raw is not None:
+            return raw
+        return orjson.dumps({"type": "error", "error": {"type": ERROR_TYPES.get(err.status, "api_error"),
+                                                        "message": err.message}})
+
     async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
+        raw = await incoming.read_body()
         if endpoint.operation is not None:
-            return await super().handle(gateway, principal, endpoint, incoming)
-        body = parse_json(await incoming.read_body())
+            model = _model_named(raw)
+            if model and gateway.relays(principal, model, "anthropic"):
+                return await self._relay(gateway, principal, incoming, parse_json(raw))
+            return await super().handle(gateway, principal, endpoint, replace(incoming, read_body=_again(raw)))
+        body = parse_json(raw)
         validate(CountTokensRequest, body)
         count = await gateway.count_prompt(principal, to_chat(body))
         return Reply(body=orjson.dumps({"input_tokens": count}))
+
+
+    async def _relay(self, gateway: Gateway, principal: Principal, incoming: Incoming, body: dict) -> Reply:
+        """To a model whose deployments all take Anthropic's format: the body as it is, with the
+        client's anthropic-version / anthropic-beta; the answer, events and errors as they come."""
+        forwarded = {k: v for k in FORWARDED if (v := incoming.headers.get(k))}
+        request = Inference({**body, "extra_headers": forwarded}, stream=body.get("stream") is True,
+                            route=incoming.path)
+        result = await gateway.call(principal, "messages", request, disconnected=incoming.disconnected)
+        if isinstance(result, Stream):
+            return Reply(headers=result.headers, media_type=b"text/event-stream", events=_relayed(result),
+                         close=result.aclose)
+        return Reply(headers=result.headers, body=result.body)
+
+
+async def _relayed(stream: Stream) -> AsyncIterator[Event]:
+    async for chunk in stream:
+        found = _TYPE.search(chunk.data, 0, 60)
+        yield (found.group(1) if found else None), chunk.data
+
+
+def _model_named(raw: bytes) -> str | None:
+    """The model a Messages body names (None when the body is not a JSON object naming one: the
+    translation path then says what is wrong)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _again(raw: bytes) -> Callable[[], Awaitable[bytes]]:
+    async def read() -> bytes:
+        return raw
+    return read
 
 
 def _model(request: Inference) -> str:

@@ -54,13 +54,15 @@ class Endpoint:
 class Incoming:
     """A request as the edge hands it to a dialect: its path, a reader of its body (within the
     size limit; raises the gateway's errors, or core.Disconnected), the client's hang-up, the
-    path parameter if the endpoint has one, and the query string."""
+    path parameter if the endpoint has one, the query string, and the request's headers (names
+    in lower case), for a dialect that forwards some of them."""
 
     path: str
     read_body: Callable[[], Awaitable[bytes]]
     disconnected: Watch | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     query: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -93,7 +93,7 @@ class Edge:
         disconnected = watch(receive)
         limit = services.options.max_request_bytes
         incoming = Incoming(scope["path"], lambda: read_body(request, limit), disconnected, params,
-                            scope.get("query_string", b""))
+                            scope.get("query_string", b""), request.headers)
         try:
             principal = await services.auth.authenticate(request)
             reply = await dialect.handle(services.gateway, principal, endpoint, incoming)

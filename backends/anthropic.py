@@ -1,0 +1,119 @@
+"""`anthropic/…` deployments: chat, completions and embeddings through the litellm SDK (translated,
+as every other provider), and Anthropic's own Messages API relayed as it is (`messages`,
+`messages_stream`): the client's body with only `model` set to the upstream's name, its
+`anthropic-version` and `anthropic-beta` headers, the answer's bytes and the upstream's errors
+unchanged (Claude Code's recovery reads their wording). Usage is read from the answer
+(`usage`) and from the stream (`message_start`, then `message_delta`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from . import errors
+from .base import Chunk, Completion, Usage
+from .http import ClientPool, HTTPClientError, Timeout
+from .openai_compat import _sse_data, retry_after_seconds
+from .providers import LiteLLMBackend
+
+DEFAULT_BASE = "https://api.anthropic.com"
+DEFAULT_VERSION = "2023-06-01"
+FORWARDED = ("anthropic-version", "anthropic-beta")
+"""The client's headers a relayed request carries on, from the body's `extra_headers`."""
+
+
+def _messages_path(base: str) -> str:
+    path = urlsplit(base).path.rstrip("/")
+    if path.endswith("/v1/messages"):
+        return path
+    return path + ("/messages" if path.endswith("/v1") else "/v1/messages")
+
+
+def usage_of(usage: Any) -> Usage | None:
+    """Anthropic's usage object: input counts cache reads and writes too (they are prompt tokens)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens",
+                                                   "cache_creation_input_tokens"))
+    return Usage(prompt, int(usage.get("output_tokens") or 0))
+
+
+def _error(status: int, body: bytes, retry_after: str | None) -> errors.UpstreamHTTPError:
+    message = f"upstream answered HTTP {status}"
+    try:
+        err = orjson.loads(body).get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            message = err["message"]
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    return errors.UpstreamHTTPError(message[:500], status=status, body=body,
+                                    retry_after=retry_after_seconds(retry_after))
+
+
+class AnthropicBackend(LiteLLMBackend):
+    relays = frozenset({"anthropic"})
+    """Wire formats this backend takes as they are: the gateway relays Anthropic Messages here."""
+
+    def __init__(self, public_name: str, upstream_model: str, *, api_base: str | None, api_key: str | None,
+                 pool: ClientPool, timeout: float, stream_timeout: float | None, params: dict[str, Any]):
+        super().__init__(public_name, f"anthropic/{upstream_model}", timeout=timeout,
+                         params={**params, "api_base": api_base, "api_key": api_key})
+        self.upstream_model = upstream_model
+        self._base = (api_base or DEFAULT_BASE).rstrip("/")
+        self._path = _messages_path(self._base)
+        self._key = api_key
+        self._pool = pool
+        self._relay_timeout = timeout
+        self._stream_timeout = stream_timeout or timeout
+
+    def _request(self, body: dict) -> tuple[bytes, bytes]:
+        forwarded = body.get("extra_headers") or {}
+        headers = {"Content-Type": "application/json", "anthropic-version": DEFAULT_VERSION}
+        headers.update({k: v for k, v in forwarded.items() if k in FORWARDED and v})
+        if self._key:
+            headers["x-api-key"] = self._key
+        payload = orjson.dumps({**{k: v for k, v in body.items() if k != "extra_headers"},
+                                "model": self.upstream_model})
+        return self._pool.get(self._base).request_head("POST", self._path, headers), payload
+
+    async def messages(self, body: dict) -> Completion:
+        head, payload = self._request(body)
+        try:
+            status, data, retry_after = await self._pool.get(self._base).exchange(head, payload, self._relay_timeout)
+        except Timeout as exc:
+            raise errors.UpstreamTimeout(f"upstream {self.public_name} timed out") from exc
+        except HTTPClientError as exc:
+            raise errors.UpstreamUnreachable(f"upstream {self.public_name} unreachable: {type(exc).__name__}") from exc
+        if status >= 400:
+            raise _error(status, data, retry_after)
+        try:
+            usage = usage_of(orjson.loads(data).get("usage"))
+        except (orjson.JSONDecodeError, AttributeError):
+            usage = None
+        return Completion(data, usage)
+
+    async def messages_stream(self, body: dict) -> AsyncIterator[Chunk]:
+        head, payload = self._request({**body, "stream": True})
+        prompt = 0
+        try:
+            async with await self._pool.get(self._base).open(head, payload, self._stream_timeout) as resp:
+                if resp.status >= 400:
+                    raise _error(resp.status, await resp.read(), resp.retry_after)
+                async for data in _sse_data(resp):
+                    usage = None
+                    head_of = data[:40]
+                    if b'"message_start"' in head_of or b'"message_delta"' in head_of:
+                        parsed = orjson.loads(data)
+                        found = usage_of((parsed.get("message") or parsed).get("usage"))
+                        if found is not None and parsed["type"] == "message_start":
+                            prompt = found.prompt_tokens
+                        elif found is not None:
+                            usage = Usage(found.prompt_tokens or prompt, found.completion_tokens)
+                    yield Chunk(data, usage)
+        except Timeout as exc:
+            raise errors.UpstreamTimeout(f"upstream {self.public_name} stopped sending") from exc
+        except HTTPClientError as exc:
+            raise errors.UpstreamUnreachable(f"upstream {self.public_name} dropped the stream: {type(exc).__name__}") from exc
