@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 
 import orjson
@@ -229,7 +229,7 @@ class Anthropic(Dialect):
             "usage": _usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens),
         })
 
-    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncIterator[Event]:
+    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncGenerator[Event, None]:
         yield _event(b"message_start", {"type": "message_start", "message": {
             "id": _message_id(), "type": "message", "role": "assistant", "model": _model(request), "content": [],
             "stop_reason": None, "stop_sequence": None,
@@ -289,7 +289,7 @@ class Anthropic(Dialect):
         return Reply(headers=result.headers, body=result.body)
 
 
-async def _relayed(stream: Stream) -> AsyncIterator[Event]:
+async def _relayed(stream: Stream) -> AsyncGenerator[Event, None]:
     async for chunk in stream:
         found = _TYPE.search(chunk.data, 0, 60)
         yield (found.group(1) if found else None), chunk.data

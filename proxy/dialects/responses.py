@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -116,7 +116,7 @@ class Responses(Dialect):
         body["output_text"] = r.text
         return orjson.dumps(body)
 
-    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncIterator[Event]:
+    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncGenerator[Event, None]:
         out = _Output(_call(request))
         yield out.event("response.created", response=response_object(out.call, "in_progress", [], None))
         yield out.event("response.in_progress", response=response_object(out.call, "in_progress", [], None))
