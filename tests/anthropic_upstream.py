@@ -5,17 +5,13 @@ answer Anthropic's own errors. Every request's body and headers are recorded."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from .upstream import free_port
+from .upstream import Served, free_port
 
 ERRORS = {
     "claude-overloaded": (529, "overloaded_error", "Overloaded", {}),
@@ -26,29 +22,13 @@ ERRORS = {
 USAGE = {"input_tokens": 11, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0, "output_tokens": 1}
 
 
-class FakeAnthropic:
+class FakeAnthropic(Served):
     def __init__(self) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.requests: list[dict] = []
         self.headers: list[dict] = []
-        app = Starlette(routes=[Route("/v1/messages", self.messages, methods=["POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> FakeAnthropic:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Anthropic upstream did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
+        self.serve(Starlette(routes=[Route("/v1/messages", self.messages, methods=["POST"])]))
 
     async def messages(self, request: Request) -> Response:
         raw = await request.body()

@@ -6,18 +6,8 @@ from __future__ import annotations
 
 import anthropic
 import openai
-import pytest
 
-from .servers import Keystile
-from .test_local_model import MODEL
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    config = {"model_list": [{"model_name": "smollm2", "litellm_params": {
-        "model": f"llamacpp/{MODEL}", "n_ctx": 1024, "n_threads": 1, "max_queue": 4, "timeout": 120}}]}
-    with Keystile(tmp_path_factory.mktemp("clients-local"), config, wait_ready=True) as server:
-        yield server
+from .test_local_model import local  # noqa: F401  (the fixture: a gateway serving SmolLM2)
 
 
 def test_anthropic_messages(local):

@@ -16,6 +16,7 @@ import json
 import socket
 import threading
 import time
+from typing import Self
 
 import orjson
 import uvicorn
@@ -57,7 +58,31 @@ def _dumps(model: str, obj: dict) -> bytes:
     return json.dumps(obj).encode() if model.startswith("spaced") else orjson.dumps(obj)
 
 
-class FakeUpstream:
+class Served:
+    """A Starlette app served by uvicorn in a thread on `self.port` while the `with` block runs."""
+
+    port: int
+
+    def serve(self, app: Starlette) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{type(self).__name__} did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+class FakeUpstream(Served):
     def __init__(self) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -69,22 +94,7 @@ class FakeUpstream:
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
         ])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> FakeUpstream:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake upstream did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
+        self.serve(app)
 
     async def models(self, request: Request) -> Response:
         return Response(orjson.dumps({"object": "list", "data": []}), media_type="application/json")
