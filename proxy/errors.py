@@ -117,6 +117,16 @@ class UpstreamTimedOut(KeystileError):
     code = "upstream_timeout"
 
 
+class WebSocketRefused(KeystileError):
+    status = 426
+    type = "invalid_request_error"
+    code = "websocket_unsupported"
+
+    def __init__(self, message: str = "this gateway serves its APIs over HTTP only (no WebSocket transport); "
+                                      "POST the request instead"):
+        super().__init__(message)
+
+
 class UpstreamAnswered(KeystileError):
     """An upstream's error relayed as it is (a pass-through dialect's upstream): its status and
     body (`raw`), which that dialect sends unchanged."""

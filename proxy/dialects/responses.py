@@ -18,17 +18,11 @@ import orjson
 
 from ..core import Answer, Gateway, Inference, Stream
 from ..domain import Principal
-from ..errors import KeystileError, NotFound, as_keystile
+from ..errors import NotFound, WebSocketRefused, as_keystile
 from ..protocol.responses import ResponsesRequest
 from .base import Dialect, Endpoint, Event, Incoming, Reply, validate
 from .chat import ChatResult, ChunkReader, Text, ToolArgs, ToolStart, parsed_arguments, read_answer
 from .responses_input import CUSTOM_INPUT, to_chat
-
-
-class UpgradeRefused(KeystileError):
-    status = 426
-    type = "invalid_request_error"
-    code = "websocket_unsupported"
 
 
 @dataclass(slots=True)
@@ -140,8 +134,8 @@ class Responses(Dialect):
         if endpoint.operation is not None:
             return await super().handle(gateway, principal, endpoint, incoming)
         if endpoint.param is None:
-            raise UpgradeRefused("this gateway serves the Responses API over HTTP only: POST /v1/responses "
-                                 "(WebSocket transport is not supported)")
+            raise WebSocketRefused("this gateway serves the Responses API over HTTP only: POST /v1/responses "
+                                   "(WebSocket transport is not supported)")
         raise NotFound("responses are not stored by this gateway (stateless: store: false); there is nothing to "
                        f"fetch for {incoming.params.get('response_id')!r}", code="response_not_found")
 

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..core import Disconnected
 from ..dialects.base import Dialect, Endpoint, Incoming
-from ..errors import MethodNotAllowed, as_keystile
+from ..errors import MethodNotAllowed, WebSocketRefused, as_keystile, error_body
 from . import docs
 from .body import read_body
 from .send import send_body, send_error, send_reply, watch
@@ -67,6 +67,20 @@ class Routes:
                 MethodNotAllowed(f"{method} is not allowed here; use {methods}", headers={"Allow": methods}))
 
 
+async def refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    """A WebSocket handshake on a dialect's route (Codex tries one on /v1/responses before POSTing):
+    426 at once where the server lets the app answer a handshake with a status (Codex then falls
+    back to HTTP without retrying), else the handshake is closed (the server answers 403)."""
+    await receive()  # websocket.connect
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = error_body(WebSocketRefused())
+    await send({"type": "websocket.http.response.start", "status": 426,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
 class Edge:
     """`app` serves everything but the dialects' routes; /openapi.json lists these too (docs.py)."""
 
@@ -77,7 +91,10 @@ class Edge:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)  # lifespan, websockets
+            if scope["type"] == "websocket" and self.routes.match("GET", scope["path"]) is not None:
+                await refuse_websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)  # lifespan, other websockets
             return
         found = self.routes.match(scope["method"], scope["path"])
         if found is None:
