@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass
 
 import orjson
 
@@ -24,7 +24,7 @@ from ..core.estimates import estimate_prompt_tokens
 from ..domain import Principal
 from ..errors import BadRequest, KeystileError
 from ..protocol.anthropic import CountTokensRequest, MessagesRequest
-from .base import Dialect, Endpoint, Event, Incoming, Reply, parse_json, validate
+from .base import Dialect, Endpoint, Event, Incoming, Reply, parse_json, read_json, validate
 from .chat import ChunkReader, Text, ToolArgs, ToolStart, data_url_image, parsed_arguments, read_answer, \
     url_image, with_heartbeat
 
@@ -264,17 +264,19 @@ class Anthropic(Dialect):
                                                         "message": err.message}})
 
     async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
-        raw = await incoming.read_body()
-        if endpoint.operation is not None:
-            model = _model_named(raw)
-            if model and gateway.relays(principal, model, "anthropic"):
-                return await self._relay(gateway, principal, incoming, parse_json(raw))
-            return await super().handle(gateway, principal, endpoint, replace(incoming, read_body=_again(raw)))
-        body = parse_json(raw)
+        if endpoint.operation is None:
+            return await self._count_tokens(gateway, principal, incoming)
+        body = await read_json(gateway, principal, incoming)
+        model = body.get("model")
+        if isinstance(model, str) and gateway.relays(principal, model, "anthropic"):
+            return await self._relay(gateway, principal, incoming, body)
+        return await self.serve(gateway, principal, endpoint, incoming, body)
+
+    async def _count_tokens(self, gateway: Gateway, principal: Principal, incoming: Incoming) -> Reply:
+        body = parse_json(await incoming.read_body())
         validate(CountTokensRequest, body)
         count = await gateway.count_prompt(principal, to_chat(body))
         return Reply(body=orjson.dumps({"input_tokens": count}))
-
 
     async def _relay(self, gateway: Gateway, principal: Principal, incoming: Incoming, body: dict) -> Reply:
         """To a model whose deployments all take Anthropic's format: the body as it is, with the
@@ -293,23 +295,6 @@ async def _relayed(stream: Stream) -> AsyncGenerator[Event, None]:
     async for chunk in stream:
         found = _TYPE.search(chunk.data, 0, 60)
         yield (found.group(1) if found else None), chunk.data
-
-
-def _model_named(raw: bytes) -> str | None:
-    """The model a Messages body names (None when the body is not a JSON object naming one: the
-    translation path then says what is wrong)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    model = body.get("model") if isinstance(body, dict) else None
-    return model if isinstance(model, str) else None
-
-
-def _again(raw: bytes) -> Callable[[], Awaitable[bytes]]:
-    async def read() -> bytes:
-        return raw
-    return read
 
 
 def _model(request: Inference) -> str:

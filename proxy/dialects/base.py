@@ -91,6 +91,16 @@ def parse_json(raw: bytes) -> dict:
     return data
 
 
+async def read_json(gateway: Gateway, principal: Principal, incoming: Incoming) -> dict:
+    """The request's body as a JSON object; a body that cannot be read or is not one is recorded
+    (every authenticated request leaves a usage record) and raised."""
+    try:
+        return parse_json(await incoming.read_body())
+    except BaseException as exc:
+        gateway.reject(principal, incoming.path, exc)
+        raise
+
+
 def validate(model: type[BaseModel], data: dict) -> BaseModel:
     """`data` checked against a wire model; a BadRequest naming the first bad field."""
     try:
@@ -131,10 +141,14 @@ class Dialect:
         return None, self.error(err)
 
     async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
-        body: dict = {}
+        return await self.serve(gateway, principal, endpoint, incoming, await read_json(gateway, principal, incoming))
+
+    async def serve(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming,
+                    body: dict) -> Reply:
+        """One request body (a JSON object) through `parse`, the core and `render` or `events`; for a
+        dialect whose `handle` reads the body itself (to choose a path by what it names)."""
         assert endpoint.operation is not None, f"{endpoint.path}: a route without an operation needs its own handle"
         try:
-            body = parse_json(await incoming.read_body())
             request = self.parse(endpoint, body)
         except BaseException as exc:  # recorded too, under the model it named if any
             model = body.get("model")
