@@ -1,4 +1,4 @@
-"""The client dialects (Anthropic Messages, Responses) on the real SmolLM2 through llama.cpp,
+"""The client dialects (Anthropic Messages, Responses, chat streams with include_usage) on the real SmolLM2 through llama.cpp,
 behind a real Keystile server, driven by the `anthropic` and `openai` SDKs. Tool calls are tested
 against the fake upstream (test_anthropic.py, test_responses.py): this model does not call tools."""
 
@@ -8,6 +8,7 @@ import anthropic
 import openai
 
 from .test_local_model import local  # noqa: F401  (the fixture: a gateway serving SmolLM2)
+from .test_stream_usage import check_usage_chunks, usage_stream
 
 
 def test_anthropic_messages(local):
@@ -35,3 +36,8 @@ def test_responses(local):
     # Cut short by max_output_tokens: OpenAI's `response.incomplete`, whose response the helper keeps.
     assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.incomplete"
     assert "response.output_text.delta" in kinds
+
+
+def test_include_usage_on_the_local_model(local):
+    check_usage_chunks(usage_stream(local.url, local.master_key, {
+        "model": "smollm2", "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}]}))

@@ -31,6 +31,10 @@ class OpenAI(Dialect):
         async for chunk in stream:
             if chunk.usage_only and not include_usage:
                 continue  # the usage the core asked the upstream for; this client did not
+            if include_usage and chunk.usage is None and chunk.data.endswith(b"}") and b'"usage"' not in chunk.data:
+                # OpenAI's contract: every chunk but the final usage chunk says `"usage": null`.
+                yield None, chunk.data[:-1] + b',"usage":null}'
+                continue
             yield None, chunk.data
         yield DONE
 
