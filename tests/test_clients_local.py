@@ -1,5 +1,5 @@
-"""The client dialects (Anthropic Messages, Responses, chat streams with include_usage) on the real SmolLM2 through llama.cpp,
-behind a real Keystile server, driven by the `anthropic` and `openai` SDKs. Tool calls are tested
+"""The client dialects (Anthropic Messages, Responses, chat streams with include_usage) on the real
+SmolLM2 through llama.cpp, behind a real Keystile server, driven by the `anthropic` and `openai` SDKs. Tool calls are tested
 against the fake upstream (test_anthropic.py, test_responses.py): this model does not call tools."""
 
 from __future__ import annotations
