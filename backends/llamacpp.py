@@ -293,6 +293,10 @@ class LlamaCppBackend:
     def complete_stream(self, body: dict) -> AsyncGenerator[Chunk, None]:
         return self._stream("complete", _completion_params(body), "text_completion")
 
+    async def rerank(self, body: dict) -> Completion:
+        raise errors.NotSupported(f"{self.public_name}: rerank is not offered by llama.cpp models here; "
+                                  "use a rerank-capable upstream (vLLM, a litellm rerank provider)")
+
     async def embed(self, body: dict) -> Completion:
         params = {k: body[k] for k in ("input", "encoding_format", "dimensions") if body.get(k) is not None}
         return await self._complete("embed", params)

@@ -184,6 +184,10 @@ class OpenAICompatBackend:
     async def embed(self, body: dict) -> Completion:
         return await self._post("/embeddings", body)
 
+    async def rerank(self, body: dict) -> Completion:
+        """vLLM, llama.cpp's server, Infinity, Jina and Cohere-compatible servers: `{api_base}/rerank`."""
+        return await self._post("/rerank", body)
+
     async def tokenize(self, text: str) -> list[int]:
         raise errors.NotSupported(f"{self.public_name}: tokenize is not offered by this upstream")
 

@@ -103,6 +103,9 @@ class LiteLLMBackend:
     async def embed(self, body: dict) -> Completion:
         return await self._call("aembedding", body)
 
+    async def rerank(self, body: dict) -> Completion:
+        return await self._call("arerank", body)
+
     async def tokenize(self, text: str) -> list[int]:
         return list(self._litellm.encode(model=self.model, text=text))
 

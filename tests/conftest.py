@@ -104,9 +104,13 @@ def model_entry(upstream: FakeUpstream, public: str, upstream_model: str, *, mod
 def clients_gateway(tmp_path_factory, upstream):
     """A gateway for the client dialects' tests (Anthropic Messages, Responses): `echo` answers with
     text, `tools` calls the first tool it is offered (after a sentence; `toolsilent` without one),
-    `pausing` goes quiet mid-stream, `failing` and `dropping` fail before and during a stream."""
+    `pausing` goes quiet mid-stream, `failing` and `dropping` fail before and during a stream;
+    `cohere-rerank` reranks through litellm's Cohere provider (to the same fake upstream)."""
     config = {"model_list": [model_entry(upstream, public, target) for public, target in (
         ("echo", "echo-upstream"), ("tools", "tools-upstream"), ("toolsilent", "toolsilent-upstream"),
         ("pausing", "pausing"), ("failing", "fail"), ("dropping", "drop"), ("badreq", "badreq"))]}
+    config["model_list"].append({"model_name": "cohere-rerank", "litellm_params": {
+        "model": "cohere/rerank-english-v3.0", "api_base": upstream.base_url.removesuffix("/v1"),
+        "api_key": "cohere-secret"}})
     with Keystile(tmp_path_factory.mktemp("clients"), config) as server:
         yield server

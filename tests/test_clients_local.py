@@ -5,6 +5,7 @@ against the fake upstream (test_anthropic.py, test_responses.py): this model doe
 from __future__ import annotations
 
 import anthropic
+import httpx
 import openai
 
 from .test_local_model import local  # noqa: F401  (the fixture: a gateway serving SmolLM2)
@@ -41,3 +42,10 @@ def test_responses(local):
 def test_include_usage_on_the_local_model(local):
     check_usage_chunks(usage_stream(local.url, local.master_key, {
         "model": "smollm2", "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}]}))
+
+
+def test_rerank_is_a_clear_400_on_the_local_model(local):
+    r = httpx.post(local.url + "/v1/rerank", headers={"Authorization": f"Bearer {local.master_key}"},
+                   json={"model": "smollm2", "query": "cat", "documents": ["a cat", "a dog"]}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported"
+    assert "rerank" in r.json()["error"]["message"]

@@ -7,6 +7,7 @@ the connection, `slowstream` waits between chunks, `ratelimited` answers 429 wit
 module does), `pausing` goes quiet for PAUSE_S after its first chunk. `tools*` calls the first tool
 it is offered (a sentence, then the call, its arguments streamed in two pieces; `toolsilent*`
 without the sentence) and, once the last message is a tool result, answers with that result.
+`/v1/rerank` (and Cohere's `/v2/rerank`) scores documents by the words they share with the query.
 Every request body is recorded."""
 
 from __future__ import annotations
@@ -93,11 +94,28 @@ class FakeUpstream(Served):
             Route("/v1/completions", self.completion, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/rerank", self.rerank, methods=["POST"]),
+            Route("/v2/rerank", self.rerank, methods=["POST"]),
         ])
         self.serve(app)
 
     async def models(self, request: Request) -> Response:
         return Response(orjson.dumps({"object": "list", "data": []}), media_type="application/json")
+
+    async def rerank(self, request: Request) -> Response:
+        """Cohere/vLLM's rerank shape: every document in its own order, scored by the words it
+        shares with the query (the gateway sorts and cuts to top_n)."""
+        body = orjson.loads(await request.body())
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        query = set(body["query"].lower().split())
+        docs = [d if isinstance(d, str) else d.get("text", "") for d in body["documents"]]
+        results = [{"index": i, "relevance_score": len(query & set(d.lower().split())) / (len(query) or 1)}
+                   for i, d in enumerate(docs)]
+        return Response(orjson.dumps({"id": "rr-1", "model": body.get("model"), "results": results,
+                                      "usage": {"total_tokens": sum(len(d.split()) for d in docs)},
+                                      "meta": {"billed_units": {"search_units": 1}}}),
+                        media_type="application/json")
 
     async def embeddings(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

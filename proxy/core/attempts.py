@@ -24,6 +24,7 @@ CALLS: dict[Operation, Callable[[Backend, dict], Awaitable[Completion]]] = {
     "chat": lambda backend, body: backend.chat(body),
     "completions": lambda backend, body: backend.complete(body),
     "embeddings": lambda backend, body: backend.embed(body),
+    "rerank": lambda backend, body: backend.rerank(body),
     "messages": lambda backend, body: backend.messages(body),  # type: ignore[attr-defined]
 }
 STREAMS: dict[Operation, Callable[[Backend, dict], AsyncGenerator[Chunk, None]]] = {

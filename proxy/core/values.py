@@ -12,9 +12,10 @@ from typing import Literal
 
 from backends.base import Chunk, Usage
 
-Operation = Literal["chat", "completions", "embeddings", "messages"]
-"""What is asked of a model: a chat completion, a text completion, embeddings, or an Anthropic
-Messages request relayed as it is to a backend that takes them (`relays` has "anthropic")."""
+Operation = Literal["chat", "completions", "embeddings", "rerank", "messages"]
+"""What is asked of a model: a chat completion, a text completion, embeddings, a reranking of
+documents, or an Anthropic Messages request relayed as it is to a backend that takes them
+(`relays` has "anthropic")."""
 
 STREAMABLE: frozenset[Operation] = frozenset({"chat", "completions", "messages"})
 RELAYED: frozenset[Operation] = frozenset({"messages"})
