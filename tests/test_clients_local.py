@@ -1,12 +1,17 @@
-"""The client dialects (Anthropic Messages, Responses, chat streams with include_usage) on the real
-SmolLM2 through llama.cpp, behind a real Keystile server, driven by the `anthropic` and `openai` SDKs. Tool calls are tested
-against the fake upstream (test_anthropic.py, test_responses.py): this model does not call tools."""
+"""What the clients teams use (Anthropic Messages, Responses, chat streams with include_usage,
+base64 embeddings, rerank) on the real SmolLM2 through llama.cpp, behind a real Keystile server,
+driven by the `anthropic` and `openai` SDKs. Tool calls are tested against the fake upstream
+(test_anthropic.py, test_responses.py): this model does not call tools."""
 
 from __future__ import annotations
+
+import base64
+import struct
 
 import anthropic
 import httpx
 import openai
+import pytest
 
 from .test_local_model import local  # noqa: F401  (the fixture: a gateway serving SmolLM2)
 from .test_stream_usage import check_usage_chunks, usage_stream
@@ -49,3 +54,16 @@ def test_rerank_is_a_clear_400_on_the_local_model(local):
                    json={"model": "smollm2", "query": "cat", "documents": ["a cat", "a dog"]}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported"
     assert "rerank" in r.json()["error"]["message"]
+
+
+def test_embeddings_base64_and_float(local):
+    """The Node SDK (Continue) asks for base64 by default; the Python SDK decodes it when it chose it."""
+    client = openai.OpenAI(base_url=local.url + "/v1", api_key=local.master_key, max_retries=0, timeout=120)
+    floats = client.embeddings.create(model="smollm2", input="hello", encoding_format="float").data[0].embedding
+    r = httpx.post(local.url + "/v1/embeddings", headers={"Authorization": f"Bearer {local.master_key}"},
+                   json={"model": "smollm2", "input": "hello", "encoding_format": "base64"}, timeout=60)
+    packed = r.json()["data"][0]["embedding"]
+    assert isinstance(packed, str)
+    decoded = struct.unpack(f"<{len(floats)}f", base64.b64decode(packed))
+    assert decoded == pytest.approx(floats, rel=1e-6)
+    assert client.embeddings.create(model="smollm2", input="hello").data[0].embedding == pytest.approx(floats, rel=1e-6)
