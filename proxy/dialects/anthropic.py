@@ -1,14 +1,17 @@
 """Anthropic's Messages API (`POST /v1/messages`, `POST /v1/messages/count_tokens`), for Claude Code
-and Anthropic SDK code, served at the gateway root (and under `/anthropic`), translated onto chat
-for every backend.
+and Anthropic SDK code, served at the gateway root (and under `/anthropic`).
 
-Requests: system (also mid-conversation system messages, as Claude Code sends them), text,
-image and document-text blocks; tools, tool_use and tool_result;
-stop_sequences, max_tokens, temperature, top_p, top_k, metadata.user_id. `thinking` is accepted
-and ignored (the chat backends do not think in Anthropic's way), as are thinking blocks sent back
-in the history. Anthropic's server tools (web search, code execution, ... : a `type` with a
-version) are dropped: no chat backend can run them. Answers and streams come back in Anthropic's
-shape, streams with its event sequence and a `ping` during long silences; errors in its envelope."""
+To a model whose deployments all take Anthropic's format (`anthropic/…`, fallbacks included) the
+request is relayed as it is (the core's `messages` operation): the body, the client's
+anthropic-version / anthropic-beta, and back the answer, each event and the upstream's errors
+unchanged. To any other model it is translated onto chat: system (also mid-conversation system
+messages, as Claude Code sends them), text, image and document-text blocks; tools, tool_use and
+tool_result; stop_sequences, max_tokens, temperature, top_p, top_k, metadata.user_id. `thinking`
+is accepted and ignored (the chat backends do not think in Anthropic's way), as are thinking
+blocks sent back in the history. Anthropic's server tools (web search, code execution, ... : a
+`type` with a version) are dropped: no chat backend can run them. Answers and streams come back in
+Anthropic's shape, streams with its event sequence and a `ping` during long silences; errors in
+its envelope."""
 
 from __future__ import annotations
 
