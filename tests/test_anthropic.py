@@ -134,6 +134,7 @@ def test_errors_in_anthropic_shape(clients_gateway, client):
     r = httpx.post(clients_gateway.url + "/v1/messages", headers={"x-api-key": "sk-wrong"},
                    json={"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert r.headers["x-request-id"]
     with pytest.raises(anthropic.InternalServerError) as e:
         client.messages.create(model="failing", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert e.value.body["error"] == {"type": "api_error", "message": "upstream exploded"}

@@ -97,8 +97,11 @@ class Gateway:
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count()
 
-    def _call(self, principal: Principal, route: str) -> Call:
-        return Call(principal, route, f"{self._id_prefix}{next(self._ids):x}")
+    def new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    def _call(self, principal: Principal, route: str, request_id: str = "") -> Call:
+        return Call(principal, route, request_id or self.new_request_id())
 
     def resolve_model(self, principal: Principal, requested: str) -> str:
         """The public model name `requested` stands for (a key's alias resolved), if it is served
@@ -135,10 +138,11 @@ class Gateway:
             return estimate_prompt_tokens(body)
         return len(tokens) + MESSAGE_OVERHEAD * len(body.get("messages") or ())
 
-    def reject(self, principal: Principal, route: str, exc: BaseException, *, model: str = "") -> None:
+    def reject(self, principal: Principal, route: str, exc: BaseException, *, model: str = "",
+               request_id: str = "") -> None:
         """Record a request that failed before it reached `call` (body unreadable, malformed or
         invalid): every authenticated request leaves one usage record."""
-        call = self._call(principal, route)
+        call = self._call(principal, route, request_id)
         call.model = model
         call.fail(exc)
         self._record(call)
@@ -148,7 +152,7 @@ class Gateway:
         """Serve one request: an Answer, or a Stream when `request.stream` (chat and completions).
         Raises the gateway's errors (errors.py), LimitExceeded, BackendError, or Disconnected when
         `disconnected()` returned first; the call is settled and recorded in every case."""
-        call = self._call(principal, request.route)
+        call = self._call(principal, request.route, request.request_id)
         body = request.body
         try:
             check_caller(principal)

@@ -26,11 +26,14 @@ RELAYED: frozenset[Operation] = frozenset({"messages"})
 class Inference:
     """One request to the core. `body` is an OpenAI-shaped request body with the public model name
     (`body["model"]`); it goes to the backend as it is. `stream` asks for chunks (chat and
-    completions only). `route` names the request in its usage record (e.g. `/v1/chat/completions`)."""
+    completions only). `route` names the request in its usage record (e.g. `/v1/chat/completions`);
+    `request_id` is the id its usage record and its answer's `x-request-id` carry (the edge's; the
+    core makes one when it is empty)."""
 
     body: dict
     stream: bool = False
     route: str = ""
+    request_id: str = ""
 
 
 @dataclass(slots=True)

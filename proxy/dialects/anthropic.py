@@ -286,7 +286,7 @@ class Anthropic(Dialect):
         client's anthropic-version / anthropic-beta; the answer, events and errors as they come."""
         forwarded = {k: v for k in FORWARDED if (v := incoming.headers.get(k))}
         request = Inference({**body, "extra_headers": forwarded}, stream=body.get("stream") is True,
-                            route=incoming.path)
+                            route=incoming.path, request_id=incoming.request_id)
         result = await gateway.call(principal, "messages", request, disconnected=incoming.disconnected)
         if isinstance(result, Stream):
             return Reply(headers=result.headers, media_type=b"text/event-stream", events=_relayed(result),

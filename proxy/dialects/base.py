@@ -54,8 +54,9 @@ class Endpoint:
 class Incoming:
     """A request as the edge hands it to a dialect: its path, a reader of its body (within the
     size limit; raises the gateway's errors, or core.Disconnected), the client's hang-up, the
-    path parameter if the endpoint has one, the query string, and the request's headers (names
-    in lower case), for a dialect that forwards some of them."""
+    path parameter if the endpoint has one, the query string, the request's headers (names in
+    lower case), for a dialect that forwards some of them, and the id the edge gave the request
+    (its answer's x-request-id; an Inference made from it carries it to the usage record)."""
 
     path: str
     read_body: Callable[[], Awaitable[bytes]]
@@ -63,6 +64,7 @@ class Incoming:
     params: Mapping[str, str] = field(default_factory=dict)
     query: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
 
 
 @dataclass(slots=True)
@@ -97,7 +99,7 @@ async def read_json(gateway: Gateway, principal: Principal, incoming: Incoming) 
     try:
         return parse_json(await incoming.read_body())
     except BaseException as exc:
-        gateway.reject(principal, incoming.path, exc)
+        gateway.reject(principal, incoming.path, exc, request_id=incoming.request_id)
         raise
 
 
@@ -152,9 +154,10 @@ class Dialect:
             request = self.parse(endpoint, body)
         except BaseException as exc:  # recorded too, under the model it named if any
             model = body.get("model")
-            gateway.reject(principal, incoming.path, exc, model=model if isinstance(model, str) else "")
+            gateway.reject(principal, incoming.path, exc, model=model if isinstance(model, str) else "",
+                           request_id=incoming.request_id)
             raise
-        request.route = incoming.path
+        request.route, request.request_id = incoming.path, incoming.request_id
         result = await gateway.call(principal, endpoint.operation, request, disconnected=incoming.disconnected)
         if isinstance(result, Stream):
             return Reply(headers=result.headers, media_type=b"text/event-stream",

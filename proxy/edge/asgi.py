@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..core import Disconnected
 from ..dialects.base import Dialect, Endpoint, Incoming
@@ -81,6 +81,17 @@ async def refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
+def with_request_id(send: Send, request_id: str) -> Send:
+    """`send` that puts `x-request-id` on the answer (FastAPI's routes: admin, spend, health, models)."""
+    header = (b"x-request-id", request_id.encode())
+
+    async def tagged(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+    return tagged
+
+
 class Edge:
     """`app` serves everything but the dialects' routes; /openapi.json lists these too (docs.py)."""
 
@@ -98,6 +109,7 @@ class Edge:
             return
         found = self.routes.match(scope["method"], scope["path"])
         if found is None:
+            send = with_request_id(send, self.app.state.services.gateway.new_request_id())
             refused = self.routes.wrong_method(scope["method"], scope["path"])
             if refused is not None:
                 await send_error(send, *refused)
@@ -109,15 +121,18 @@ class Edge:
         request = Request(scope, receive)
         disconnected = watch(receive)
         limit = services.options.max_request_bytes
+        request_id = services.gateway.new_request_id()
+        tagged = [(b"x-request-id", request_id.encode())]
         incoming = Incoming(scope["path"], lambda: read_body(request, limit), disconnected, params,
-                            scope.get("query_string", b""), request.headers)
+                            scope.get("query_string", b""), request.headers, request_id)
         try:
             principal = await services.auth.authenticate(request)
             reply = await dialect.handle(services.gateway, principal, endpoint, incoming)
         except Disconnected:
-            await send_body(send, 499, b"", [])  # nobody is listening; the call is settled and recorded
+            await send_body(send, 499, b"", tagged)  # nobody is listening; the call is settled and recorded
             return
         except Exception as exc:  # the one error mapping, rendered in the dialect's envelope
-            await send_error(send, dialect, as_keystile(exc))
+            await send_error(send, dialect, as_keystile(exc), tagged)
             return
+        reply.headers = [*reply.headers, *tagged]
         await send_reply(send, dialect, reply, disconnected)

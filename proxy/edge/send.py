@@ -37,9 +37,10 @@ async def send_body(send: Send, status: int, body: bytes, headers: list[tuple[by
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, dialect: Dialect, err: KeystileError) -> None:
+async def send_error(send: Send, dialect: Dialect, err: KeystileError,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()]
-    await send_body(send, err.status, dialect.error(err), headers)
+    await send_body(send, err.status, dialect.error(err), [*headers, *(extra or ())])
 
 
 async def send_reply(send: Send, dialect: Dialect, reply: Reply, disconnected: Watch) -> None:
