@@ -191,8 +191,7 @@ class FakeUpstream(Served):
             for piece in (args[:5], args[5:]):
                 yield chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
                              "finish_reason": None})
-        if chat:
-            yield chunk({"index": 0, "delta": {}, "finish_reason": "tool_calls" if call else "stop"})
+            yield chunk({"index": 0, "delta": {}, "finish_reason": "tool_calls"})
         if (body.get("stream_options") or {}).get("include_usage"):
             yield b"data: " + _dumps(model, {"id": "c1", "object": kind, "created": 1, "model": model,
                                              "choices": [], "usage": usage}) + b"\n\n"
