@@ -210,13 +210,16 @@ def test_claude_code_request(clients_gateway, upstream):
     assert r.status_code == 200 and r.json()["input_tokens"] > 10
 
 
-def test_usage_recorded_under_the_messages_route(clients_gateway, client):
-    client.messages.create(model="echo", max_tokens=5, messages=[{"role": "user", "content": "count me"}])
+def test_usage_recorded_under_the_messages_route(clients_gateway):
+    r = httpx.post(clients_gateway.url + "/v1/messages", headers=_headers(clients_gateway), json={
+        "model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": "count me"}]})
+    assert r.status_code == 200
+    request_id = r.headers["x-request-id"]
     deadline = time.monotonic() + 5
     rows: list = []
     while time.monotonic() < deadline and not rows:
-        logs = httpx.get(clients_gateway.url + "/spend/logs", params={"model": "echo"},
+        rows = httpx.get(clients_gateway.url + "/spend/logs", params={"request_id": request_id, "size": 10},
                          headers={"Authorization": f"Bearer {clients_gateway.master_key}"}).json()["data"]
-        rows = [r for r in logs if r["route"] == "/v1/messages" and r["completion_tokens"] == 4]
         time.sleep(0.2)
-    assert rows and rows[0]["prompt_tokens"] == 7 and rows[0]["status"] == 200
+    assert len(rows) == 1 and rows[0]["route"] == "/v1/messages" and rows[0]["model"] == "echo"
+    assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"], rows[0]["status"]) == (7, 3, 200)

@@ -91,7 +91,7 @@ def test_usage_recorded_with_cache_reads_as_prompt(client, gateway):
     deadline = time.monotonic() + 5
     rows: list = []
     while time.monotonic() < deadline and not rows:
-        rows = httpx.get(gateway.url + "/spend/logs", params={"model": "claude-sonnet"},
+        rows = httpx.get(gateway.url + "/spend/logs", params={"model": "claude-sonnet", "size": 100},
                          headers={"Authorization": f"Bearer {gateway.master_key}"}).json()["data"]
         time.sleep(0.2)
     assert rows[0]["route"] == "/v1/messages" and rows[0]["prompt_tokens"] == 16 and rows[0]["completion_tokens"] == 6
