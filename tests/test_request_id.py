@@ -31,3 +31,18 @@ def test_every_answer_has_a_request_id(relay):
         logged = {row["request_id"] for row in rows}
         time.sleep(0.2)
     assert {ids[0], ids[2], ids[5]} <= logged  # the answer's id is its usage record's
+
+
+def test_a_proxys_request_id_is_kept(relay):
+    """nginx (or the client) sends X-Request-ID: the answer and the usage record carry that id."""
+    auth = {"Authorization": f"Bearer {relay.master_key}", "X-Request-ID": "nginx-0a1b2c3d"}
+    r = httpx.post(relay.url + "/v1/chat/completions", headers=auth,
+                   json={"model": "echo", "messages": [{"role": "user", "content": "mine"}]})
+    assert r.headers.get_list("x-request-id") == ["nginx-0a1b2c3d"]
+    deadline = time.monotonic() + 5
+    rows: list = []
+    while time.monotonic() < deadline and not rows:
+        rows = httpx.get(relay.url + "/spend/logs", headers=auth,
+                         params={"request_id": "nginx-0a1b2c3d", "size": 10}).json()["data"]
+        time.sleep(0.2)
+    assert len(rows) == 1

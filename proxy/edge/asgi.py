@@ -81,6 +81,15 @@ async def refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
+def incoming_request_id(headers: Mapping[str, str]) -> str | None:
+    """A proxy's (nginx's) or the client's own X-Request-ID, kept as the request's id when it is a
+    short printable token, so the gateway's answer and usage record match the proxy's logs."""
+    value = headers.get("x-request-id")
+    if value and len(value) <= 128 and value.isascii() and value.isprintable() and " " not in value:
+        return value
+    return None
+
+
 def with_request_id(send: Send, request_id: str) -> Send:
     """`send` that puts `x-request-id` on the answer (FastAPI's routes: admin, spend, health, models)."""
     header = (b"x-request-id", request_id.encode())
@@ -109,7 +118,8 @@ class Edge:
             return
         found = self.routes.match(scope["method"], scope["path"])
         if found is None:
-            send = with_request_id(send, self.app.state.services.gateway.new_request_id())
+            given = incoming_request_id(Request(scope).headers)
+            send = with_request_id(send, given or self.app.state.services.gateway.new_request_id())
             refused = self.routes.wrong_method(scope["method"], scope["path"])
             if refused is not None:
                 await send_error(send, *refused)
@@ -121,7 +131,7 @@ class Edge:
         request = Request(scope, receive)
         disconnected = watch(receive)
         limit = services.options.max_request_bytes
-        request_id = services.gateway.new_request_id()
+        request_id = incoming_request_id(request.headers) or services.gateway.new_request_id()
         tagged = [(b"x-request-id", request_id.encode())]
         incoming = Incoming(scope["path"], lambda: read_body(request, limit), disconnected, params,
                             scope.get("query_string", b""), request.headers, request_id)
