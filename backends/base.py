@@ -90,4 +90,9 @@ class Backend(Protocol):
 
     async def health(self) -> bool: ...
 
+    def describe(self) -> dict[str, Any]:
+        """What is known of the model itself (a local GGUF file's metadata once loaded; {} for a
+        remote model)."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -173,6 +173,17 @@ class LlamaCppBackend:
     async def health(self) -> bool:
         return self.ready
 
+    def describe(self) -> dict[str, Any]:
+        """The GGUF file and, once a worker has loaded it, what its metadata says."""
+        try:
+            size = os.path.getsize(self.model_path)
+        except OSError:
+            size = None
+        worker = self._worker
+        loaded = worker.metadata if worker is not None and worker.ready else {}
+        return {"format": "gguf", "file": os.path.basename(self.model_path), "file_size_bytes": size,
+                "loaded": self.ready, **loaded}
+
     async def _spawn(self) -> WorkerProcess:
         worker = await WorkerProcess.spawn(self._config, log)
         self._worker = worker

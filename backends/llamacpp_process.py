@@ -83,6 +83,7 @@ class WorkerProcess:
         self.was_ready = False
         self.served = False  # it delivered at least one token (chunk) or answer
         self.load_error: str | None = None
+        self.metadata: dict = {}  # what the loaded GGUF says (sent with "ready")
         self.settled = asyncio.Event()  # ready, failed to load, or exited
         self.exited = asyncio.Event()
         self._pending: dict[int, PendingRequest] = {}
@@ -211,6 +212,7 @@ class WorkerProcess:
         if request_id is None:
             op = message.get("op")
             if op == "ready":
+                self.metadata = message.get("metadata") or {}
                 self.ready = self.was_ready = True
                 self.settled.set()
                 self.log.info("model %r is ready (pid %d)", self.name, self.pid)

@@ -7,7 +7,7 @@ that imports llama_cpp. It speaks newline-delimited JSON (orjson) on stdin/stdou
        {"id": n, "op": "chat"|"complete"|"embed", "params": {...}}  queued, run one at a time
        {"id": n, "op": "tokenize", "text": "..."}                   answered at once, even mid-generation
        {"id": n, "op": "cancel"}                                    stop request n between two tokens
-  out  {"op": "ready"} once the model is loaded, or {"op": "fatal", "message"} and exit 1
+  out  {"op": "ready", "metadata": {...}} once the model is loaded (layers, sizes, GGUF fields), or {"op": "fatal", "message"} and exit 1
        {"id": n, "chunk": {...}}* then {"id": n, "result": {...}} or {"id": n, "error": {"kind", "message"}}
 
 EOF on stdin ends the worker. Anything llama.cpp prints goes to stderr, never into the protocol.
@@ -115,6 +115,23 @@ class Worker:
         self._llm = cls(**self._llama_kwargs(llama_cpp.Llama))
         vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._is_eog = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+
+    def metadata(self) -> dict[str, Any]:
+        """What the loaded GGUF says about the model (for the gateway's /info)."""
+        llm, lc = self._llm, self._llama_cpp
+        meta = {k: v for k, v in (getattr(llm, "metadata", None) or {}).items()
+                if k.startswith("general.") and k in ("general.name", "general.architecture", "general.size_label",
+                                                       "general.basename", "general.finetune")}
+        return {
+            "model_layers": int(lc.llama_model_n_layer(llm.model)),
+            "embedding_size": int(lc.llama_model_n_embd(llm.model)),
+            "attention_heads": int(lc.llama_model_n_head(llm.model)),
+            "vocab_size": int(llm.n_vocab()),
+            "context_length": int(lc.llama_model_n_ctx_train(llm.model)),
+            "n_ctx": int(llm.n_ctx()),
+            "parameters": int(lc.llama_model_n_params(llm.model)),
+            **{k.removeprefix("general."): v for k, v in meta.items()},
+        }
 
     def _llama_kwargs(self, llama_cls: Any) -> dict[str, Any]:
         accepted = set(inspect.signature(llama_cls.__init__).parameters) - _RESERVED - {"self", "kwargs"}
@@ -290,7 +307,7 @@ def main() -> int:
         return 1
     reader = threading.Thread(target=worker.read_stdin, args=(stdin,), daemon=True)
     reader.start()
-    worker.send({"op": "ready"})
+    worker.send({"op": "ready", "metadata": worker.metadata()})
     try:
         worker.serve()
     except BrokenPipeError:

@@ -200,6 +200,9 @@ class OpenAICompatBackend:
     def retry(self) -> bool:
         return False
 
+    def describe(self) -> dict[str, Any]:
+        return {}  # a remote model: nothing known beyond its name
+
     async def health(self) -> bool:
         try:
             status, _ = await self._origin.fetch(self._head("GET", "/models"), b"", 5.0)

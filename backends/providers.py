@@ -118,6 +118,9 @@ class LiteLLMBackend:
     def retry(self) -> bool:
         return False
 
+    def describe(self) -> dict[str, Any]:
+        return {}  # a remote model: nothing known beyond its name
+
     async def health(self) -> bool:
         return True
 

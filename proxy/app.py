@@ -25,6 +25,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         services = await Services.start(settings, config)
         app.state.services = services
+        for dialect in app.state.dialects:
+            await dialect.start(services)
         # Everything built so far lives as long as the process: keep it out of every collection.
         gc.collect()
         gc.freeze()
@@ -35,6 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            for dialect in app.state.dialects:
+                await dialect.aclose()
             await services.aclose()
 
     app = FastAPI(title="Keystile", version="0.1.0", lifespan=lifespan,

@@ -117,6 +117,19 @@ def parse_network(text: str) -> str:
         raise ValueError(f"'{text.strip()}' is not an IP address or CIDR network") from None
 
 
+class JobSettings(BaseModel):
+    """`keystile_settings.jobs`: the async job API (/run, /status/{id}, /v2/{endpoint_id}/...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(default=4, ge=1, le=256, description="jobs run at once by this process")
+    keep_finished_s: float = Field(default=1800.0, gt=0, description="a finished job's result is kept this long")
+    runsync_wait_s: float = Field(default=90.0, ge=0, le=3600, description="/runsync answers like /run after this")
+    max_queued: int = Field(default=10000, ge=1, description="queued jobs per key before /run answers 429")
+    endpoints: dict[str, str] = Field(default_factory=dict,
+                                      description="endpoint id in /v2/{endpoint_id}/... -> model name")
+
+
 class KeystileSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -139,6 +152,10 @@ class KeystileSettings(BaseModel):
     header_timeout: float = Field(default=10.0, gt=0, description="seconds for a request's head to arrive; then 408")
     body_timeout: float = Field(default=30.0, gt=0, description="seconds a request body may pause; then closed")
     jwt: JWTSettings | None = None
+    default_model: str | None = Field(default=None, min_length=1,
+                                      description="model of requests that name none (/generate, /run); "
+                                                  "default: the first in model_list")
+    jobs: JobSettings = Field(default_factory=lambda: JobSettings())
 
     trusted_proxies: list[str] = Field(default_factory=list, description=(
         "addresses or CIDR networks of reverse proxies (nginx) whose X-Forwarded-For is believed; "

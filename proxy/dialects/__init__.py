@@ -1,5 +1,5 @@
-"""One module per wire format. Each defines `DIALECT`, an instance of `base.Dialect`; `load()`
-finds them all, so adding a dialect is adding a module here (see README, "Adding a dialect")."""
+"""One module per wire format. Each defines `DIALECT`, an instance of `base.Dialect` (or, for a
+dialect with state of its own, the class: each app gets a fresh instance); `load()` finds them all, so adding a dialect is adding a module here (see README, "Adding a dialect")."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ def load() -> list[Dialect]:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         dialect = getattr(module, "DIALECT", None)
+        if isinstance(dialect, type) and issubclass(dialect, Dialect):
+            dialect = dialect()
         if isinstance(dialect, Dialect):
             found.append(dialect)
     return found

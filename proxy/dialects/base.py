@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -25,6 +26,9 @@ from pydantic import BaseModel, ValidationError
 from ..core import Answer, Gateway, Inference, Operation, Stream, Watch
 from ..domain import Principal
 from ..errors import BadRequest, KeystileError, error_body, from_validation
+
+if TYPE_CHECKING:
+    from ..services import Services
 
 Event = tuple[bytes | None, bytes]
 """One server-sent event: its `event:` name (None for none) and its `data:` payload."""
@@ -65,6 +69,11 @@ class Incoming:
     query: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
+
+    def header(self, name: bytes) -> bytes | None:
+        """A request header's value (`name` in lower case), or None."""
+        value = self.headers.get(name.decode("latin-1"))
+        return None if value is None else value.encode("latin-1")
 
 
 @dataclass(slots=True)
@@ -118,6 +127,21 @@ class Dialect:
     name: str = ""
     prefixes: tuple[str, ...] = ("",)
     endpoints: tuple[Endpoint, ...] = ()
+
+    async def start(self, services: Services) -> None:
+        """Called once the app's Services exist: a dialect with state of its own (a job queue)
+        builds it here, never at import. The instance is the app's own: `load()` makes a fresh
+        one per app when a module's DIALECT is a class."""
+
+    async def aclose(self) -> None:
+        """Called at shutdown, before the Services close."""
+
+    def frame(self, event: Event) -> bytes:
+        """One SSE event on the wire (a dialect whose clients expect other spacing overrides it)."""
+        name, data = event
+        if name is None:
+            return b"data: " + data + b"\n\n"
+        return b"event: " + name + b"\ndata: " + data + b"\n\n"
 
     def parse(self, endpoint: Endpoint, body: dict) -> Inference:
         """Validate and translate; raise BadRequest (or a pydantic ValidationError) naming the field."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from starlette.types import Receive, Send
 
 from ..core import Disconnected, Watch, unless_disconnected
-from ..dialects.base import Dialect, Event, Reply
+from ..dialects.base import Dialect, Reply
 from ..errors import KeystileError, as_keystile
 
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -21,13 +21,6 @@ def watch(receive: Receive) -> Watch:
         while (await receive())["type"] != "http.disconnect":
             pass
     return disconnected
-
-
-def frame(event: Event) -> bytes:
-    name, data = event
-    if name is None:
-        return b"data: " + data + b"\n\n"
-    return b"event: " + name + b"\ndata: " + data + b"\n\n"
 
 
 async def send_body(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
@@ -62,6 +55,7 @@ async def _send_events(send: Send, dialect: Dialect, reply: Reply) -> None:
                 "headers": [(b"content-type", reply.media_type), *SSE_HEADERS, *reply.headers]})
     events = reply.events
     assert events is not None
+    frame = dialect.frame
     sending = False
     try:
         async for event in events:
