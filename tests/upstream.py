@@ -4,11 +4,11 @@ The requested model name picks the behaviour: `echo*` answers normally (JSON and
 answers 500, `badreq` answers 400, `hang` never answers, `drop` streams two chunks and then drops
 the connection, `slowstream` waits between chunks, `ratelimited` answers 429 with `Retry-After: 3`,
 `spaced*` answers like `echo*` but writes its JSON with spaces (`"choices": []`, as Python's json
-module does), `pausing` goes quiet for PAUSE_S after its first chunk. `tools*` calls the first tool
-it is offered (a sentence, then the call, its arguments streamed in two pieces; `toolsilent*`
-without the sentence) and, once the last message is a tool result, answers with that result.
-`/v1/rerank` (and Cohere's `/v2/rerank`) scores documents by the words they share with the query.
-Every request body is recorded."""
+module does), `pausing` goes quiet for PAUSE_S after its first chunk, `pause` answers after 0.1 s.
+`tools*` calls the first tool it is offered (a sentence, then the call, its arguments streamed in two
+pieces; `toolsilent*` without the sentence) and, once the last message is a tool result, answers
+with that result. `/v1/rerank` (and Cohere's `/v2/rerank`) scores documents by the words they share
+with the query. Every request body is recorded."""
 
 from __future__ import annotations
 
@@ -146,6 +146,8 @@ class FakeUpstream(Served):
                             status_code=429, media_type="application/json", headers={"Retry-After": "3"})
         if model == "hang":
             await asyncio.sleep(3600)
+        if model == "pause":  # a short generation: 0.1 s per answer (async jobs queue up behind it)
+            await asyncio.sleep(0.1)
         if model == "slowstart":  # a slow first token (long prefill): nothing at all for 3 s, then the answer
             await asyncio.sleep(3.0)
         call = _tool_call(body) if chat else None

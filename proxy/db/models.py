@@ -1,4 +1,4 @@
-"""Tables: keys, teams, users, spend logs. Keys keep only a SHA-256 hash and a display prefix."""
+"""Tables: keys, teams, users, spend logs, async jobs. Keys keep only a SHA-256 hash and a display prefix."""
 
 from __future__ import annotations
 
@@ -110,4 +110,31 @@ class SpendLog(Base):
         Index("ix_spend_logs_user_time", "user_id", "created_at"),
         Index("ix_spend_logs_time", "created_at"),
         Index("ix_spend_logs_model_time", "model", "created_at"),
+    )
+
+
+class Job(Base):
+    """An async job (POST /run): its chat request, who may see it, and how it went. `runner` names
+    the gateway process that claimed it; a job moves IN_QUEUE -> IN_PROGRESS -> one end state
+    (COMPLETED, FAILED, CANCELLED), each move a guarded UPDATE, so it ends once."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(96))
+    model: Mapped[str] = mapped_column(String(255))
+    route: Mapped[str] = mapped_column(String(64))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(String(2000))
+    runner: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_owner_status", "owner", "status"),
+        Index("ix_jobs_finished", "finished_at"),
     )

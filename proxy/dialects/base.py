@@ -16,6 +16,7 @@ relays the bytes untouched; one that translates parses each chunk itself, lazily
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,6 +31,9 @@ from ..errors import BadRequest, KeystileError, error_body, from_validation
 if TYPE_CHECKING:
     from ..services import Services
 
+PARAM = re.compile(r"\{(\w+)\}")
+"""A parameter in a route's path (`{job_id}`); a dialect's prefix may have them too (`/v2/{endpoint_id}`)."""
+
 Event = tuple[bytes | None, bytes]
 """One server-sent event: its `event:` name (None for none) and its `data:` payload."""
 
@@ -37,21 +41,15 @@ Event = tuple[bytes | None, bytes]
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A route of a dialect: `path` under each of the dialect's prefixes, the core operation it asks
-    for, and the wire model its JSON body must satisfy (also what /docs shows). A path may end in
-    one parameter, `/jobs/{job_id}`, handed to `handle` in `Incoming.params`; a route without a
-    body (a GET) has no model, and its dialect overrides `handle`."""
+    for, and the wire model its JSON body must satisfy (also what /docs shows). Path and prefix may
+    hold parameters, `/v2/{endpoint_id}` + `/status/{job_id}`, handed to `handle` in
+    `Incoming.params`; a route without a body (a GET) has no model, and its dialect overrides `handle`."""
 
     path: str
     operation: Operation | None
     model: type[BaseModel] | None
     summary: str = ""
     method: str = "POST"
-
-    @property
-    def param(self) -> str | None:
-        """The name of the path's trailing parameter, if it has one."""
-        last = self.path.rsplit("/", 1)[-1]
-        return last[1:-1] if last.startswith("{") and last.endswith("}") else None
 
 
 @dataclass(slots=True)

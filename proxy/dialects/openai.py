@@ -15,7 +15,7 @@ DONE: Event = (None, b"[DONE]")
 
 class OpenAI(Dialect):
     name = "openai"
-    prefixes = ("/v1", "/openai/v1")
+    prefixes = ("/v1", "/openai/v1", "/v2/{endpoint_id}/openai/v1")  # the last: serverless endpoints' (seed 000)
     endpoints = (
         Endpoint("/chat/completions", "chat", ChatRequest, "Chat completion (JSON or SSE stream)"),
         Endpoint("/completions", "completions", CompletionRequest, "Text completion (JSON or SSE stream)"),

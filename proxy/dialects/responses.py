@@ -133,7 +133,7 @@ class Responses(Dialect):
     async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
         if endpoint.operation is not None:
             return await super().handle(gateway, principal, endpoint, incoming)
-        if endpoint.param is None:
+        if not incoming.params:
             raise WebSocketRefused("this gateway serves the Responses API over HTTP only: POST /v1/responses "
                                    "(WebSocket transport is not supported)")
         raise NotFound("responses are not stored by this gateway (stateless: store: false); there is nothing to "

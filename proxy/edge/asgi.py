@@ -4,6 +4,7 @@ spend, health, models, /docs) goes on to FastAPI. One dispatch: a dialect route 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
@@ -12,7 +13,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from ..core import Disconnected
-from ..dialects.base import Dialect, Endpoint, Incoming
+from ..dialects.base import PARAM, Dialect, Endpoint, Incoming
 from ..errors import MethodNotAllowed, WebSocketRefused, as_keystile, error_body
 from . import docs
 from .body import read_body
@@ -25,11 +26,11 @@ NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
 class Routes:
     """The dialects' routes: exact paths by method (one dict lookup on the hot path), then paths
-    ending in a parameter (`/v1/jobs/{job_id}`), matched by prefix."""
+    with parameters (`/v2/{endpoint_id}/status/{job_id}`), matched in order by pattern."""
 
     def __init__(self, dialects: Sequence[Dialect]):
         self.exact: dict[str, dict[str, Route]] = {}
-        self.prefixed: list[tuple[str, str, str, Route]] = []  # (method, prefix, parameter name, route)
+        self.patterns: list[tuple[str, re.Pattern[str], Route]] = []
         self.methods: dict[str, list[str]] = {}  # exact path -> the methods it is served with
         seen: dict[tuple[str, str], str] = {}
         for dialect in dialects:
@@ -40,21 +41,21 @@ class Routes:
                         raise ValueError(f"{endpoint.method} {path} is claimed by dialects "
                                          f"{seen[endpoint.method, path]} and {dialect.name}")
                     seen[endpoint.method, path] = dialect.name
-                    name = endpoint.param
-                    if name is None:
+                    if "{" not in path:
                         self.exact.setdefault(endpoint.method, {})[path] = (dialect, endpoint)
                         self.methods.setdefault(path, []).append(endpoint.method)
                     else:
-                        self.prefixed.append((endpoint.method, path[:-len(name) - 2], name, (dialect, endpoint)))
+                        pattern = re.compile("^" + PARAM.sub(r"(?P<\1>[^/]+)", path) + "$")
+                        self.patterns.append((endpoint.method, pattern, (dialect, endpoint)))
 
     def match(self, method: str, path: str) -> tuple[Route, Mapping[str, str]] | None:
         table = self.exact.get(method)
         route = table.get(path) if table is not None else None
         if route is not None:
             return route, NO_PARAMS
-        for m, prefix, name, route in self.prefixed:
-            if m == method and path.startswith(prefix) and "/" not in path[len(prefix):] and len(path) > len(prefix):
-                return route, {name: path[len(prefix):]}
+        for m, pattern, route in self.patterns:
+            if m == method and (found := pattern.match(path)) is not None:
+                return route, found.groupdict()
         return None
 
     def wrong_method(self, method: str, path: str) -> tuple[Dialect, MethodNotAllowed] | None:

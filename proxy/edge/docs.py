@@ -9,12 +9,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ..dialects.base import Dialect, Endpoint
+from ..dialects.base import PARAM, Dialect, Endpoint
 
 REF = "#/components/schemas/{model}"
 
 
-def _operation(dialect: Dialect, endpoint: Endpoint) -> dict[str, Any]:
+def _operation(dialect: Dialect, endpoint: Endpoint, path: str) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "tags": [dialect.name],
         "summary": endpoint.summary,
@@ -27,9 +27,9 @@ def _operation(dialect: Dialect, endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.model is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": {"$ref": REF.format(model=endpoint.model.__name__)}}}}
-    if endpoint.param is not None:
-        operation["parameters"] = [{"name": endpoint.param, "in": "path", "required": True,
-                                    "schema": {"type": "string"}}]
+    if names := PARAM.findall(path):
+        operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                   for name in names]
     return operation
 
 
@@ -47,8 +47,8 @@ def install(app: FastAPI, dialects: Sequence[Dialect]) -> None:
                         schema = endpoint.model.model_json_schema(ref_template=REF)
                         schemas.update(schema.pop("$defs", {}))
                         schemas[endpoint.model.__name__] = schema
-                    path = spec["paths"].setdefault(dialect.prefixes[0] + endpoint.path, {})
-                    path[endpoint.method.lower()] = _operation(dialect, endpoint)
+                    full = dialect.prefixes[0] + endpoint.path
+                    spec["paths"].setdefault(full, {})[endpoint.method.lower()] = _operation(dialect, endpoint, full)
             app.openapi_schema = spec
         return app.openapi_schema
 

@@ -1,0 +1,1 @@
+"""Async jobs (the /run, /status dialect, proxy/dialects/jobs.py): a database queue and a bounded runner."""

@@ -1,0 +1,146 @@
+"""The bounded pool that runs queued jobs through the core (`gateway.call`), like any request:
+same limits, same usage record (under the route that queued the job).
+
+`workers` tasks each claim the oldest queued job from the database, run it, and store its end.
+At shutdown the pool stops claiming and lets running jobs finish (up to `drain_s`); queued jobs
+stay in the database and run after the next start. A job still running when the drain times out,
+or orphaned by a process that died, goes back to the queue (its partial call was recorded, so such
+a job is billed for both runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import orjson
+
+from ..core import Answer, Gateway, Inference
+from ..db.models import Job
+from ..domain import Principal
+from ..durations import utcnow
+from ..errors import as_keystile
+from ..settings import JobSettings
+from .store import DONE, FAILED, JobStore
+
+log = logging.getLogger("keystile.jobs")
+
+PrincipalOf = Callable[[Job], Awaitable[Principal]]
+
+
+def answer_text(answer: Answer) -> str:
+    """The generated text of an OpenAI chat (or text) completion body."""
+    choices = orjson.loads(answer.body).get("choices") or [{}]
+    first = choices[0]
+    return (first.get("message") or {}).get("content") or first.get("text") or ""
+
+
+class JobRunner:
+    def __init__(self, store: JobStore, gateway: Gateway, principal_of: PrincipalOf, settings: JobSettings, *,
+                 single_instance: bool, orphan_after_s: float, drain_s: float = 20.0):
+        self.store = store
+        self.gateway = gateway
+        self.principal_of = principal_of
+        self.settings = settings
+        self.single_instance = single_instance
+        self.orphan_after_s = orphan_after_s
+        self.drain_s = drain_s
+        self.id = secrets.token_hex(6)
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._tasks: list[asyncio.Task] = []
+        self._running: dict[str, asyncio.Task] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        # Without Redis this is the only gateway: whatever was running died with the last process.
+        # With several, a job is an orphan once it has run longer than any call may.
+        before = utcnow() - timedelta(seconds=0 if self.single_instance else self.orphan_after_s)
+        if n := await self.store.requeue(started_before=before):
+            log.warning("requeued %d jobs left running by a gateway that stopped", n)
+        self._tasks = [asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self.settings.workers)]
+        self._tasks.append(asyncio.create_task(self._sweep(), name="job-sweeper"))
+
+    def wake(self) -> None:
+        """A job was queued: an idle worker looks now instead of at its next poll."""
+        self._wake.set()
+
+    def ended(self, job_id: str) -> asyncio.Event:
+        """Set when the job ends in this process (for /runsync); forgotten once set."""
+        return self._ended.setdefault(job_id, asyncio.Event())
+
+    def cancel(self, job_id: str) -> None:
+        task = self._running.get(job_id)
+        if task is not None:
+            task.cancel()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._wake.set()
+        workers, sweeper = self._tasks[:-1], self._tasks[-1:]
+        for task in sweeper:
+            task.cancel()
+        _, late = await asyncio.wait(workers, timeout=self.drain_s) if workers else (set(), set())
+        if late:  # calls still running: stop them and put their jobs back in the queue
+            stuck, calls = list(self._running), list(self._running.values())
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, *late, return_exceptions=True)
+            await self.store.requeue(runner=self.id, ids=stuck)
+            log.warning("shutdown: %d running jobs did not finish within %.0f s and were requeued",
+                        len(stuck), self.drain_s)
+        await asyncio.gather(*sweeper, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while not self._closing:
+            try:
+                job = await self.store.claim(self.id)
+            except Exception:  # the database is away: try again shortly
+                log.exception("claiming a job failed")
+                job = None
+            if job is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                continue
+            call = asyncio.create_task(self._run(job))
+            self._running[job.id] = call
+            try:
+                await asyncio.shield(call)
+            finally:
+                self._running.pop(job.id, None)
+                event = self._ended.pop(job.id, None)
+                if event is not None:
+                    event.set()
+
+    async def _run(self, job: Job) -> None:
+        try:
+            principal = await self.principal_of(job)
+            answer = await self.gateway.call(principal, "chat", Inference(dict(job.request), route=job.route))
+            assert isinstance(answer, Answer)
+            output = {"status": "success", "output": answer_text(answer), "model": job.model}
+            if answer.usage is not None:
+                output["usage"] = {"prompt_tokens": answer.usage.prompt_tokens,
+                                   "completion_tokens": answer.usage.completion_tokens}
+            await self.store.finish(job.id, DONE, output=output)
+        except asyncio.CancelledError:
+            if not self._closing:  # POST /cancel stopped it (and marked it CANCELLED)
+                await asyncio.shield(self.store.cancel(job.id))
+        except Exception as exc:
+            await self.store.finish(job.id, FAILED, error=as_keystile(exc).message[:2000])
+
+    async def _sweep(self) -> None:
+        every = min(60.0, max(1.0, self.settings.keep_finished_s / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.store.expire(self.settings.keep_finished_s)
+                if not self.single_instance:
+                    await self.store.requeue(started_before=utcnow() - timedelta(seconds=self.orphan_after_s))
+            except Exception:
+                log.exception("expiring jobs failed")
+
+
