@@ -15,6 +15,8 @@ from urllib.parse import parse_qs
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from backends.router import Deployment
+
 from ..core import Answer, Gateway, Inference
 from ..domain import Principal
 from ..errors import BadRequest, KeystileError, Unavailable, error_body
@@ -101,9 +103,11 @@ class Generate(Dialect):
     def info(self, gateway: Gateway, principal: Principal, requested: str | None) -> dict:
         name = gateway.resolve_model(principal, requested or self.default_model)
         deployments = gateway.router.groups[name]
-        if not any(d.backend.ready for d in deployments):
-            raise Unavailable(f"model {name!r} is not loaded yet, retry shortly", headers={"Retry-After": "5"})
-        d = next(d for d in deployments if d.backend.ready)
+        ready = [d for d in deployments if _ready(d)]
+        if not ready:
+            state = deployments[0].backend.status().get("state", "loading")
+            raise Unavailable(f"model {name!r} is not loaded ({state}), retry shortly", headers={"Retry-After": "5"})
+        d = ready[0]
         found = d.backend.describe()
         info = {"checkpoint": name, "model": name, "upstream": d.upstream, "local": d.backend.local,
                 "deployments": len(deployments)}
@@ -113,7 +117,7 @@ class Generate(Dialect):
 
     def overview(self, gateway: Gateway, principal: Principal) -> dict:
         models = [m for m in gateway.router.groups if principal.may_use(m)]
-        loading = [m for m in models if not any(d.backend.ready for d in gateway.router.groups[m])]
+        loading = [m for m in models if not any(_ready(d) for d in gateway.router.groups[m])]
         return {
             "service": "Keystile", "version": "0.1.0", "checkpoint": self.default_model,
             "status": "loading" if self.default_model in loading else "running",
@@ -132,6 +136,10 @@ class Generate(Dialect):
                 "POST /run": "Queue an async job; GET /status/{id}, POST /runsync, POST /cancel/{id}",
             },
         }
+
+
+def _ready(deployment: Deployment) -> bool:
+    return deployment.backend.status().get("state") == "ready"
 
 
 def _query_model(query: bytes) -> str | None:
