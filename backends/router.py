@@ -65,6 +65,18 @@ class Router:
         # Told of every cooldown this router starts (proxy/cooldowns.py shares them through Redis).
         self.on_cooldown: Callable[[Deployment, float], None] | None = None
 
+    def add(self, d: Deployment) -> None:
+        """A deployment made at run time (POST /api/v1/deploy) joins its model's group."""
+        self.groups.setdefault(d.model_name, []).append(d)
+
+    def remove(self, d: Deployment) -> None:
+        """A deployment stopped at run time leaves; a model with none left is no longer served."""
+        group = self.groups.get(d.model_name, [])
+        if d in group:
+            group.remove(d)
+        if not group:
+            self.groups.pop(d.model_name, None)
+
     def names(self) -> list[str]:
         return list(self.groups)
 

@@ -47,9 +47,17 @@ class Attempts:
         self.limiter = limiter
         self._limits = {d.id: deployment_limits(d) for d in router.deployments()}
 
+    def _limits_of(self, d: Deployment) -> Limits | None:
+        """`d`'s own limits, worked out once (also for a deployment added at run time, /api/v1/deploy)."""
+        try:
+            return self._limits[d.id]
+        except KeyError:
+            limits = self._limits[d.id] = deployment_limits(d)
+            return limits
+
     async def _lease(self, d: Deployment, tokens: int) -> Lease | None:
         """A lease on `d`'s own limit (None when it has none), or LimitExceeded."""
-        limits = self._limits[d.id]
+        limits = self._limits_of(d)
         return None if limits is None else await self.limiter.acquire(limits, tokens=tokens)
 
     def _failed(self, d: Deployment, exc: BackendError) -> None:
@@ -63,7 +71,7 @@ class Attempts:
         last: Exception | None = None
         for d in self.router.attempts(name):
             lease = None
-            if self._limits[d.id] is not None:
+            if self._limits_of(d) is not None:
                 try:
                     lease = await self._lease(d, tokens)
                 except LimitExceeded as exc:

@@ -1,4 +1,4 @@
-"""Tables: keys, teams, users, spend logs, async jobs. Keys keep only a SHA-256 hash and a display prefix."""
+"""Tables: keys, teams, users, spend logs, async jobs, deployments made through the API. Keys keep only a SHA-256 hash and a display prefix."""
 
 from __future__ import annotations
 
@@ -138,3 +138,23 @@ class Job(Base):
         Index("ix_jobs_owner_status", "owner", "status"),
         Index("ix_jobs_finished", "finished_at"),
     )
+
+
+class ManagedDeployment(Base):
+    """A model deployed through the API (POST /api/v1/deploy): a local GGUF run by a llama.cpp
+    worker (`model_id`) or a remote OpenAI-compatible server (`api_base`), served as `api_name`.
+    Kept so it is started again when the gateway restarts, until it is stopped."""
+
+    __tablename__ = "managed_deployments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    api_name: Mapped[str] = mapped_column(String(255))
+    model_id: Mapped[str | None] = mapped_column(String(1000))
+    api_base: Mapped[str | None] = mapped_column(String(1000))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_managed_deployments_status", "status"),)
