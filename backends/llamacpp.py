@@ -9,6 +9,11 @@ ModelCrashed naming how the last one ended. After `crash_limit` deaths in a row 
 token (a library built for another CPU segfaults on its first decode) the model is `failed`: calls
 raise ModelCrashed until the next attempt, `crash_retry` seconds later (doubling up to
 _MAX_CRASH_RETRY) or at once through `retry()`.
+
+With `idle_timeout` (seconds) the worker is stopped after that long without a request, freeing its
+memory (state `idle`); the next request starts it again and waits for it to load, within its
+timeout, or gets ModelLoading (a 503 with Retry-After) when the model would not fit in the memory
+available now.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class LlamaCppBackend:
         request_timeout: float = 120.0,
         crash_limit: int = 3,
         crash_retry: float = 60.0,
+        idle_timeout: float | None = None,
         **extra: Any,
     ):
         self.public_name = public_name
@@ -108,6 +114,13 @@ class LlamaCppBackend:
         self.last_crash: str | None = None  # how the last worker died, with its last stderr lines
         self._failed_until: float | None = None  # loop time of the next attempt while failed
         self._retry_now = asyncio.Event()
+        self.idle_timeout = float(idle_timeout) if idle_timeout else None
+        self._idle = False  # the worker was stopped for idleness; the next request starts it
+        self._in_flight = 0
+        self._last_used = 0.0  # loop time the last request ended
+        self._idle_watch: asyncio.Task[None] | None = None
+        self._waking: asyncio.Lock | None = None
+        self._metadata: dict[str, Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -118,17 +131,73 @@ class LlamaCppBackend:
         self._closed = False
         worker = await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(worker), name=f"llamacpp:{self.public_name}")
+        if self.idle_timeout and self._idle_watch is None:
+            self._last_used = asyncio.get_running_loop().time()
+            self._idle_watch = asyncio.create_task(self._watch_idle(), name=f"llamacpp-idle:{self.public_name}")
 
     async def aclose(self) -> None:
         self._closed = True
+        watch, self._idle_watch = self._idle_watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        await self._stop_worker()
+
+    async def _stop_worker(self) -> None:
         supervisor, self._supervisor = self._supervisor, None
+        worker, self._worker = self._worker, None
         if supervisor is not None:
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
-        worker, self._worker = self._worker, None
         if worker is not None:
             await worker.stop()
+
+    async def _watch_idle(self) -> None:
+        """Stop the worker once nothing has asked for it for `idle_timeout` seconds."""
+        assert self.idle_timeout is not None
+        loop = asyncio.get_running_loop()
+        loaded: WorkerProcess | None = None
+        while not self._closed:
+            await asyncio.sleep(max(0.2, min(self.idle_timeout / 4, 5.0)))
+            async with self._lifecycle():
+                worker = self._worker
+                if worker is not None and worker.ready and worker is not loaded:
+                    loaded, self._last_used = worker, loop.time()  # the idle time counts from the load
+                    continue
+                if (self._idle or self._in_flight or worker is None or not worker.ready
+                        or loop.time() - self._last_used < self.idle_timeout):
+                    continue
+                self._idle = True  # from here a request waits for _wake (no await since the check)
+                log.info("model %r idle for %.0fs: stopping its worker", self.public_name, self.idle_timeout)
+                await self._stop_worker()
+
+    def _lifecycle(self) -> asyncio.Lock:
+        """Serializes stopping for idleness and starting again."""
+        if self._waking is None:
+            self._waking = asyncio.Lock()
+        return self._waking
+
+    async def _wake(self) -> None:
+        """Start an idle model's worker again and wait for it to load (one waker; others wait)."""
+        async with self._lifecycle():
+            if not self._idle:
+                return
+            needed, free = _memory_needed(self.model_path), _memory_available()
+            if needed is not None and free is not None and needed > free:
+                raise errors.ModelLoading(f"model {self.public_name!r} is unloaded (idle) and would not fit in "
+                                          f"memory now: needs ~{needed >> 20} MiB, {free >> 20} MiB available")
+            log.info("model %r requested while idle: starting its worker", self.public_name)
+            self._idle = False
+            await self.start()
+        await self.wait_ready(self.request_timeout)
+
+    async def _ready_worker(self) -> WorkerProcess:
+        """The live worker, started again first if it was stopped for idleness."""
+        if self._idle:
+            await self._wake()
+        return self._live_worker()
 
     @property
     def ready(self) -> bool:
@@ -180,7 +249,9 @@ class LlamaCppBackend:
         except OSError:
             size = None
         worker = self._worker
-        loaded = worker.metadata if worker is not None and worker.ready else {}
+        if worker is not None and worker.ready:
+            self._metadata = worker.metadata  # kept while the model is idle
+        loaded = self._metadata
         return {"format": "gguf", "file": os.path.basename(self.model_path), "file_size_bytes": size,
                 "loaded": self.ready, **loaded}
 
@@ -252,8 +323,10 @@ class LlamaCppBackend:
         return f"{how}; last stderr: {tail}" if tail else how
 
     def status(self) -> dict[str, Any]:
-        """The model's state for /health: loading, ready, restarting, failed or stopped."""
+        """The model's state for /health: loading, ready, idle, restarting, failed or stopped."""
         worker = self._worker
+        if self._idle and not self._closed:
+            return {"state": "idle", "idle_timeout": self.idle_timeout}
         if self._closed or worker is None:
             return {"state": "stopped"}
         if worker.alive and worker.load_error is None:
@@ -313,7 +386,7 @@ class LlamaCppBackend:
         return await self._complete("embed", params)
 
     async def tokenize(self, text: str) -> list[int]:
-        worker = self._live_worker()
+        worker = await self._ready_worker()
         request = worker.submit(next(self._ids), "tokenize", {"text": text}, holds_slot=False)
         try:
             async with asyncio.timeout(self.request_timeout):
@@ -356,7 +429,18 @@ class LlamaCppBackend:
     async def _call(self, op: str, params: dict, *, stream: bool) -> AsyncGenerator[tuple[str, Any], None]:
         """Run one generation: wait for the worker's slot, send, relay what comes back. Leaving early
         (consumer gone, cancelled, timed out) cancels the request in the worker."""
-        worker = self._live_worker()
+        loop = asyncio.get_running_loop()
+        self._in_flight += 1
+        try:
+            async with contextlib.aclosing(self._relay(op, params, stream=stream)) as replies:
+                async for reply in replies:
+                    yield reply
+        finally:
+            self._in_flight -= 1
+            self._last_used = loop.time()
+
+    async def _relay(self, op: str, params: dict, *, stream: bool) -> AsyncGenerator[tuple[str, Any], None]:
+        worker = await self._ready_worker()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
         try:
@@ -449,3 +533,23 @@ def _message(message: Any) -> Any:
                 raise errors.NotSupported(message_text, code="unsupported")
         return {**message, "content": "".join(texts)}
     return message
+
+
+def _memory_available() -> int | None:
+    """Bytes of memory available now (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _memory_needed(path: str) -> int | None:
+    """What loading a GGUF file takes, roughly: the file and a fifth more (context, buffers)."""
+    try:
+        return os.path.getsize(path) * 6 // 5
+    except OSError:
+        return None

@@ -140,3 +140,27 @@ def test_admin_only_and_unknown_id(tmp_path, upstream):
         assert r.status_code == 403
         r = httpx.get(f"{ks.url}/api/v1/deployments/nope/status", headers={"Authorization": f"Bearer {ks.master_key}"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "deployment_not_found"
+
+
+def test_an_idle_deployment_unloads_and_comes_back(tmp_path, upstream):
+    with Keystile(tmp_path, {"model_list": []}) as ks:
+        headers = {"Authorization": f"Bearer {ks.master_key}"}
+        r = httpx.post(f"{ks.url}/api/v1/deploy", headers=headers, json={
+            "model_id": GGUF, "api_name": "sleepy", "n_ctx": 512, "n_threads": 1, "idle_timeout": 1.5})
+        assert wait_status(ks, r.json()["deployment_id"], "active")["status"] == "active"
+
+        def state() -> dict:
+            return next(iter(httpx.get(f"{ks.url}/health/readiness").json()["local_models"].values()))
+
+        client = openai.OpenAI(base_url=f"{ks.url}/v1", api_key=ks.master_key, max_retries=0, timeout=120)
+        ask = {"model": "sleepy", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+        assert client.chat.completions.create(**ask).choices
+        first_pid = state()["pid"]
+        deadline = time.monotonic() + 20
+        while state()["state"] != "idle" and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert state() == {"state": "idle", "idle_timeout": 1.5}
+        assert httpx.get(f"{ks.url}/health/readiness").status_code == 200  # idle counts as ready
+        answer = client.chat.completions.create(**ask)  # starts the worker again and waits for it
+        assert answer.usage.completion_tokens > 0
+        assert state()["state"] == "ready" and state()["pid"] != first_pid

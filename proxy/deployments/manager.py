@@ -163,7 +163,7 @@ class Deployments:
                 state = status.get("state")
                 if status != last:
                     out.write(f"worker {state}" + "".join(f", {k}: {v}" for k, v in status.items() if k != "state"))
-                if state == "ready" and row.status != ACTIVE:
+                if state in ("ready", "idle") and row.status != ACTIVE:
                     await self._set(row, ACTIVE, None)
                     out.write(f"deployment active: serving model '{row.api_name}' on /v1")
                 elif state == "failed" or (row.status != ACTIVE and asyncio.get_running_loop().time() > deadline):

@@ -46,6 +46,8 @@ class DeployRequest(BaseModel):
     n_threads: StrictInt | None = Field(default=None, ge=1)
     max_queue: StrictInt | None = Field(default=None, ge=0)
     timeout: float | None = Field(default=None, gt=0)
+    idle_timeout: float | None = Field(default=None, gt=0, description="seconds without requests before the "
+                                       "worker is stopped; the next request starts it again")
     user_id: StrictStr | None = None
     ssh_config: dict[str, Any] | None = None
 
@@ -53,6 +55,8 @@ class DeployRequest(BaseModel):
     def _one_target(self) -> DeployRequest:
         if (self.model_id is None) == (self.api_base is None):
             raise ValueError("give model_id (a GGUF file on this host) or api_base (a remote server), not both")
+        if self.idle_timeout is not None and self.model_id is None:
+            raise ValueError("idle_timeout applies to a model_id deployment (a worker on this host)")
         if self.ssh_config is not None:
             raise ValueError("deploying onto other hosts (ssh_config) is not supported; "
                              "deployments run on this gateway's host")

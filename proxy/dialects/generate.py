@@ -139,7 +139,7 @@ class Generate(Dialect):
 
 
 def _ready(deployment: Deployment) -> bool:
-    return deployment.backend.status().get("state") == "ready"
+    return deployment.backend.status().get("state") in ("ready", "idle")  # idle: starts on the next request
 
 
 def _query_model(query: bytes) -> str | None:

@@ -28,7 +28,8 @@ async def liveliness() -> dict:
 async def readiness(services: ServicesDep) -> JSONResponse:
     db_ok = await services.db.ping()
     local = local_models(services)
-    ready = db_ok and all(state["state"] == "ready" for state in local.values())
+    # An idle model (stopped after its idle_timeout) starts on the next request: it counts as ready.
+    ready = db_ok and all(state["state"] in ("ready", "idle") for state in local.values())
     body = {"status": "ready" if ready else "not ready", "db": "connected" if db_ok else "unreachable",
             "local_models": local}
     return JSONResponse(body, status_code=200 if ready else 503)
