@@ -6,8 +6,11 @@ find it restored after a restart, stop it; a remote server registered by api_bas
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -164,3 +167,26 @@ def test_an_idle_deployment_unloads_and_comes_back(tmp_path, upstream):
         answer = client.chat.completions.create(**ask)  # starts the worker again and waits for it
         assert answer.usage.completion_tokens > 0
         assert state()["state"] == "ready" and state()["pid"] != first_pid
+
+
+def test_cli_create_list_status_logs_stop(tmp_path, upstream):
+    with Keystile(tmp_path, {"model_list": []}) as ks:
+        env = {**os.environ, "KEYSTILE_URL": ks.url, "KEYSTILE_MASTER_KEY": ks.master_key, "COLUMNS": "200"}
+
+        def cli(*args: str) -> str:
+            done = subprocess.run([str(Path(sys.executable).parent / "keystile"), "deploy", *args], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        created = json.loads(cli("create", "--name", "box", "--api-base", upstream.base_url, "--model",
+                                 "echo-upstream", "--json"))
+        deployment_id = created["deployment_id"]
+        assert wait_status(ks, deployment_id, "active")["status"] == "active"
+        assert "box" in cli("list") and json.loads(cli("status", deployment_id, "--json"))["status"] == "active"
+        lines = [json.loads(line) for line in cli("logs", deployment_id, "--no-follow", "--json").splitlines()]
+        assert lines[0]["event"] == "deployment_info" and any(e["event"] == "log" for e in lines)
+        assert json.loads(cli("stop", deployment_id, "--json"))["status"] == "stopped"
+        refused = subprocess.run([str(Path(sys.executable).parent / "keystile"), "deploy", "status", "nope"],
+                                 env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "does not exist" in refused.stderr

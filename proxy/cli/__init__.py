@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .deploy import deploy_app
 from .doctor import register as register_doctor
 from .keys import keys_app
 from .principals import teams_app, users_app
@@ -25,6 +26,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(teams_app, name="teams")
 app.add_typer(users_app, name="users")
+app.add_typer(deploy_app, name="deploy")
 register_usage(app)
 register_doctor(app)
 err = Console(stderr=True, soft_wrap=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -133,7 +133,7 @@ class DeploymentsDialect(Dialect):
         return Reply(media_type=b"text/event-stream", events=self._logs(manager, row, base, timestamps))
 
     async def _logs(self, manager: Deployments, row: ManagedDeployment, base: str,
-                    timestamps: bool) -> AsyncIterator[Event]:
+                    timestamps: bool) -> AsyncGenerator[Event, None]:
         info = render(row, base)
         yield b"deployment_info", orjson.dumps({k: info[k] for k in ("deployment_id", "model_id", "status", "api_name")})
         sampler, out, seen = ProcessSampler(), manager.log(row.id), 0

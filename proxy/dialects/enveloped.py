@@ -14,7 +14,7 @@ unwrapped; its streams already parse, the SDK reads each `data:` line whatever t
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import orjson
 
@@ -60,7 +60,7 @@ class Enveloped(Dialect):
             reply.body = OK_HEAD + reply.body + b"}"
         return reply
 
-    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncIterator[Event]:
+    async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncGenerator[Event, None]:
         prompt = estimate_prompt_tokens(request.body)
         completion = 0
         async for chunk in stream:
