@@ -231,3 +231,26 @@ def test_200_jobs_survive_a_restart_each_ending_once_and_billed_once(tmp_path, u
             assert len(rows) == 200 and {r["route"] for r in rows} == {"/run"} and {r["status"] for r in rows} == {200}
     finally:
         ks.stop()
+
+
+def test_jobs_of_a_killed_gateway_run_after_its_restart(tmp_path, upstream):
+    ks = Keystile(tmp_path, config(upstream, workers=2)).start()
+    try:
+        headers = {"Authorization": f"Bearer {ks.master_key}"}
+        with httpx.Client(headers=headers, timeout=30) as client:
+            ids = [client.post(f"{ks.url}/run", json={"input": {"prompt": f"killed {i}", "model": "paused"}}).json()["id"]
+                   for i in range(20)]
+            time.sleep(0.3)
+            ks.proc.kill()  # no drain: the running jobs are left IN_PROGRESS
+            ks.proc.wait()
+            ks.start()  # same host, its pid gone: its running jobs are queued again at once
+            deadline = time.monotonic() + 30
+            while (states := Counter(client.get(f"{ks.url}/status/{i}").json()["status"] for i in ids)) != {
+                    "COMPLETED": 20} and time.monotonic() < deadline:
+                time.sleep(0.3)
+        assert states == {"COMPLETED": 20}
+        ran = Counter(r["messages"][-1]["content"] for r in upstream.requests
+                      if r["messages"][-1]["content"].startswith("killed "))
+        assert len(ran) == 20 and max(ran.values()) <= 2  # at most the two that were running ran twice
+    finally:
+        ks.stop()

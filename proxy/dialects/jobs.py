@@ -104,7 +104,7 @@ class Jobs(Dialect):
         self.default_model = options.default_model or (names[0] if names else "")
         self.store = JobStore(services.db)
         self.runner = JobRunner(self.store, services.gateway, self._principal_of, self.settings,
-                                single_instance=services.redis is None, orphan_after_s=options.request_timeout + 60)
+                                orphan_after_s=options.request_timeout + 60)
         await self.runner.start()
 
     async def aclose(self) -> None:

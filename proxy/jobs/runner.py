@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -29,6 +31,24 @@ from .store import DONE, FAILED, JobStore
 log = logging.getLogger("keystile.jobs")
 
 PrincipalOf = Callable[[Job], Awaitable[Principal]]
+HOST = socket.gethostname()[:40]
+
+
+def _dead_here(runner: str) -> bool:
+    """Whether `runner` (host:pid:tag, not this runner) was a process on this host that is gone: its
+    pid runs nothing, or is this process (a restarted container often has the same pid)."""
+    host, _, pid = runner.rpartition(":")[0].rpartition(":")
+    if host != HOST or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def answer_text(answer: Answer) -> str:
@@ -40,15 +60,14 @@ def answer_text(answer: Answer) -> str:
 
 class JobRunner:
     def __init__(self, store: JobStore, gateway: Gateway, principal_of: PrincipalOf, settings: JobSettings, *,
-                 single_instance: bool, orphan_after_s: float, drain_s: float = 20.0):
+                 orphan_after_s: float, drain_s: float = 20.0):
         self.store = store
         self.gateway = gateway
         self.principal_of = principal_of
         self.settings = settings
-        self.single_instance = single_instance
         self.orphan_after_s = orphan_after_s
         self.drain_s = drain_s
-        self.id = secrets.token_hex(6)
+        self.id = f"{HOST}:{os.getpid()}:{secrets.token_hex(3)}"
         self._wake = asyncio.Event()
         self._closing = False
         self._tasks: list[asyncio.Task] = []
@@ -56,13 +75,18 @@ class JobRunner:
         self._ended: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
-        # Without Redis this is the only gateway: whatever was running died with the last process.
-        # With several, a job is an orphan once it has run longer than any call may.
-        before = utcnow() - timedelta(seconds=0 if self.single_instance else self.orphan_after_s)
-        if n := await self.store.requeue(started_before=before):
-            log.warning("requeued %d jobs left running by a gateway that stopped", n)
+        await self._requeue_orphans()
         self._tasks = [asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self.settings.workers)]
         self._tasks.append(asyncio.create_task(self._sweep(), name="job-sweeper"))
+
+    async def _requeue_orphans(self) -> None:
+        """Jobs left running by a process that is gone: on this host, one whose pid no longer runs
+        (at once); on another host, any that has run longer than a call may."""
+        dead = [r for r in await self.store.runners() if r != self.id and _dead_here(r)]
+        n = await self.store.requeue(runners=dead) if dead else 0
+        n += await self.store.requeue(started_before=utcnow() - timedelta(seconds=self.orphan_after_s))
+        if n:
+            log.warning("requeued %d jobs left running by a gateway process that stopped", n)
 
     def wake(self) -> None:
         """A job was queued: an idle worker looks now instead of at its next poll."""
@@ -89,7 +113,7 @@ class JobRunner:
             for call in calls:
                 call.cancel()
             await asyncio.gather(*calls, *late, return_exceptions=True)
-            await self.store.requeue(runner=self.id, ids=stuck)
+            await self.store.requeue(runners=[self.id], ids=stuck)
             log.warning("shutdown: %d running jobs did not finish within %.0f s and were requeued",
                         len(stuck), self.drain_s)
         await asyncio.gather(*sweeper, return_exceptions=True)
@@ -138,8 +162,7 @@ class JobRunner:
             await asyncio.sleep(every)
             try:
                 await self.store.expire(self.settings.keep_finished_s)
-                if not self.single_instance:
-                    await self.store.requeue(started_before=utcnow() - timedelta(seconds=self.orphan_after_s))
+                await self._requeue_orphans()
             except Exception:
                 log.exception("expiring jobs failed")
 

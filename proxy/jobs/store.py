@@ -55,13 +55,19 @@ class JobStore:
     async def cancel(self, job_id: str) -> bool:
         return await self._move(job_id, (QUEUED, RUNNING), status=CANCELLED, finished_at=utcnow())
 
-    async def requeue(self, *, runner: str | None = None, started_before: datetime | None = None,
+    async def runners(self) -> list[str]:
+        """The runners that hold running jobs."""
+        async with self.db.sessions() as session:
+            return [r for r in (await session.scalars(select(Job.runner).where(Job.status == RUNNING).distinct()))
+                    if r is not None]
+
+    async def requeue(self, *, runners: list[str] | None = None, started_before: datetime | None = None,
                       ids: list[str] | None = None) -> int:
-        """Running jobs back in the queue: a runner's (at its shutdown), those started before a time
-        (orphans of a process that died), or the ones named."""
+        """Running jobs back in the queue: those of the runners named (one shutting down, or ones
+        that died), those started before a time (orphans of another host), or the ones named."""
         query = update(Job).where(Job.status == RUNNING)
-        if runner is not None:
-            query = query.where(Job.runner == runner)
+        if runners is not None:
+            query = query.where(Job.runner.in_(runners))
         if started_before is not None:
             query = query.where(Job.started_at < started_before)
         if ids is not None:
