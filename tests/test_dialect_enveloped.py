@@ -132,7 +132,8 @@ def test_openai_sdk_without_streaming_gets_a_chat_completion(server):
 
 
 @pytest.mark.parametrize("body, status, needle", [
-    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "maxTokens": 0}, 400, "max_tokens"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "maxTokens": 0}, 400, "maxTokens:"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, "max_tokens:"),
     ({"model": MODEL, "messages": []}, 400, "messages"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "maxTokens": 5, "max_tokens": 5}, 400, "twice"),
     ({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, 404, "no-such-model"),

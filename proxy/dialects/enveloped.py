@@ -50,8 +50,17 @@ class Enveloped(Dialect):
                           "Chat completion in the {code, msg, data} envelope; camelCase fields accepted"),)
 
     def parse(self, endpoint: Endpoint, body: dict) -> Inference:
+        sent = body
         body = snake_case(body)
-        validate(ChatRequest, body)
+        try:
+            validate(ChatRequest, body)
+        except BadRequest as err:  # name the field as the client sent it (maxTokens, not max_tokens)
+            first = (err.param or "").split(".", 1)[0]
+            given = next((k for k in sent if k != first and snake_case({k: None}).keys() == {first}), None)
+            if given is not None:
+                err.message = err.message.replace(first, given, 1)
+                err.param = given + (err.param or "")[len(first):]
+            raise
         return Inference(body, stream=body.get("stream") is True)
 
     async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
