@@ -1,14 +1,14 @@
 """managed_deployments: models deployed through POST /api/v1/deploy, restored at startup
 
-Revision ID: 0004_deployments
-Revises: 0003_jobs
+Revision ID: 0005_deployments
+Revises: 0004_jobs
 Create Date: 2026-11-30 12:20:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0004_deployments'
-down_revision = '0003_jobs'
+revision = '0005_deployments'
+down_revision = '0004_jobs'
 branch_labels = None
 depends_on = None
 

@@ -1,14 +1,14 @@
 """jobs: the async job API's queue and results (POST /run, GET /status/{id})
 
-Revision ID: 0003_jobs
-Revises: 0002
+Revision ID: 0004_jobs
+Revises: 0003_auth_changes
 Create Date: 2026-11-30 12:40:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0003_jobs'
-down_revision = '0002'
+revision = '0004_jobs'
+down_revision = '0003_auth_changes'
 branch_labels = None
 depends_on = None
 
