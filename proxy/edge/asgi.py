@@ -30,7 +30,7 @@ class Routes:
 
     def __init__(self, dialects: Sequence[Dialect]):
         self.exact: dict[str, dict[str, Route]] = {}
-        self.patterns: list[tuple[str, re.Pattern[str], Route]] = []
+        self.patterns: list[tuple[str, str, re.Pattern[str], Route]] = []  # (method, static prefix, ...)
         self.methods: dict[str, list[str]] = {}  # exact path -> the methods it is served with
         seen: dict[tuple[str, str], str] = {}
         for dialect in dialects:
@@ -46,15 +46,16 @@ class Routes:
                         self.methods.setdefault(path, []).append(endpoint.method)
                     else:
                         pattern = re.compile("^" + PARAM.sub(r"(?P<\1>[^/]+)", path) + "$")
-                        self.patterns.append((endpoint.method, pattern, (dialect, endpoint)))
+                        static = path[:path.index("{")]  # checked first: most paths fail it at once
+                        self.patterns.append((endpoint.method, static, pattern, (dialect, endpoint)))
 
     def match(self, method: str, path: str) -> tuple[Route, Mapping[str, str]] | None:
         table = self.exact.get(method)
         route = table.get(path) if table is not None else None
         if route is not None:
             return route, NO_PARAMS
-        for m, pattern, route in self.patterns:
-            if m == method and (found := pattern.match(path)) is not None:
+        for m, static, pattern, route in self.patterns:
+            if m == method and path.startswith(static) and (found := pattern.match(path)) is not None:
                 return route, found.groupdict()
         return None
 
