@@ -73,6 +73,7 @@ class JobRunner:
         self._tasks: list[asyncio.Task] = []
         self._running: dict[str, asyncio.Task] = {}
         self._ended: dict[str, asyncio.Event] = {}
+        self._db_down = False
 
     async def start(self) -> None:
         await self._requeue_orphans()
@@ -122,8 +123,9 @@ class JobRunner:
         while not self._closing:
             try:
                 job = await self.store.claim(self.id)
-            except Exception:  # the database is away: try again shortly
-                log.exception("claiming a job failed")
+                self._reachable()
+            except Exception as exc:  # the database is away: try again shortly
+                self._unreachable(exc)
                 job = None
             if job is None:
                 self._wake.clear()
@@ -149,12 +151,41 @@ class JobRunner:
             if answer.usage is not None:
                 output["usage"] = {"prompt_tokens": answer.usage.prompt_tokens,
                                    "completion_tokens": answer.usage.completion_tokens}
-            await self.store.finish(job.id, DONE, output=output)
+            await self._store(lambda: self.store.finish(job.id, DONE, output=output))
         except asyncio.CancelledError:
             if not self._closing:  # POST /cancel stopped it (and marked it CANCELLED)
-                await asyncio.shield(self.store.cancel(job.id))
+                await asyncio.shield(self._store(lambda: self.store.cancel(job.id)))
         except Exception as exc:
-            await self.store.finish(job.id, FAILED, error=as_keystile(exc).message[:2000])
+            error = as_keystile(exc).message[:2000]
+            await self._store(lambda: self.store.finish(job.id, FAILED, error=error))
+
+    async def _store(self, write: Callable[[], Awaitable[bool]]) -> None:
+        """A job's end written, however long the database is away (else the job would run again);
+        at shutdown, given up after a few tries (the job is then requeued as an orphan)."""
+        delay = 0.5
+        while True:
+            try:
+                await write()
+                self._reachable()
+                return
+            except Exception as exc:
+                self._unreachable(exc)
+                if self._closing and delay >= 4:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _unreachable(self, exc: Exception) -> None:
+        """Logged once per outage, without a traceback."""
+        if not self._db_down:
+            self._db_down = True
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            log.warning("jobs: the database is unreachable (%s: %s); retrying", type(exc).__name__, first)
+
+    def _reachable(self) -> None:
+        if self._db_down:
+            self._db_down = False
+            log.warning("jobs: the database is reachable again")
 
     async def _sweep(self) -> None:
         every = min(60.0, max(1.0, self.settings.keep_finished_s / 4))
@@ -163,7 +194,8 @@ class JobRunner:
             try:
                 await self.store.expire(self.settings.keep_finished_s)
                 await self._requeue_orphans()
-            except Exception:
-                log.exception("expiring jobs failed")
+                self._reachable()
+            except Exception as exc:
+                self._unreachable(exc)
 
 
