@@ -1,14 +1,14 @@
 """managed_deployments: models deployed through POST /api/v1/deploy, restored at startup
 
-Revision ID: 0005_deployments
-Revises: 0004_jobs
+Revision ID: 0006_deployments
+Revises: 0005_jobs
 Create Date: 2026-11-30 12:20:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0005_deployments'
-down_revision = '0004_jobs'
+revision = '0006_deployments'
+down_revision = '0005_jobs'
 branch_labels = None
 depends_on = None
 

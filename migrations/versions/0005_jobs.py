@@ -1,14 +1,14 @@
 """jobs: the async job API's queue and results (POST /run, GET /status/{id})
 
-Revision ID: 0004_jobs
-Revises: 0003_auth_changes
+Revision ID: 0005_jobs
+Revises: 0004_team_alias_not_unique
 Create Date: 2026-11-30 12:40:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0004_jobs'
-down_revision = '0003_auth_changes'
+revision = '0005_jobs'
+down_revision = '0004_team_alias_not_unique'
 branch_labels = None
 depends_on = None
 
