@@ -35,7 +35,7 @@ class Toy(Dialect):
         return Inference({"model": request.model, "messages": [{"role": "user", "content": request.prompt}]},
                          stream=request.stream)
 
-    def answer(self, endpoint: Endpoint, request: Inference, answer: Answer) -> bytes:
+    def answer(self, endpoint: Endpoint, answer: Answer) -> bytes:
         parsed = orjson.loads(answer.body)
         usage = answer.usage
         return orjson.dumps({"said": parsed["choices"][0]["message"]["content"],
