@@ -30,6 +30,7 @@ import orjson
 
 from . import errors
 from .base import Chunk, Completion, Usage
+from .llamacpp_params import chat_params, completion_params
 from .llamacpp_process import WorkerProcess, resolve_model_path
 
 __all__ = ["LlamaCppBackend", "resolve_model_path"]
@@ -43,28 +44,6 @@ _HEALTHY_UPTIME = 30.0  # a worker that lived this long restarts at once; a cras
 _MAX_CRASH_RETRY = 900.0
 _CPU_HINT = ("a worker killed by SIGSEGV or SIGILL on its first token usually means llama-cpp-python was "
              "built for another CPU: rebuild it with scripts/llama-wheel.sh (see README)")
-
-# OpenAI request fields -> llama-cpp-python keyword arguments (shared by chat and text completions).
-_SAMPLING = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "min_p": "min_p",
-    "typical_p": "typical_p",
-    "stop": "stop",
-    "seed": "seed",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "repeat_penalty": "repeat_penalty",
-    "repetition_penalty": "repeat_penalty",
-    "mirostat_mode": "mirostat_mode",
-    "mirostat_tau": "mirostat_tau",
-    "mirostat_eta": "mirostat_eta",
-    "grammar": "grammar",
-}
-_CHAT_ONLY = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs")
-_COMPLETION_ONLY = ("suffix", "echo", "logprobs")
-
 
 class LlamaCppBackend:
     """One GGUF model served by a supervised llama.cpp worker process (see the module docstring).
@@ -366,16 +345,16 @@ class LlamaCppBackend:
     # -- the protocol ------------------------------------------------------------------------------
 
     async def chat(self, body: dict) -> Completion:
-        return await self._complete("chat", _chat_params(body))
+        return await self._complete("chat", chat_params(body))
 
     def chat_stream(self, body: dict) -> AsyncGenerator[Chunk, None]:
-        return self._stream("chat", _chat_params(body), "chat.completion.chunk")
+        return self._stream("chat", chat_params(body), "chat.completion.chunk")
 
     async def complete(self, body: dict) -> Completion:
-        return await self._complete("complete", _completion_params(body))
+        return await self._complete("complete", completion_params(body))
 
     def complete_stream(self, body: dict) -> AsyncGenerator[Chunk, None]:
-        return self._stream("complete", _completion_params(body), "text_completion")
+        return self._stream("complete", completion_params(body), "text_completion")
 
     async def rerank(self, body: dict) -> Completion:
         raise errors.NotSupported(f"{self.public_name}: rerank is not offered by llama.cpp models here; "
@@ -467,72 +446,6 @@ class LlamaCppBackend:
 
     def _timeout_message(self) -> str:
         return f"model {self.public_name!r} gave no answer within {self.request_timeout:g}s"
-
-
-# -- OpenAI request -> llama-cpp-python arguments --------------------------------------------------
-
-
-def _common_params(body: dict, names: tuple[str, ...]) -> dict:
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise errors.NotSupported("llama.cpp models generate one choice per request: n must be 1", code="unsupported")
-    best_of = body.get("best_of")
-    if best_of is not None and best_of != 1:
-        raise errors.NotSupported("llama.cpp models do not support best_of", code="unsupported")
-    params = {target: body[name] for name, target in _SAMPLING.items() if body.get(name) is not None}
-    params.update({name: body[name] for name in names if body.get(name) is not None})
-    return params
-
-
-def _chat_params(body: dict) -> dict:
-    params = _common_params(body, _CHAT_ONLY)
-    params["messages"] = [_message(m) for m in body.get("messages") or []]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict):
-        if response_format.get("type") == "json_schema":
-            schema = (response_format.get("json_schema") or {}).get("schema")
-            params["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
-        elif response_format.get("type") == "json_object":
-            params["response_format"] = response_format
-    return params
-
-
-def _completion_params(body: dict) -> dict:
-    params = _common_params(body, _COMPLETION_ONLY)
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list) and prompt and not all(isinstance(t, int) for t in prompt):
-        if len(prompt) != 1:
-            raise errors.NotSupported("llama.cpp models take one prompt per request", code="unsupported")
-        prompt = prompt[0]
-    params["prompt"] = prompt
-    if body.get("max_tokens") is not None:
-        params["max_tokens"] = body["max_tokens"]
-    return params
-
-
-def _message(message: Any) -> Any:
-    """Flatten OpenAI content parts to the plain string GGUF chat templates expect."""
-    if not isinstance(message, dict):
-        return message
-    content = message.get("content")
-    if content is None:
-        return {**message, "content": ""}
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                texts.append(str(part.get("text", "")))
-            elif isinstance(part, str):
-                texts.append(part)
-            else:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                message_text = f"this llama.cpp model takes text only, not {kind!r} content"
-                raise errors.NotSupported(message_text, code="unsupported")
-        return {**message, "content": "".join(texts)}
-    return message
 
 
 def _memory_available() -> int | None:
