@@ -96,3 +96,24 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class Remote:
+    """The lifecycle of a model served by another process or host (the Backend protocol's `local`,
+    start, status, retry and describe): nothing to start or restart here, ready as far as this
+    gateway knows (reachability is `health()`'s), nothing known beyond its name."""
+
+    local = False
+
+    async def start(self) -> None:
+        """Nothing to start: the model is remote."""
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "ready"}
+
+    def retry(self) -> bool:
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+

@@ -11,13 +11,12 @@ import email.utils
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
 from . import errors
-from .base import Chunk, Completion, Usage
+from .base import Chunk, Completion, Remote, Usage
 from .http import BadResponse, ClientPool, HTTPClientError, Origin, Redirected, Response, Timeout
 
 # Providers whose API is OpenAI's, and their default base URL (None: api_base is required).
@@ -92,8 +91,7 @@ def _upstream_error(status: int, body: bytes, retry_after: str | None = None) ->
     )
 
 
-class OpenAICompatBackend:
-    local = False
+class OpenAICompatBackend(Remote):
 
     def __init__(self, public_name: str, upstream_model: str, *, api_base: str, api_key: str | None,
                  pool: ClientPool, timeout: float, stream_timeout: float | None = None):
@@ -190,18 +188,6 @@ class OpenAICompatBackend:
 
     async def tokenize(self, text: str) -> list[int]:
         raise errors.NotSupported(f"{self.public_name}: tokenize is not offered by this upstream")
-
-    async def start(self) -> None:
-        """Nothing to start: the model is remote."""
-
-    def status(self) -> dict[str, Any]:
-        return {"state": "ready"}
-
-    def retry(self) -> bool:
-        return False
-
-    def describe(self) -> dict[str, Any]:
-        return {}  # a remote model: nothing known beyond its name
 
     async def health(self) -> bool:
         try:

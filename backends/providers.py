@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from . import errors
-from .base import Chunk, Completion, Usage
+from .base import Chunk, Completion, Remote, Usage
 
 
 def import_litellm() -> ModuleType:
@@ -41,8 +41,7 @@ def _translate(litellm: ModuleType, exc: Exception) -> errors.BackendError:
     return errors.UpstreamHTTPError(message, status=502)
 
 
-class LiteLLMBackend:
-    local = False
+class LiteLLMBackend(Remote):
 
     def __init__(self, public_name: str, model: str, *, timeout: float, params: dict[str, Any]):
         self.public_name = public_name
@@ -108,18 +107,6 @@ class LiteLLMBackend:
 
     async def tokenize(self, text: str) -> list[int]:
         return list(self._litellm.encode(model=self.model, text=text))
-
-    async def start(self) -> None:
-        """Nothing to start: the model is remote."""
-
-    def status(self) -> dict[str, Any]:
-        return {"state": "ready"}
-
-    def retry(self) -> bool:
-        return False
-
-    def describe(self) -> dict[str, Any]:
-        return {}  # a remote model: nothing known beyond its name
 
     async def health(self) -> bool:
         return True
