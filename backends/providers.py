@@ -29,6 +29,24 @@ def import_litellm() -> ModuleType:
     return litellm
 
 
+_SAMPLING = ("temperature", "top_p", "n", "stop", "max_tokens", "presence_penalty", "frequency_penalty",
+             "logit_bias", "logprobs", "user", "seed", "stream", "stream_options")
+CLIENT_FIELDS = {
+    "acompletion": frozenset(_SAMPLING + (
+        "messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
+        "parallel_tool_calls", "functions", "function_call", "reasoning_effort", "modalities", "audio",
+        "prediction", "service_tier", "web_search_options", "thinking", "top_k")),
+    "atext_completion": frozenset(_SAMPLING + ("prompt", "suffix", "echo", "best_of")),
+    "aembedding": frozenset(("input", "encoding_format", "dimensions", "user")),
+    "arerank": frozenset(("query", "documents", "top_n", "return_documents", "rank_fields",
+                          "max_chunks_per_doc", "max_tokens_per_doc")),
+}
+"""What of a client's body reaches litellm, per call. litellm also takes its own arguments from the same
+keyword list (`api_base`, `api_key`, `base_url`, `extra_headers`, cloud credentials, callbacks); a client
+that could set them would have the deployment's credentials sent wherever it likes, so everything not
+named here is dropped."""
+
+
 def _translate(litellm: ModuleType, exc: Exception) -> errors.BackendError:
     status = getattr(exc, "status_code", None)
     message = str(getattr(exc, "message", None) or exc)[:500]
@@ -57,8 +75,10 @@ class LiteLLMBackend(Remote):
             self._module = import_litellm()
         return self._module
 
-    def _body(self, body: dict) -> dict:
-        return {**body, **self._params, "model": self.model, "timeout": self._timeout}
+    def _body(self, fn: str, body: dict) -> dict:
+        allowed = CLIENT_FIELDS[fn]
+        return {**{k: v for k, v in body.items() if k in allowed}, **self._params, "model": self.model,
+                "timeout": self._timeout}
 
     def _dump(self, obj: Any) -> tuple[bytes, dict]:
         data = obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else dict(obj)
@@ -68,7 +88,7 @@ class LiteLLMBackend(Remote):
 
     async def _call(self, fn: str, body: dict) -> Completion:
         try:
-            result = await getattr(self._litellm, fn)(**self._body(body))
+            result = await getattr(self._litellm, fn)(**self._body(fn, body))
         except errors.BackendError:
             raise
         except Exception as exc:  # litellm's own tree, translated at this boundary
@@ -78,7 +98,7 @@ class LiteLLMBackend(Remote):
 
     async def _stream(self, fn: str, body: dict) -> AsyncIterator[Chunk]:
         try:
-            args = {**self._body(body), "stream": True, "stream_options": {"include_usage": True}}
+            args = {**self._body(fn, body), "stream": True, "stream_options": {"include_usage": True}}
             stream = await getattr(self._litellm, fn)(**args)
             async for part in stream:
                 yield Chunk.parsed(*self._dump(part))

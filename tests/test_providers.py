@@ -68,7 +68,12 @@ def gateway(tmp_path_factory):
         def entry(name, model):
             return {"model_name": name, "litellm_params": {"model": f"anthropic/{model}", "api_key": "anthropic-secret",
                                                           "api_base": f"http://127.0.0.1:{fake.port}"}}
-        config = {"model_list": [entry("claude", "claude-3-5-sonnet-20240620"), entry("broken", "claude-broken")],
+        # No api_base: litellm's default (api.anthropic.com, unreachable here) is the only place its key may go.
+        unset_base = {"model_name": "claude-default",
+                      "litellm_params": {"model": "anthropic/claude-3-5-sonnet-20240620", "api_key": "anthropic-secret",
+                                         "timeout": 5}}
+        config = {"model_list": [entry("claude", "claude-3-5-sonnet-20240620"), entry("broken", "claude-broken"),
+                                 unset_base],
                   "keystile_settings": {"num_retries": 0}}
         with Keystile(tmp_path_factory.mktemp("providers"), config) as server:
             yield server, fake
@@ -100,3 +105,24 @@ def test_provider_error_is_502(gateway):
     with pytest.raises(openai.APIStatusError) as e:
         client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
     assert e.value.status_code == 502 and "overloaded" in e.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_cannot_redirect_the_deployments_credentials(gateway, stream):
+    """litellm takes `api_base`, `base_url`, `api_key`, `extra_headers`, ... from the same keyword arguments as
+    the request's fields: a client that set them would have the deployment's key sent to its own server."""
+    server, fake = gateway
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.master_key, max_retries=0)
+    before = len(fake.seen)
+    stolen = {"api_base": f"http://127.0.0.1:{fake.port}", "base_url": f"http://127.0.0.1:{fake.port}",
+              "extra_headers": {"x-leak": "1"}, "mock_response": "free tokens"}
+    with pytest.raises(openai.APIError):
+        r = client.chat.completions.create(model="claude-default", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=5, stream=stream, extra_body=stolen)
+        if stream:
+            list(r)
+    assert len(fake.seen) == before, "the deployment's key went to a server the client named"
+    client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                   extra_body={"api_key": "client-chosen", "extra_headers": {"x-leak": "1"}})
+    headers, _ = fake.seen[-1]
+    assert headers["x-api-key"] == "anthropic-secret" and "x-leak" not in headers

@@ -83,13 +83,15 @@ async def refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-def incoming_request_id(headers: Mapping[str, str]) -> str | None:
-    """A proxy's (nginx's) or the client's own X-Request-ID, kept as the request's id when it is a
-    short printable token, so the gateway's answer and usage record match the proxy's logs."""
+def request_id_for(headers: Mapping[str, str], own: str) -> str:
+    """The request's id, the key of its usage record: the gateway's own `own` (unique), after a proxy's
+    (nginx's) or the client's X-Request-ID when that is a short printable token (cut to 40 characters),
+    so the proxy's logs and the usage record find each other by that prefix. Never the given id alone:
+    a client repeating one would make its later usage records duplicates, skipped, and unbilled."""
     value = headers.get("x-request-id")
     if value and len(value) <= 128 and value.isascii() and value.isprintable() and " " not in value:
-        return value
-    return None
+        return f"{value[:40]}-{own}"
+    return own
 
 
 def with_request_id(send: Send, request_id: str) -> Send:
@@ -120,8 +122,8 @@ class Edge:
             return
         found = self.routes.match(scope["method"], scope["path"])
         if found is None:
-            given = incoming_request_id(Request(scope).headers)
-            send = with_request_id(send, given or self.app.state.services.gateway.new_request_id())
+            own = self.app.state.services.gateway.new_request_id()
+            send = with_request_id(send, request_id_for(Request(scope).headers, own))
             refused = self.routes.wrong_method(scope["method"], scope["path"])
             if refused is not None:
                 await send_error(send, *refused)
@@ -133,7 +135,7 @@ class Edge:
         request = Request(scope, receive)
         disconnected = watch(receive)
         limit = services.options.max_request_bytes
-        request_id = incoming_request_id(request.headers) or services.gateway.new_request_id()
+        request_id = request_id_for(request.headers, services.gateway.new_request_id())
         tagged = [(b"x-request-id", request_id.encode())]
         incoming = Incoming(scope["path"], lambda: read_body(request, limit), disconnected, params,
                             scope.get("query_string", b""), request.headers, request_id)
