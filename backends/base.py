@@ -86,7 +86,19 @@ class Backend(Protocol):
         relevance_score, in its own shape); NotSupported where the backend cannot rerank."""
         ...
 
-    async def tokenize(self, text: str) -> list[int]: ...
+    async def tokenize(self, text: str) -> list[int]:
+        """The token ids of `text` (for counting); NotSupported where no tokenizer is known."""
+        ...
+
+    async def encode(self, body: dict) -> Completion:
+        """vLLM's /tokenize: `{model, prompt, add_special_tokens}` or `{model, messages, tools}` (rendered
+        with the model's chat template) -> `{count, max_model_len, tokens, token_strs}` (token_strs
+        null where the tokenizer does not say); NotSupported where the backend has no tokenizer."""
+        ...
+
+    async def decode(self, body: dict) -> Completion:
+        """vLLM's /detokenize: `{model, tokens}` -> `{prompt}`; NotSupported as `encode`."""
+        ...
 
     async def health(self) -> bool: ...
 

@@ -365,18 +365,40 @@ class LlamaCppBackend:
         return await self._complete("embed", params)
 
     async def tokenize(self, text: str) -> list[int]:
+        return list((await self._at_once("tokenize", {"text": text}))["tokens"])
+
+    async def encode(self, body: dict) -> Completion:
+        """vLLM's /tokenize on llama.cpp's tokenizer: text (`prompt`) or `messages` rendered as a chat
+        completion renders them, with each token's text."""
+        params = {"pieces": True, "add_special": body.get("add_special_tokens", True) is not False}
+        if body.get("messages") is not None:
+            params.update(messages=chat_params(body)["messages"], tools=body.get("tools"))
+        else:
+            params["text"] = body.get("prompt")
+        value = await self._at_once("tokenize", params)
+        tokens = value["tokens"]
+        return Completion(orjson.dumps({"count": len(tokens), "max_model_len": value["max_model_len"],
+                                        "tokens": tokens, "token_strs": value.get("token_strings")}), None)
+
+    async def decode(self, body: dict) -> Completion:
+        """vLLM's /detokenize: `{tokens}` -> `{prompt}`."""
+        value = await self._at_once("detokenize", {"tokens": body.get("tokens")})
+        return Completion(orjson.dumps({"prompt": value["text"]}), None)
+
+    async def _at_once(self, op: str, params: dict) -> dict:
+        """A tokenizer operation, which the worker answers at once (also mid-generation)."""
         worker = await self._ready_worker()
-        request = worker.submit(next(self._ids), "tokenize", {"text": text}, holds_slot=False)
+        request = worker.submit(next(self._ids), op, params, holds_slot=False)
         try:
             async with asyncio.timeout(self.request_timeout):
                 kind, value = await request.queue.get()
         except TimeoutError:
-            raise errors.UpstreamTimeout(f"tokenize on {self.public_name!r} timed out") from None
+            raise errors.UpstreamTimeout(f"{op} on {self.public_name!r} timed out") from None
         finally:
             worker.forget(request)
         if kind == "error":
             raise value
-        return list(value["tokens"])
+        return value
 
     async def _complete(self, op: str, params: dict) -> Completion:
         async with contextlib.aclosing(self._call(op, params, stream=False)) as replies:

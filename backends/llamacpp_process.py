@@ -169,10 +169,7 @@ class WorkerProcess:
             raise self._crash_error()
         request = PendingRequest(request_id, holds_slot)
         self._pending[request_id] = request
-        if op == "tokenize":
-            self._write({"id": request_id, "op": op, "text": params.get("text", "")})
-        else:
-            self._write({"id": request_id, "op": op, "params": params})
+        self._write({"id": request_id, "op": op, "params": params})
         return request
 
     def abandon(self, request: PendingRequest, *, grace: float) -> None:

@@ -5,7 +5,8 @@ that imports llama_cpp. It speaks newline-delimited JSON (orjson) on stdin/stdou
 
   in   first line: the configuration {"public_name", "model_path", "n_ctx", "n_threads", "llama_kwargs"}
        {"id": n, "op": "chat"|"complete"|"embed", "params": {...}}  queued, run one at a time
-       {"id": n, "op": "tokenize", "text": "..."}                   answered at once, even mid-generation
+       {"id": n, "op": "tokenize"|"detokenize", "params": {...}}    answered at once, even mid-generation
+                                                                    (backends/llamacpp_tokens.py)
        {"id": n, "op": "cancel"}                                    stop request n between two tokens
   out  {"op": "ready", "metadata": {...}} once the model is loaded (layers, sizes, GGUF fields), or {"op": "fatal", "message"} and exit 1
        {"id": n, "chunk": {...}}* then {"id": n, "result": {...}} or {"id": n, "error": {"kind", "message"}}
@@ -27,16 +28,14 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from .llamacpp_tokens import Tokens, Unsupported, intercept
+
 # Keyword arguments the parent decides; a deployment's extras may not override them.
 _RESERVED = {"model_path", "n_ctx", "n_threads", "verbose", "embedding", "pooling_type"}
 
 
 class _Cancelled(Exception):
     """The parent cancelled the running request (client gone or timed out)."""
-
-
-class _Unsupported(Exception):
-    """The request asks for something this deployment cannot do (a 400 for the caller)."""
 
 
 class _Progress:
@@ -78,6 +77,7 @@ class Worker:
         self._llama_cpp: Any = None  # the module, imported by load()
         self._llm: Any = None
         self._embedder: Any = None
+        self._tokens: Tokens | None = None
         self._is_eog: Callable[[int], bool] = lambda token: False
 
     # -- transport -------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ class Worker:
                 op = message.get("op")
                 if op == "cancel":
                     self._cancelled.add(message["id"])
-                elif op == "tokenize":
+                elif op in ("tokenize", "detokenize"):
                     self._tokenize(message)
                 else:
                     self._jobs.put(message)
@@ -115,6 +115,7 @@ class Worker:
         self._llm = cls(**self._llama_kwargs(llama_cpp.Llama))
         vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._is_eog = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        self._tokens = Tokens(llama_cpp, self._llm)
 
     def metadata(self) -> dict[str, Any]:
         """What the loaded GGUF says about the model (for the gateway's /info)."""
@@ -182,7 +183,7 @@ class Worker:
         except _Cancelled:
             error = {"kind": "cancelled", "message": "cancelled", "tokens": progress.sampled}
             self.send({"id": request_id, "error": error})
-        except _Unsupported as exc:
+        except Unsupported as exc:
             self.send({"id": request_id, "error": {"kind": "unsupported", "message": str(exc)}})
         except (ValueError, TypeError, KeyError) as exc:
             message = str(exc) or type(exc).__name__
@@ -198,7 +199,7 @@ class Worker:
         llm = self._llm
         if params.get("logprobs") is not None and params.get("logprobs") is not False:
             if not (self.config.get("llama_kwargs") or {}).get("logits_all"):
-                raise _Unsupported("logprobs need the deployment option logits_all: true on this llama.cpp model")
+                raise Unsupported("logprobs need the deployment option logits_all: true on this llama.cpp model")
             if op == "chat":
                 params["top_logprobs"] = params.get("top_logprobs") or 0
         else:
@@ -211,6 +212,9 @@ class Worker:
         if op == "chat":
             return llm.create_chat_completion(**params, stream=stream, model=self.public_name)
         if op == "complete":
+            if params.get("suffix") is not None:  # fill in the middle, with the model's own FIM tokens
+                assert self._tokens is not None
+                params["prompt"] = self._tokens.fim_prompt(params.get("prompt") or "", params.pop("suffix"))
             return llm.create_completion(**params, stream=stream, model=self.public_name)
         raise ValueError(f"unknown operation {op!r}")
 
@@ -220,13 +224,13 @@ class Worker:
         if not isinstance(texts, list) or not texts:
             raise ValueError("input must be a non-empty string or a non-empty list of strings")
         if not all(isinstance(t, str) for t in texts):
-            raise _Unsupported("this llama.cpp model embeds text only, not token arrays")
+            raise Unsupported("this llama.cpp model embeds text only, not token arrays")
         if not all(texts):
             raise ValueError("input must not contain empty strings")
         embedder = self._embedding_model()
         dimensions = params.get("dimensions")
         if dimensions is not None and dimensions != embedder.n_embd():
-            raise _Unsupported(f"this model's embeddings have {embedder.n_embd()} dimensions, not {dimensions}")
+            raise Unsupported(f"this model's embeddings have {embedder.n_embd()} dimensions, not {dimensions}")
         vectors, count = embedder.embed(texts, normalize=True, truncate=False, return_count=True)
         as_base64 = params.get("encoding_format") == "base64"
         data = [
@@ -251,23 +255,33 @@ class Worker:
         return self._embedder
 
     def _tokenize(self, message: dict) -> None:
-        request_id = message["id"]
-        if self._llm is None:
+        request_id, tokens = message["id"], self._tokens
+        if tokens is None:
             self.send({"id": request_id, "error": {"kind": "loading", "message": "model is loading"}})
             return
+        params = message.get("params") or {}
         try:
-            tokens = self._llm.tokenize(str(message.get("text", "")).encode("utf-8"), add_bos=False, special=True)
-            self.send({"id": request_id, "result": {"tokens": tokens}})
+            result = tokens.tokenize(params) if message["op"] == "tokenize" else tokens.detokenize(params)
+            self.send({"id": request_id, "result": result})
+        except Unsupported as exc:
+            self.send({"id": request_id, "error": {"kind": "unsupported", "message": str(exc)}})
+        except (ValueError, TypeError, KeyError) as exc:
+            self.send({"id": request_id, "error": {"kind": "invalid", "message": str(exc) or type(exc).__name__}})
         except Exception as exc:  # reported, never fatal to the worker
             self.send({"id": request_id, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}})
 
 
 def _counting_llama_class(base: type) -> type:
     """Llama whose every sampled token passes through `progress`: the one hook llama-cpp-python
-    calls per token for both chat and text completions, streamed or not."""
+    calls per token for both chat and text completions, streamed or not. Its create_completion,
+    which every chat handler ends in, hands a chat being rendered for tokenize its tokens."""
 
     class CountingLlama(base):  # type: ignore[misc, valid-type]
         progress: _Progress | None = None
+
+        def create_completion(self, *args: Any, **kwargs: Any) -> Any:
+            intercept(self, args, kwargs)  # a chat being rendered for tokenize stops here
+            return super().create_completion(*args, **kwargs)
 
         def sample(self, *args: Any, **kwargs: Any) -> int:
             if self.progress is not None:

@@ -18,6 +18,7 @@ import orjson
 from . import errors
 from .base import Chunk, Completion, Remote, Usage
 from .http import BadResponse, ClientPool, HTTPClientError, Origin, Redirected, Response, Timeout
+from .openai_tokenizer import OpenAITokenizers
 
 # Providers whose API is OpenAI's, and their default base URL (None: api_base is required).
 OPENAI_COMPATIBLE: dict[str, str | None] = {
@@ -91,6 +92,32 @@ def _upstream_error(status: int, body: bytes, retry_after: str | None = None) ->
     )
 
 
+def _object(data: bytes) -> dict:
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise errors.UpstreamHTTPError("the upstream's tokenizer answer is not a JSON object", status=502)
+    return parsed
+
+
+def _tokenize_answer(data: bytes) -> bytes:
+    """vLLM's /tokenize answer as it is; llama.cpp server's (`tokens` of `{id, piece}`) in vLLM's shape."""
+    parsed = _object(data)
+    tokens = parsed.get("tokens")
+    if not isinstance(tokens, list):
+        raise errors.UpstreamHTTPError("the upstream's /tokenize answer has no tokens", status=502)
+    pieces = parsed.get("token_strs")
+    if tokens and all(isinstance(t, dict) for t in tokens):
+        pieces = [t.get("piece") if isinstance(t.get("piece"), str) else "" for t in tokens]
+        tokens = [t.get("id") for t in tokens]
+    if not all(isinstance(t, int) for t in tokens):
+        raise errors.UpstreamHTTPError("the upstream's /tokenize answer has tokens that are not ids", status=502)
+    return orjson.dumps({"count": len(tokens), "max_model_len": parsed.get("max_model_len"), "tokens": tokens,
+                         "token_strs": pieces if isinstance(pieces, list) else None})
+
+
 class OpenAICompatBackend(Remote):
 
     def __init__(self, public_name: str, upstream_model: str, *, api_base: str, api_key: str | None,
@@ -107,6 +134,9 @@ class OpenAICompatBackend(Remote):
         self._timeout = timeout
         self._stream_timeout = stream_timeout or timeout  # streams: the longest silence between two reads
         self._public_field = b'"model":' + orjson.dumps(public_name)
+        self._root = self._path.removesuffix("/").removesuffix("/v1")  # where vLLM serves /tokenize
+        self._openai = urlsplit(self.base).hostname == "api.openai.com"
+        self._tiktoken = OpenAITokenizers()
 
     @property
     def _origin(self) -> Origin:
@@ -126,10 +156,11 @@ class OpenAICompatBackend(Remote):
     def _rename(self, data: bytes) -> bytes:
         return _MODEL_FIELD.sub(self._public_field, data, count=1)
 
-    async def _post(self, path: str, body: dict) -> Completion:
+    async def _post(self, path: str, body: dict, *, at_root: bool = False) -> Completion:
         payload = orjson.dumps({**body, "model": self.upstream_model})
+        head = self._origin.request_head("POST", self._root + path, self._headers) if at_root else self._head("POST", path)
         try:
-            status, data, retry_after = await self._origin.exchange(self._head("POST", path), payload, self._timeout)
+            status, data, retry_after = await self._origin.exchange(head, payload, self._timeout)
         except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} timed out") from exc
         except (BadResponse, Redirected) as exc:
@@ -188,6 +219,45 @@ class OpenAICompatBackend(Remote):
 
     async def tokenize(self, text: str) -> list[int]:
         raise errors.NotSupported(f"{self.public_name}: tokenize is not offered by this upstream")
+
+    async def encode(self, body: dict) -> Completion:
+        """OpenAI's models: tiktoken, offline. Others: the server's `/tokenize` (vLLM's, at the root
+        beside /v1; llama.cpp's server answers the `content` and `with_pieces` it also gets), and
+        tiktoken where the server has none and the model is one tiktoken knows."""
+        if self._openai:
+            return await self._tiktoken.encode(self.upstream_model, body)
+        relayed = {**body, "return_token_strs": True}
+        if body.get("messages") is None:
+            relayed.update(content=body.get("prompt"), with_pieces=True,
+                           add_special=body.get("add_special_tokens", True) is not False)
+        try:
+            answer = await self._post("/tokenize", relayed, at_root=True)
+        except errors.UpstreamHTTPError as exc:
+            return await self._without_route(exc, self._tiktoken.encode, body)
+        return Completion(_tokenize_answer(answer.body), None)
+
+    async def decode(self, body: dict) -> Completion:
+        if self._openai:
+            return await self._tiktoken.decode(self.upstream_model, body)
+        try:
+            answer = await self._post("/detokenize", body, at_root=True)
+        except errors.UpstreamHTTPError as exc:
+            return await self._without_route(exc, self._tiktoken.decode, body)
+        data = _object(answer.body)
+        text = data.get("prompt", data.get("content"))
+        if not isinstance(text, str):
+            raise errors.UpstreamHTTPError("the upstream's /detokenize answer has no text", status=502)
+        return Completion(orjson.dumps({"prompt": text}), None)
+
+    async def _without_route(self, exc: errors.UpstreamHTTPError, tiktoken, body: dict) -> Completion:
+        """An upstream without the tokenizer routes (404, 405, 501): tiktoken for a model it knows,
+        else a clear NotSupported."""
+        if exc.status not in (404, 405, 501):
+            raise exc
+        if self._tiktoken.knows(self.upstream_model):
+            return await tiktoken(self.upstream_model, body)
+        raise errors.NotSupported(f"{self.public_name}: its upstream has no /tokenize and /detokenize (a vLLM "
+                                  "server has them) and no tokenizer is known for this model") from exc
 
     async def health(self) -> bool:
         try:

@@ -7,6 +7,7 @@ litellm is told to use its bundled cost map and to keep telemetry off, so import
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib
 import os
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import orjson
 
 from . import errors
 from .base import Chunk, Completion, Remote, Usage
+from .openai_tokenizer import OpenAITokenizers
 
 
 def import_litellm() -> ModuleType:
@@ -59,6 +61,15 @@ def _translate(litellm: ModuleType, exc: Exception) -> errors.BackendError:
     return errors.UpstreamHTTPError(message, status=502)
 
 
+def _vector_size(embedding: Any) -> int | None:
+    """The length of an embedding as floats or as base64-packed float32."""
+    if isinstance(embedding, list):
+        return len(embedding)
+    if isinstance(embedding, str):
+        return len(base64.b64decode(embedding)) // 4
+    return None
+
+
 class LiteLLMBackend(Remote):
 
     def __init__(self, public_name: str, model: str, *, timeout: float, params: dict[str, Any]):
@@ -67,6 +78,7 @@ class LiteLLMBackend(Remote):
         self._module: ModuleType | None = None
         self._timeout = timeout
         self._params = {k: v for k, v in params.items() if v is not None}
+        self._tiktoken = OpenAITokenizers()
 
     @property
     def _litellm(self) -> ModuleType:
@@ -120,13 +132,37 @@ class LiteLLMBackend(Remote):
         return self._stream("atext_completion", body)
 
     async def embed(self, body: dict) -> Completion:
-        return await self._call("aembedding", body)
+        """`dimensions` goes to the provider; litellm drops it for one that does not take it (drop_params),
+        so an answer of another size is refused rather than passed on as if it were the one asked for."""
+        answer = await self._call("aembedding", body)
+        wanted = body.get("dimensions")
+        if wanted is not None:
+            sizes = {_vector_size(item.get("embedding")) for item in orjson.loads(answer.body).get("data") or ()}
+            if sizes != {wanted}:
+                raise errors.NotSupported(f"{self.public_name}: the provider does not shorten embeddings to "
+                                          f"`dimensions` ({wanted}); it answered with {sorted(map(str, sizes))}")
+        return answer
 
     async def rerank(self, body: dict) -> Completion:
         return await self._call("arerank", body)
 
     async def tokenize(self, text: str) -> list[int]:
         return list(self._litellm.encode(model=self.model, text=text))
+
+    async def encode(self, body: dict) -> Completion:
+        """tiktoken (offline) for an OpenAI model behind another provider (Azure's `gpt-4o`, say);
+        NotSupported for the rest: litellm's tokenizers for them are approximations or downloads."""
+        return await self._tiktoken.encode(self._known_model(), body)
+
+    async def decode(self, body: dict) -> Completion:
+        return await self._tiktoken.decode(self._known_model(), body)
+
+    def _known_model(self) -> str:
+        name = self.model.split("/", 1)[-1]
+        if not self._tiktoken.knows(name):
+            raise errors.NotSupported(f"{self.public_name}: no tokenizer is known for {self.model}; tokenize and "
+                                      "detokenize work on local models, vLLM upstreams and OpenAI models")
+        return name
 
     async def health(self) -> bool:
         return True

@@ -8,7 +8,9 @@ module does), `pausing` goes quiet for PAUSE_S after its first chunk, `pause` an
 `tools*` calls the first tool it is offered (a sentence, then the call, its arguments streamed in two
 pieces; `toolsilent*` without the sentence) and, once the last message is a tool result, answers
 with that result. `/v1/rerank` (and Cohere's `/v2/rerank`) scores documents by the words they share
-with the query. Every request body is recorded."""
+with the query. `/tokenize` and `/detokenize` (vLLM's, at the root) use one token per UTF-8 byte for
+`echo*` models (`fail` answers 500, `hang` never answers); for any other model they answer 404, as
+a server without those routes does. Every request body is recorded."""
 
 from __future__ import annotations
 
@@ -96,6 +98,8 @@ class FakeUpstream(Served):
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/rerank", self.rerank, methods=["POST"]),
             Route("/v2/rerank", self.rerank, methods=["POST"]),
+            Route("/tokenize", self.tokenizer, methods=["POST"]),
+            Route("/detokenize", self.tokenizer, methods=["POST"]),
         ])
         self.serve(app)
 
@@ -116,6 +120,28 @@ class FakeUpstream(Served):
                                       "usage": {"total_tokens": sum(len(d.split()) for d in docs)},
                                       "meta": {"billed_units": {"search_units": 1}}}),
                         media_type="application/json")
+
+    async def tokenizer(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        self.requests.append(body)
+        model = body.get("model") or ""
+        if model == "hang":
+            await asyncio.sleep(3600)
+        if model == "fail":
+            return Response(orjson.dumps({"error": {"message": "tokenizer exploded"}}), status_code=500,
+                            media_type="application/json")
+        if not model.startswith("echo"):
+            return Response(b'{"detail":"Not Found"}', status_code=404, media_type="application/json")
+        if request.url.path == "/detokenize":
+            return Response(orjson.dumps({"prompt": bytes(body["tokens"]).decode("utf-8", "replace")}),
+                            media_type="application/json")
+        text = body.get("prompt") if "messages" not in body else \
+            "".join(f"<{m['role']}>{m.get('content')}" for m in body["messages"]) + "<assistant>"
+        tokens = list(text.encode("utf-8"))
+        answer = {"count": len(tokens), "max_model_len": 4096, "tokens": tokens}
+        if body.get("return_token_strs"):
+            answer["token_strs"] = [bytes([t]).decode("utf-8", "replace") for t in tokens]
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     async def embeddings(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

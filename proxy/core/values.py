@@ -12,10 +12,10 @@ from typing import Literal
 
 from backends.base import Chunk, Usage
 
-Operation = Literal["chat", "completions", "embeddings", "rerank", "messages"]
+Operation = Literal["chat", "completions", "embeddings", "rerank", "messages", "tokenize", "detokenize"]
 """What is asked of a model: a chat completion, a text completion, embeddings, a reranking of
-documents, or an Anthropic Messages request relayed as it is to a backend that takes them
-(`relays` has "anthropic")."""
+documents, an Anthropic Messages request relayed as it is to a backend that takes them
+(`relays` has "anthropic"), or its tokenizer's work (text or a chat to token ids, ids to text)."""
 
 STREAMABLE: frozenset[Operation] = frozenset({"chat", "completions", "messages"})
 RELAYED: frozenset[Operation] = frozenset({"messages"})

@@ -110,6 +110,13 @@ async def read_json(gateway: Gateway, principal: Principal, incoming: Incoming) 
         raise
 
 
+def default_model(services: Services) -> str:
+    """The model a dialect whose requests may leave `model` out uses: `keystile_settings.default_model`,
+    else the first in model_list ("" when there is none)."""
+    names = [e.model_name for e in services.config.model_list]
+    return services.options.default_model or (names[0] if names else "")
+
+
 def validate(model: type[BaseModel], data: dict) -> BaseModel:
     """`data` checked against a wire model; a BadRequest naming the first bad field."""
     try:

@@ -20,7 +20,7 @@ from backends.router import Deployment
 from ..core import Answer, Gateway, Inference
 from ..domain import Principal
 from ..errors import BadRequest, KeystileError, Unavailable, error_body
-from .base import Dialect, Endpoint, Incoming, Reply
+from .base import Dialect, Endpoint, Incoming, Reply, default_model
 
 RANGES = {"max_tokens": (1, 2048), "temperature": (0.0, 2.0), "top_k": (1, 32)}
 
@@ -64,8 +64,7 @@ class Generate(Dialect):
         self.default_model = ""
 
     async def start(self, services) -> None:
-        names = [e.model_name for e in services.config.model_list]
-        self.default_model = services.options.default_model or (names[0] if names else "")
+        self.default_model = default_model(services)
 
     def parse(self, endpoint: Endpoint, body: dict) -> Inference:
         try:

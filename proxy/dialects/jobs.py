@@ -31,7 +31,7 @@ from ..errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
 from ..jobs.runner import JobRunner
 from ..jobs.store import ENDED, QUEUED, JobStore
 from ..protocol.openai import ChatRequest
-from .base import Dialect, Endpoint, Incoming, Reply, parse_json
+from .base import Dialect, Endpoint, Incoming, Reply, default_model, parse_json
 
 SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "seed", "presence_penalty",
             "frequency_penalty", "repetition_penalty", "response_format")
@@ -100,8 +100,7 @@ class Jobs(Dialect):
         options = services.options
         self.settings = options.jobs
         self.cache = services.cache
-        names = [e.model_name for e in services.config.model_list]
-        self.default_model = options.default_model or (names[0] if names else "")
+        self.default_model = default_model(services)
         self.store = JobStore(services.db)
         self.runner = JobRunner(self.store, services.gateway, self._principal_of, self.settings,
                                 orphan_after_s=options.request_timeout + 60)
