@@ -94,6 +94,11 @@ class Tokens:
             self._llm.create_chat_completion(messages=messages, tools=tools, max_tokens=1)
         except Rendered as done:
             return done.tokens
+        except Unsupported:
+            raise
+        except Exception as exc:  # the template's own failures (jinja2's) on what the caller sent
+            raise ValueError(f"the model's chat template cannot render these messages: "
+                             f"{type(exc).__name__}: {exc}") from exc
         finally:
             RENDERING.active = False
         raise Unsupported("this model's chat handler does not render a prompt that can be tokenized")

@@ -257,7 +257,8 @@ class OpenAICompatBackend(Remote):
         if self._tiktoken.knows(self.upstream_model):
             return await tiktoken(self.upstream_model, body)
         raise errors.NotSupported(f"{self.public_name}: its upstream has no /tokenize and /detokenize (a vLLM "
-                                  "server has them) and no tokenizer is known for this model") from exc
+                                  f"server has them; it answered HTTP {exc.status}: {exc.message}) and no "
+                                  "tokenizer is known for this model") from exc
 
     async def health(self) -> bool:
         try:

@@ -133,6 +133,9 @@ class FakeUpstream(Served):
         if not model.startswith("echo"):
             return Response(b'{"detail":"Not Found"}', status_code=404, media_type="application/json")
         if request.url.path == "/detokenize":
+            if not all(isinstance(t, int) and 0 <= t < 256 for t in body.get("tokens") or ()):
+                return Response(orjson.dumps({"error": {"message": "token out of vocabulary"}}), status_code=400,
+                                media_type="application/json")
             return Response(orjson.dumps({"prompt": bytes(body["tokens"]).decode("utf-8", "replace")}),
                             media_type="application/json")
         text = body.get("prompt") if "messages" not in body else \

@@ -39,7 +39,7 @@ class Tokenize(Dialect):
         model = body.get("model") or self.default_model
         if endpoint.operation == "detokenize":
             return Inference({"model": model, "tokens": body["tokens"]})
-        request = {k: v for k, v in body.items() if k != "text"}
+        request = {k: v for k, v in body.items() if k != "text" and v is not None}  # `null`s mean "not sent"
         request["model"] = model
         if body.get("messages") is None:
             request["prompt"] = body["prompt"] if body.get("prompt") is not None else body["text"]
