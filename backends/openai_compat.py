@@ -37,6 +37,10 @@ OPENAI_COMPATIBLE: dict[str, str | None] = {
     "perplexity": "https://api.perplexity.ai",
 }
 
+NATIVE_FIM = frozenset({"mistral"})
+"""Providers that serve Mistral's `/fim/completions` themselves (Codestral): fill-in-the-middle
+requests are relayed to them as they are, instead of becoming a completion with `suffix`."""
+
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _MAX_ERROR_MESSAGE = 500
 
@@ -121,8 +125,10 @@ def _tokenize_answer(data: bytes) -> bytes:
 class OpenAICompatBackend(Remote):
 
     def __init__(self, public_name: str, upstream_model: str, *, api_base: str, api_key: str | None,
-                 pool: ClientPool, timeout: float, stream_timeout: float | None = None):
+                 pool: ClientPool, timeout: float, stream_timeout: float | None = None, native_fim: bool = False):
         self.public_name = public_name
+        self.relays = frozenset({"fim"}) if native_fim else frozenset()
+        """Wire formats this upstream takes as they are (see NATIVE_FIM)."""
         self.upstream_model = upstream_model
         self.base = api_base.rstrip("/")
         self._pool = pool
@@ -212,6 +218,13 @@ class OpenAICompatBackend(Remote):
 
     async def embed(self, body: dict) -> Completion:
         return await self._post("/embeddings", body)
+
+    async def fim(self, body: dict) -> Completion:
+        """Mistral's `/fim/completions`, relayed (only where `relays` has "fim")."""
+        return await self._post("/fim/completions", body)
+
+    def fim_stream(self, body: dict) -> AsyncIterator[Chunk]:
+        return self._stream("/fim/completions", body)
 
     async def rerank(self, body: dict) -> Completion:
         """vLLM, llama.cpp's server, Infinity, Jina and Cohere-compatible servers: `{api_base}/rerank`."""

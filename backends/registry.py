@@ -6,7 +6,7 @@ from typing import Any
 
 from .base import Backend
 from .http import ClientPool
-from .openai_compat import OPENAI_COMPATIBLE, OpenAICompatBackend
+from .openai_compat import NATIVE_FIM, OPENAI_COMPATIBLE, OpenAICompatBackend
 
 LOCAL_PROVIDERS = ("llamacpp", "llama_cpp_python")
 
@@ -27,7 +27,7 @@ def make_backend(public_name: str, params: dict[str, Any], *, pool: ClientPool, 
     if provider in OPENAI_COMPATIBLE and (api_base or OPENAI_COMPATIBLE[provider]):
         return OpenAICompatBackend(public_name, upstream, api_base=api_base or OPENAI_COMPATIBLE[provider],
                                    api_key=params.pop("api_key", None), pool=pool, timeout=timeout,
-                                   stream_timeout=stream_timeout)
+                                   stream_timeout=stream_timeout, native_fim=provider in NATIVE_FIM)
     if provider in OPENAI_COMPATIBLE:
         raise ValueError(f"provider '{provider}' needs api_base")
     if provider == "anthropic":

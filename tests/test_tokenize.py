@@ -25,6 +25,10 @@ def gw(tmp_path_factory, upstream):
         model_entry(upstream, "hanging", "hang", timeout=1),
         model_entry(upstream, "gpt-on-upstream", "gpt-4o"),  # its server has no /tokenize: tiktoken
         model_entry(upstream, "notok", "mystery-model"),  # no /tokenize and no known tokenizer
+        {"model_name": "codestral", "litellm_params": {"model": "mistral/codestral-latest", "api_base": upstream.base_url,
+                                                        "api_key": "mistral-secret"}},
+        {"model_name": "codestral-failing", "litellm_params": {"model": "mistral/fail", "api_base": upstream.base_url,
+                                                                "api_key": "mistral-secret"}},
         {"model_name": "gpt4o", "litellm_params": {"model": "openai/gpt-4o", "api_key": "sk-unused"}},
         {"model_name": "proxied", "litellm_params": {"model": "litellm_proxy/embedder", "api_base": upstream.base_url,
                                                       "api_key": "upstream-secret"}},
@@ -137,6 +141,27 @@ def test_fim_completions_on_an_upstream(gw, upstream):
     chunks = [json.loads(d) for d in data[:-1]]
     assert all(c["choices"] for c in chunks)  # no usage-only chunk: Continue reads choices[0] of each
     assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "echo: def f("
+
+
+def test_fim_is_relayed_to_mistral(gw, upstream):
+    """A `mistral/…` deployment (Codestral) serves the route itself: body, answer and chunks as they are."""
+    body = {"model": "codestral", "prompt": "def f(", "suffix": ")", "max_tokens": 5, "min_tokens": 1}
+    r = post(gw, "/v1/fim/completions", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "fim: def f(|)" and r.json()["model"] == "codestral"
+    assert upstream.requests[-1] == {**body, "model": "codestral-latest"}
+    assert upstream.headers[-1]["authorization"] == "Bearer mistral-secret"
+    with httpx.stream("POST", gw.url + "/v1/fim/completions", json={**body, "stream": True}, timeout=30,
+                      headers={"Authorization": f"Bearer {gw.master_key}"}) as r:
+        data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]" and "stream_options" not in upstream.requests[-1]
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "fim: def f(|)"
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
+    r = post(gw, "/v1/fim/completions", {**body, "model": "codestral-failing"})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+    r = post(gw, "/v1/fim/completions", {"model": "codestral", "prompt": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
 
 
 def test_bad_fim_requests(gw):

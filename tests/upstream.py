@@ -10,7 +10,8 @@ pieces; `toolsilent*` without the sentence) and, once the last message is a tool
 with that result. `/v1/rerank` (and Cohere's `/v2/rerank`) scores documents by the words they share
 with the query. `/tokenize` and `/detokenize` (vLLM's, at the root) use one token per UTF-8 byte for
 `echo*` models (`fail` answers 500, `hang` never answers); for any other model they answer 404, as
-a server without those routes does. Every request body is recorded."""
+a server without those routes does. `/v1/fim/completions` answers in Mistral's shape (`fim: prompt|suffix`;
+streamed in two chunks, the last with the usage, as Codestral does). Every request body is recorded."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ class FakeUpstream(Served):
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/rerank", self.rerank, methods=["POST"]),
             Route("/v2/rerank", self.rerank, methods=["POST"]),
+            Route("/v1/fim/completions", self.fim, methods=["POST"]),
             Route("/tokenize", self.tokenizer, methods=["POST"]),
             Route("/detokenize", self.tokenizer, methods=["POST"]),
         ])
@@ -120,6 +122,31 @@ class FakeUpstream(Served):
                                       "usage": {"total_tokens": sum(len(d.split()) for d in docs)},
                                       "meta": {"billed_units": {"search_units": 1}}}),
                         media_type="application/json")
+
+    async def fim(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        if body["model"] == "fail":
+            return Response(orjson.dumps({"object": "error", "message": "fim exploded"}), status_code=500,
+                            media_type="application/json")
+        text = f"fim: {body['prompt']}|{body.get('suffix')}"
+        usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+        head = {"id": "fim-1", "object": "chat.completion", "created": 1, "model": body["model"]}
+        if not body.get("stream"):
+            return Response(orjson.dumps({**head, "usage": usage, "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text, "tool_calls": None}}]}),
+                            media_type="application/json")
+        half = len(text) // 2
+
+        async def events():
+            chunk = {**head, "object": "chat.completion.chunk"}
+            yield b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "finish_reason": None,
+                                            "delta": {"role": "assistant", "content": text[:half]}}]}) + b"\n\n"
+            yield b"data: " + orjson.dumps({**chunk, "usage": usage, "choices": [{"index": 0, "finish_reason": "stop",
+                                            "delta": {"content": text[half:]}}]}) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     async def tokenizer(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

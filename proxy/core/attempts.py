@@ -26,6 +26,7 @@ CALLS: dict[Operation, Callable[[Backend, dict], Awaitable[Completion]]] = {
     "embeddings": lambda backend, body: backend.embed(body),
     "rerank": lambda backend, body: backend.rerank(body),
     "messages": lambda backend, body: backend.messages(body),  # type: ignore[attr-defined]
+    "fim": lambda backend, body: backend.fim(body),  # type: ignore[attr-defined]
     "tokenize": lambda backend, body: backend.encode(body),
     "detokenize": lambda backend, body: backend.decode(body),
 }
@@ -33,6 +34,7 @@ STREAMS: dict[Operation, Callable[[Backend, dict], AsyncGenerator[Chunk, None]]]
     "chat": lambda backend, body: backend.chat_stream(body),  # type: ignore[dict-item]
     "completions": lambda backend, body: backend.complete_stream(body),  # type: ignore[dict-item]
     "messages": lambda backend, body: backend.messages_stream(body),  # type: ignore[attr-defined]
+    "fim": lambda backend, body: backend.fim_stream(body),  # type: ignore[attr-defined]
 }
 
 

@@ -12,13 +12,14 @@ from typing import Literal
 
 from backends.base import Chunk, Usage
 
-Operation = Literal["chat", "completions", "embeddings", "rerank", "messages", "tokenize", "detokenize"]
+Operation = Literal["chat", "completions", "embeddings", "rerank", "messages", "fim", "tokenize", "detokenize"]
 """What is asked of a model: a chat completion, a text completion, embeddings, a reranking of
-documents, an Anthropic Messages request relayed as it is to a backend that takes them
-(`relays` has "anthropic"), or its tokenizer's work (text or a chat to token ids, ids to text)."""
+documents, an Anthropic Messages request or a Mistral fill-in-the-middle request relayed as it is to
+a backend that takes them (`relays` has "anthropic", "fim"), or its tokenizer's work (text or a chat
+to token ids, ids to text)."""
 
-STREAMABLE: frozenset[Operation] = frozenset({"chat", "completions", "messages"})
-RELAYED: frozenset[Operation] = frozenset({"messages"})
+STREAMABLE: frozenset[Operation] = frozenset({"chat", "completions", "messages", "fim"})
+RELAYED: frozenset[Operation] = frozenset({"messages", "fim"})
 """Operations whose body goes to the backend as the client sent it (nothing added)."""
 
 

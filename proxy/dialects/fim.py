@@ -2,9 +2,11 @@
 provider (autocomplete) and Mistral's SDKs send it: `{model, prompt, suffix, max_tokens, stream, …}`
 -> a chat.completion (`choices[0].message.content`), or SSE chunks with `choices[0].delta.content`.
 
-It runs as a text completion with `suffix` on the core: a local model builds its prompt from its
-own FIM tokens (a clear 400 when the GGUF has none, backends/llamacpp_tokens.py); an
-OpenAI-compatible upstream gets `suffix` as it is. The answer is translated back, chunk by chunk.
+To a model whose deployments all serve this route themselves (`mistral/…`: Codestral) the request
+is relayed as it is. Otherwise it runs as a text completion with `suffix` on the core: a local
+model builds its prompt from its own FIM tokens (a clear 400 when the GGUF has none,
+backends/llamacpp_tokens.py); an OpenAI-compatible upstream gets `suffix` as it is. The answer is
+translated back, chunk by chunk.
 A stream's usage-only chunk (`choices: []`) goes only to a client that asked for it with
 `stream_options.include_usage`: Continue reads `choices[0]` of every chunk."""
 
@@ -17,9 +19,10 @@ from typing import Annotated
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from ..core import Answer, Inference, Stream
+from ..core import Answer, Gateway, Inference, Stream
+from ..domain import Principal
 from ..protocol.openai import Penalty, Probability, Stop, StreamOptions, TokenCount
-from .base import Dialect, Endpoint, Event, validate
+from .base import Dialect, Endpoint, Event, Incoming, Reply, read_json, validate
 
 DONE: Event = (None, b"[DONE]")
 PASSED = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "stream_options", "user")
@@ -45,14 +48,26 @@ class FimRequest(BaseModel):
     stream_options: StreamOptions | None = None
 
 
+RELAY = Endpoint("/fim/completions", "fim", FimRequest)
+"""The same route, to a backend that takes it as it is."""
+
+
 class Fim(Dialect):
     name = "fim"
     prefixes = ("/v1",)
     endpoints = (Endpoint("/fim/completions", "completions", FimRequest,
                           "Fill in the middle: the text between `prompt` and `suffix` (Mistral's shape)"),)
 
+    async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
+        body = await read_json(gateway, principal, incoming)
+        model = body.get("model")
+        relayed = isinstance(model, str) and gateway.relays(principal, model, "fim")
+        return await self.serve(gateway, principal, RELAY if relayed else endpoint, incoming, body)
+
     def parse(self, endpoint: Endpoint, body: dict) -> Inference:
         validate(FimRequest, body)
+        if endpoint.operation == "fim":
+            return Inference(body, stream=body.get("stream") is True)
         completion = {"model": body["model"], "prompt": body["prompt"],
                       **{k: body[k] for k in PASSED if body.get(k) is not None}}
         if body.get("suffix") is not None:
@@ -65,6 +80,8 @@ class Fim(Dialect):
         return Inference(completion, stream=body.get("stream") is True)
 
     def render(self, endpoint: Endpoint, request: Inference, answer: Answer) -> bytes:
+        if endpoint.operation == "fim":
+            return answer.body
         data = orjson.loads(answer.body)
         choices = [{"index": c.get("index", 0), "finish_reason": c.get("finish_reason"),
                     "message": {"role": "assistant", "content": c.get("text") or "", "tool_calls": None}}
@@ -77,6 +94,9 @@ class Fim(Dialect):
         include_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
         async for chunk in stream:
             if chunk.usage_only and not include_usage:
+                continue
+            if endpoint.operation == "fim":
+                yield None, chunk.data
                 continue
             data = orjson.loads(chunk.data)
             choices = [{"index": c.get("index", 0), "delta": {"role": "assistant", "content": c.get("text") or ""},
