@@ -22,6 +22,7 @@ def gw(tmp_path_factory, upstream):
     config = {"model_list": [
         model_entry(upstream, "echo", "echo-upstream"),
         model_entry(upstream, "failing", "fail"),
+        model_entry(upstream, "llamacpp-server", "echo-llamacpp"),
         model_entry(upstream, "hanging", "hang", timeout=1),
         model_entry(upstream, "gpt-on-upstream", "gpt-4o"),  # its server has no /tokenize: tiktoken
         model_entry(upstream, "notok", "mystery-model"),  # no /tokenize and no known tokenizer
@@ -59,6 +60,14 @@ def test_relayed_to_the_upstreams_tokenize(gw, upstream):
     assert upstream.requests[-1]["messages"] == [{"role": "user", "content": "hi"}]
     r = post(gw, "/v1/detokenize", {"model": "echo", "tokens": [104, 105]})
     assert r.status_code == 200 and r.json()["text"] == "hi" == r.json()["prompt"]
+
+
+def test_llamacpp_servers_tokenizer(gw):
+    r = post(gw, "/v1/tokenize", {"model": "llamacpp-server", "text": "ab"})
+    assert r.status_code == 200, r.text
+    assert r.json()["tokens"] == [97, 98] and r.json()["token_strings"] == ["a", "b"]
+    r = post(gw, "/v1/detokenize", {"model": "llamacpp-server", "tokens": [97, 98]})
+    assert r.status_code == 200 and r.json()["text"] == "ab"
 
 
 def test_vllm_clients_find_it_where_vllm_serves_it(gw):

@@ -9,7 +9,8 @@ module does), `pausing` goes quiet for PAUSE_S after its first chunk, `pause` an
 pieces; `toolsilent*` without the sentence) and, once the last message is a tool result, answers
 with that result. `/v1/rerank` (and Cohere's `/v2/rerank`) scores documents by the words they share
 with the query. `/tokenize` and `/detokenize` (vLLM's, at the root) use one token per UTF-8 byte for
-`echo*` models (`fail` answers 500, `hang` never answers); for any other model they answer 404, as
+`echo*` models (`echo-llamacpp*` in llama.cpp server's shapes: `content` in, `{id, piece}` tokens
+and `content` out; `fail` answers 500, `hang` never answers); for any other model they answer 404, as
 a server without those routes does. `/v1/fim/completions` answers in Mistral's shape (`fim: prompt|suffix`;
 streamed in two chunks, the last with the usage, as Codestral does). Every request body is recorded."""
 
@@ -163,8 +164,13 @@ class FakeUpstream(Served):
             if not all(isinstance(t, int) and 0 <= t < 256 for t in body.get("tokens") or ()):
                 return Response(orjson.dumps({"error": {"message": "token out of vocabulary"}}), status_code=400,
                                 media_type="application/json")
-            return Response(orjson.dumps({"prompt": bytes(body["tokens"]).decode("utf-8", "replace")}),
+            text = bytes(body["tokens"]).decode("utf-8", "replace")
+            return Response(orjson.dumps({"content" if model.startswith("echo-llamacpp") else "prompt": text}),
                             media_type="application/json")
+        if model.startswith("echo-llamacpp"):  # llama.cpp's server: `content`, and pieces when asked
+            tokens = list(body["content"].encode("utf-8"))
+            return Response(orjson.dumps({"tokens": [{"id": t, "piece": chr(t)} for t in tokens]
+                                          if body.get("with_pieces") else tokens}), media_type="application/json")
         text = body.get("prompt") if "messages" not in body else \
             "".join(f"<{m['role']}>{m.get('content')}" for m in body["messages"]) + "<assistant>"
         tokens = list(text.encode("utf-8"))
