@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import httpx
 import openai
@@ -199,3 +200,27 @@ def test_embedding_dimensions(gw, upstream):
     r = post(gw, "/v1/embeddings", {"model": "proxied", "input": "hi", "dimensions": 2})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported"
     assert "dimensions" in r.json()["error"]["message"]
+
+
+def test_each_call_leaves_a_usage_record(gw):
+    """Accounting is the core's: a tokenize call is recorded without tokens, a relayed FIM stream with the
+    usage in its last chunk, a translated one with the upstream's."""
+    auth = {"Authorization": f"Bearer {gw.master_key}"}
+    ids = {}
+    ids["tokenize"] = post(gw, "/v1/tokenize", {"model": "echo", "text": "hello"}).headers["x-request-id"]
+    for model in ("codestral", "echo"):
+        with httpx.stream("POST", gw.url + "/v1/fim/completions", headers=auth, timeout=30,
+                          json={"model": model, "prompt": "a", "suffix": "b", "stream": True}) as r:
+            r.read()
+            ids[model] = r.headers["x-request-id"]
+    rows: dict = {}
+    for _ in range(50):
+        rows = {row["request_id"]: row for row in httpx.get(gw.url + "/spend/logs", headers=auth,
+                                                             params={"size": 100}).json()["data"]}
+        if set(ids.values()) <= set(rows):
+            break
+        time.sleep(0.2)
+    tok, relayed, translated = rows[ids["tokenize"]], rows[ids["codestral"]], rows[ids["echo"]]
+    assert tok["route"] == "/v1/tokenize" and tok["status"] == 200 and tok["total_tokens"] == 0
+    assert (relayed["prompt_tokens"], relayed["completion_tokens"]) == (5, 2) and relayed["model"] == "codestral"
+    assert translated["route"] == "/v1/fim/completions" and translated["prompt_tokens"] == 7
