@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from . import errors
-from .base import Chunk, Completion, Usage
+from .base import Chunk, Completion, Usage, answer_id
 from .http import ClientPool, HTTPClientError, Timeout
 from .openai_compat import _sse_data, retry_after_seconds
 from .providers import LiteLLMBackend
@@ -90,10 +90,12 @@ class AnthropicBackend(LiteLLMBackend):
         if status >= 400:
             raise _error(status, data, retry_after)
         try:
-            usage = usage_of(orjson.loads(data).get("usage"))
-        except (orjson.JSONDecodeError, AttributeError):
-            usage = None
-        return Completion(data, usage)
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            return Completion(data, None)
+        return Completion(data, usage_of(parsed.get("usage")), answer_id(parsed))
 
     async def messages_stream(self, body: dict) -> AsyncIterator[Chunk]:
         head, payload = self._request({**body, "stream": True})

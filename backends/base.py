@@ -6,6 +6,7 @@ as OpenAI-shaped JSON bytes whose `model` is the public name, so the proxy can r
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,12 +28,30 @@ class Usage:
         return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
+ID_MAX = 255
+_FIRST_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,%d})"' % ID_MAX)
+
+
+def answer_id(obj: dict) -> str | None:
+    """An answer's own `id` (`chatcmpl-…`, `cmpl-…`, `msg_…`), if it has a usable one."""
+    value = obj.get("id")
+    return value if isinstance(value, str) and 0 < len(value) <= ID_MAX else None
+
+
+def chunk_id(data: bytes) -> str | None:
+    """The `id` of a stream from its first chunk's JSON, without parsing it: the first `"id"` in
+    the chunk (OpenAI's chunks start with it; Anthropic's message_start has the message's first)."""
+    found = _FIRST_ID.search(data)
+    return found.group(1).decode("utf-8", "replace") if found else None
+
+
 @dataclass(slots=True)
 class Completion:
-    """A whole answer: the JSON body to send and the usage it reported."""
+    """A whole answer: the JSON body to send, the usage it reported and its `id` (`chatcmpl-…`)."""
 
     body: bytes
     usage: Usage | None
+    id: str | None = None
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from . import errors
-from .base import Chunk, Completion, Usage
+from .base import Chunk, Completion, Usage, answer_id
 from .llamacpp_params import chat_params, completion_params
 from .llamacpp_process import WorkerProcess, resolve_model_path
 
@@ -405,7 +405,7 @@ class LlamaCppBackend:
             async for kind, value in replies:
                 if kind == "result":
                     value["model"] = self.public_name
-                    return Completion(orjson.dumps(value), Usage.from_openai(value.get("usage")))
+                    return Completion(orjson.dumps(value), Usage.from_openai(value.get("usage")), answer_id(value))
         raise errors.BackendError(f"llama.cpp worker for {self.public_name!r} sent no result")
 
     async def _stream(self, op: str, params: dict, object_name: str) -> AsyncGenerator[Chunk, None]:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from . import errors
-from .base import Chunk, Completion, Remote, Usage
+from .base import Chunk, Completion, Remote, Usage, answer_id
 from .http import BadResponse, ClientPool, HTTPClientError, Origin, Redirected, Response, Timeout
 from .openai_tokenizer import OpenAITokenizers
 
@@ -179,8 +179,9 @@ class OpenAICompatBackend(Remote):
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise errors.UpstreamHTTPError("upstream returned a body that is not JSON", status=502) from exc
-        usage = Usage.from_openai(parsed.get("usage")) if isinstance(parsed, dict) else None
-        return Completion(self._rename(data), usage)
+        if not isinstance(parsed, dict):
+            return Completion(self._rename(data), None)
+        return Completion(self._rename(data), Usage.from_openai(parsed.get("usage")), answer_id(parsed))
 
     async def _stream(self, path: str, body: dict) -> AsyncIterator[Chunk]:
         payload = orjson.dumps({**body, "model": self.upstream_model, "stream": True})

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from . import errors
-from .base import Chunk, Completion, Remote, Usage
+from .base import Chunk, Completion, Remote, Usage, answer_id
 from .openai_tokenizer import OpenAITokenizers
 
 
@@ -106,7 +106,7 @@ class LiteLLMBackend(Remote):
         except Exception as exc:  # litellm's own tree, translated at this boundary
             raise _translate(self._litellm, exc) from exc
         raw, data = self._dump(result)
-        return Completion(raw, Usage.from_openai(data.get("usage")))
+        return Completion(raw, Usage.from_openai(data.get("usage")), answer_id(data))
 
     async def _stream(self, fn: str, body: dict) -> AsyncIterator[Chunk]:
         try:

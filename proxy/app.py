@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="OpenAI-compatible LLM gateway with keys, limits and accounting.")
     handlers.install(app)
     app.state.dialects = dialects.load()  # served (and documented) by the edge, factory() below
-    for prefix in ("/v1", "/openai/v1"):
+    for prefix in ("/v1", "/openai/v1", ""):  # the root too: LiteLLM serves /models, SDKs without /v1 call it
         app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/v1", responses=INFERENCE_ERRORS)
     app.include_router(health.router)
     for admin_router in (keys.router, principals.teams, principals.users, spend.router):

@@ -159,6 +159,8 @@ class UsageRecord:
     - `cost`: in USD (from `PriceMap.cost`); `latency_ms`: until the last byte;
       `ttft_ms`: time to first token, streams only.
     - `status`: the HTTP status returned; `error_type`: the error envelope's `type` when it failed.
+    - `response_id`: the answer's own `id` (`chatcmpl-…`, `msg_…`) when it had one; LiteLLM's
+      /spend/logs calls this `request_id`.
     """
 
     request_id: str
@@ -177,6 +179,7 @@ class UsageRecord:
     ttft_ms: float | None = None
     error_type: str | None = None
     streamed: bool = False
+    response_id: str | None = None
 
     @property
     def total_tokens(self) -> int:

@@ -133,7 +133,7 @@ async def test_all_or_nothing(limiter):
     assert refused.value.scope == "team:b"
     spent = BudgetSpec("key:a", max_budget=1.0, seed_spend=1.0)
     for _ in range(3):
-        with pytest.raises(LimitExceeded, match="budget exceeded"):
+        with pytest.raises(LimitExceeded, match="Budget has been exceeded!"):
             await limiter.acquire([loose], [spent])
     leases, _ = await _admit_many(limiter, 10, [loose])
     assert len(leases) == 4  # only the first request was counted on key:a
@@ -219,28 +219,41 @@ async def test_limiter_survives_a_flushed_script_cache(prefix):
     await limiter.aclose()
 
 
-async def test_budget_50_concurrent_room_for_3(limiter):
+async def test_budget_50_concurrent_overshoot_bounded_by_one_max_cost(limiter):
     window = time.time() + 3600
     budget = [BudgetSpec("team:b", max_budget=1.0, window_reset_at=window, seed_spend=0.65)]
     leases, refused = await _admit_many(limiter, 50, [], budget, max_cost=0.1)
-    assert len(leases) == 3  # 0.65 + 3 * 0.1 <= 1.0 < 0.65 + 4 * 0.1
+    assert len(leases) == 4  # admitted while spend + in flight < 1.0: at 0.65, 0.75, 0.85 and 0.95
     err = refused[0]
     assert as_keystile(err).code == "budget_exceeded" and err.kind == "budget" and err.limit == 1.0
-    assert 3590 <= int(as_keystile(err).headers["Retry-After"]) <= 3600 and "in flight 0.3000" in err.message
+    assert err.message.startswith("Budget has been exceeded! ")
+    assert 3590 <= int(as_keystile(err).headers["Retry-After"]) <= 3600 and "in flight 0.4000" in err.message
     for lease in leases:
-        await limiter.release(lease, tokens_used=0, cost=0.1)
+        await limiter.release(lease, tokens_used=0, cost=0.07)  # spend 0.93
     leases, _ = await _admit_many(limiter, 50, [], budget, max_cost=0.0)
-    assert len(leases) == 50  # spend 0.95 < 1.0: requests of unknown (0) max cost still pass
+    assert len(leases) == 50  # spend 0.93 < 1.0: requests of unknown (0) max cost still pass
     for lease in leases[:2]:
-        await limiter.release(lease, tokens_used=0, cost=0.03)  # unknown costs overshoot by their own
+        await limiter.release(lease, tokens_used=0, cost=0.04)  # unknown costs overshoot by their own
     with pytest.raises(LimitExceeded, match="spent 1.0100"):
+        await limiter.acquire([], budget, max_cost=0.0)
+
+
+async def test_budget_first_request_passes_whatever_its_max_cost(limiter):
+    budget = [BudgetSpec("key:small", max_budget=0.10, window_reset_at=None, seed_spend=0.0)]
+    lease = await limiter.acquire([], budget, max_cost=0.49)  # LiteLLM admits it; so does Keystile now
+    with pytest.raises(LimitExceeded, match=r"in flight 0\.4900"):  # its reservation holds the next one
+        await limiter.acquire([], budget, max_cost=0.01)
+    await limiter.release(lease, tokens_used=0, cost=0.04)
+    second = await limiter.acquire([], budget, max_cost=0.49)  # 0.04 spent: room again
+    await limiter.release(second, tokens_used=0, cost=0.07)
+    with pytest.raises(LimitExceeded, match=r"spent 0\.1100"):  # 0.11 >= 0.10: exhausted
         await limiter.acquire([], budget, max_cost=0.0)
 
 
 async def test_budget_seed_only_for_a_new_window(limiter):
     window = time.time() + 3600
-    await limiter.acquire([], [BudgetSpec("key:s", 1.0, window, seed_spend=0.5)], max_cost=0.3)
-    with pytest.raises(LimitExceeded):  # the limiter's 0.5 + 0.3 wins over a stale database 0.0
+    await limiter.acquire([], [BudgetSpec("key:s", 1.0, window, seed_spend=0.5)], max_cost=0.5)
+    with pytest.raises(LimitExceeded):  # the limiter's 0.5 + 0.5 wins over a stale database 0.0
         await limiter.acquire([], [BudgetSpec("key:s", 1.0, window, seed_spend=0.0)], max_cost=0.3)
 
 
@@ -295,7 +308,7 @@ async def test_local_rate_window_rollover():
 async def test_redis_leases_of_dead_processes_expire(prefix):
     limiter = RedisLimiter(connect(REDIS_URL), prefix=prefix, lease_ttl=1.0)
     spec, budget = [LimitSpec("key:d", parallel=1)], [BudgetSpec("key:d", 1.0, None, 0.0)]
-    await limiter.acquire(spec, budget, max_cost=0.6)  # never released, as if its process died
+    await limiter.acquire(spec, budget, max_cost=1.0)  # never released, as if its process died
     with pytest.raises(LimitExceeded):
         await limiter.acquire(spec)
     with pytest.raises(LimitExceeded):

@@ -113,6 +113,7 @@ def test_spend_logs_in_litellm_shape_and_by_request_id(proxy):
         assert time.monotonic() < deadline, "no spend log row"
         time.sleep(0.1)
     [row] = rows
+    assert row["request_id"].startswith("chatcmpl-")  # the answer's id, as LiteLLM records it
     assert {"request_id", "api_key", "spend", "startTime", "endTime", "model", "prompt_tokens",
             "completion_tokens", "total_tokens", "user", "team_id", "metadata"} <= set(row)
     assert row["api_key"] == key["token"] and row["model"] == "echo" and row["call_type"] == "acompletion"

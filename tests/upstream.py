@@ -21,6 +21,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from typing import Self
 
 import orjson
@@ -217,8 +218,9 @@ class FakeUpstream(Served):
         words = text.split(" ") if text else []
         out = len(words) + (3 if call else 0)
         usage = {"prompt_tokens": 7, "completion_tokens": out, "total_tokens": 7 + out}
+        answer_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"  # unique, as OpenAI's
         if body.get("stream"):
-            return StreamingResponse(self._stream(body, model, chat, words, usage, call),
+            return StreamingResponse(self._stream(body, model, chat, words, usage, call, answer_id),
                                      media_type="text/event-stream")
         message: dict = {"role": "assistant", "content": text or None}
         if call:
@@ -226,15 +228,15 @@ class FakeUpstream(Served):
         choice = ({"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"} if chat
                   else {"index": 0, "text": text, "finish_reason": "stop"})
         return Response(_dumps(model, {
-            "id": "cmpl-1", "object": "chat.completion" if chat else "text_completion", "created": 1,
+            "id": answer_id, "object": "chat.completion" if chat else "text_completion", "created": 1,
             "model": model, "choices": [choice], "usage": usage,
         }), media_type="application/json")
 
-    async def _stream(self, body, model, chat, words, usage, call=None):
+    async def _stream(self, body, model, chat, words, usage, call=None, answer_id="c1"):
         kind = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(choice: dict) -> bytes:
-            return b"data: " + _dumps(model, {"id": "c1", "object": kind, "created": 1, "model": model,
+            return b"data: " + _dumps(model, {"id": answer_id, "object": kind, "created": 1, "model": model,
                                               "choices": [choice]}) + b"\n\n"
         for i, word in enumerate(words):
             if model == "pausing" and i == 1:
@@ -257,6 +259,6 @@ class FakeUpstream(Served):
                              "finish_reason": None})
             yield chunk({"index": 0, "delta": {}, "finish_reason": "tool_calls"})
         if (body.get("stream_options") or {}).get("include_usage"):
-            yield b"data: " + _dumps(model, {"id": "c1", "object": kind, "created": 1, "model": model,
+            yield b"data: " + _dumps(model, {"id": answer_id, "object": kind, "created": 1, "model": model,
                                              "choices": [], "usage": usage}) + b"\n\n"
         yield b"data: [DONE]\n\n"

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import anyio
 
-from backends.base import Chunk, Usage
+from backends.base import Chunk, Usage, chunk_id
 from backends.errors import BackendError
 from backends.router import Deployment, Router
 
@@ -58,6 +58,7 @@ class Call:
     ttft_ms: float | None = None
     streamed: bool = False
     finished: bool = False
+    response_id: str | None = None
 
     def fail(self, exc: BaseException) -> None:
         """The call ended with `exc`: a client that went away is a 499, anything else the status
@@ -168,7 +169,7 @@ class Gateway:
         try:
             call.deployment, result = await unless_disconnected(
                 disconnected, self.attempts.call(name, operation, body, lease.tokens))
-            call.usage = result.usage
+            call.usage, call.response_id = result.usage, result.id
             return Answer(result.body, result.usage, lease.headers())
         except AFTER_ADMISSION as exc:
             call.fail(exc)
@@ -236,6 +237,7 @@ class Gateway:
             if first is None:
                 return
             call.ttft_ms = call.elapsed_ms()
+            call.response_id = chunk_id(first.data)
             if first.usage is not None:
                 call.usage = first.usage
             relayed.append(first.data)
@@ -277,5 +279,5 @@ class Gateway:
             deployment=call.deployment.id if call.deployment else None,
             prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
             cost=cost, latency_ms=call.elapsed_ms(), ttft_ms=call.ttft_ms, error_type=call.error_type,
-            streamed=call.streamed,
+            streamed=call.streamed, response_id=call.response_id,
         ))

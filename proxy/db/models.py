@@ -103,8 +103,10 @@ class SpendLog(Base):
     status: Mapped[int] = mapped_column(Integer)
     error_type: Mapped[str | None] = mapped_column(String(64))
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
+    response_id: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
+        Index("ix_spend_logs_response_id", "response_id"),
         Index("ix_spend_logs_key_time", "key_hash", "created_at"),
         Index("ix_spend_logs_team_time", "team_id", "created_at"),
         Index("ix_spend_logs_user_time", "user_id", "created_at"),

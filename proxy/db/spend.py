@@ -203,13 +203,15 @@ async def spend_logs(session: AsyncSession, *, key_hash: str | None = None, user
                      team_id: str | None = None, model: str | None = None, request_id: str | None = None,
                      start: datetime | None = None, end: datetime | None = None, limit: int = 100,
                      offset: int = 0) -> list[UsageRecord]:
-    """Spend log rows matching every given filter, newest first (ties by request_id)."""
+    """Spend log rows matching every given filter, newest first (ties by request_id); `request_id`
+    matches a row's response_id or its request_id."""
     t = _table()
     stmt = select(t)
-    for column, value in (("key_hash", key_hash), ("user_id", user_id), ("team_id", team_id), ("model", model),
-                          ("request_id", request_id)):
+    for column, value in (("key_hash", key_hash), ("user_id", user_id), ("team_id", team_id), ("model", model)):
         if value is not None:
             stmt = stmt.where(t.c[column] == value)
+    if request_id is not None:  # the answer's id (LiteLLM's request_id) or the gateway's (x-request-id)
+        stmt = stmt.where(or_(t.c.response_id == request_id, t.c.request_id == request_id))
     stmt = _window(stmt, start, end).order_by(t.c.created_at.desc(), t.c.request_id.desc())
     rows = await session.execute(stmt.limit(max(0, limit)).offset(max(0, offset)))
     return [_record(r) for r in rows]

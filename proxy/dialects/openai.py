@@ -1,5 +1,5 @@
 """OpenAI's inference routes (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, also
-under `/openai/v1`): the core speaks this format, so bodies are validated and relayed as they are,
+at the root and under `/openai/v1`): the core speaks this format, so bodies are validated and relayed as they are,
 answers and chunks as bytes, never parsed again."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ DONE: Event = (None, b"[DONE]")
 
 class OpenAI(Dialect):
     name = "openai"
-    prefixes = ("/v1", "/openai/v1", "/v2/{endpoint_id}/openai/v1")  # the last: serverless endpoints' (seed 000)
+    # The root: LiteLLM serves these without /v1 too (an SDK's base_url without it is common);
+    # the last: serverless endpoints' (seed 000).
+    prefixes = ("/v1", "", "/openai/v1", "/v2/{endpoint_id}/openai/v1")
     endpoints = (
         Endpoint("/chat/completions", "chat", ChatRequest, "Chat completion (JSON or SSE stream)"),
         Endpoint("/completions", "completions", CompletionRequest, "Text completion (JSON or SSE stream)"),

@@ -13,14 +13,18 @@ Semantics common to every implementation:
 - Parallel: at most `parallel` admitted-but-unreleased leases per scope.
 - Budgets: per (scope, window) the limiter keeps `spend` (settled cost, seeded from the caller's
   `seed_spend` the first time it sees that window) and `reserved` (the `max_cost` of every lease
-  still in flight). A request is admitted when
+  still in flight). A request is admitted while
 
-      spend + reserved < max_budget   and   spend + reserved + max_cost <= max_budget
+      spend + reserved < max_budget
 
-  (with a 1e-9 tolerance for float sums). The first clause makes an exhausted budget refuse
-  everything, including requests whose max cost is 0 (unknown or free). When `max_cost` is a true
-  upper bound the budget is never overshot, however many requests race; a request that costs more
-  than its `max_cost`, or whose cost was unknown (0), can overshoot by its own excess only.
+  (with a 1e-9 tolerance for float sums), LiteLLM's rule plus the reservations of requests in
+  flight: the first request passes whatever its maximum cost while spend is under the budget, and
+  an exhausted budget refuses everything, including requests whose max cost is 0 (unknown or
+  free). Overshoot: every admitted request was admitted with the committed sum below the budget and
+  then added its `max_cost` to it, so when `max_cost` is a true upper bound the settled spend stays
+  below `max_budget + ` the largest single `max_cost`, however many requests race. A request that
+  costs more than its `max_cost` (or whose cost was unknown, 0) adds its own excess on top; several
+  such requests in flight at once add one excess each.
 - Settlement goes to the window the lease was admitted in; if that window has ended meanwhile the
   token/cost adjustment is dropped from the limiter (the accounting records still have it).
 - `release` is idempotent: the first call settles and frees the parallel slot; later calls do
@@ -171,10 +175,9 @@ def _tighter(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-def budget_admits(spend: float, reserved: float, max_cost: float, max_budget: float) -> bool:
+def budget_admits(spend: float, reserved: float, max_budget: float) -> bool:
     """The budget admission rule (see the module docstring)."""
-    committed = spend + reserved
-    return committed < max_budget - BUDGET_EPS and committed + max_cost <= max_budget + BUDGET_EPS
+    return spend + reserved < max_budget - BUDGET_EPS
 
 
 def rate_admits(used: int, amount: int, limit: int) -> bool:

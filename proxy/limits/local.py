@@ -85,8 +85,8 @@ class LocalLimiter:
         for b in buds:
             state = self._budgets.get((b.scope, b.window_reset_at))
             spend, reserved = (state.spend, state.reserved) if state else (b.seed_spend, 0.0)
-            if not budget_admits(spend, reserved, max_cost, b.max_budget):
-                raise budget_refused(b, spend, reserved, max_cost, now)
+            if not budget_admits(spend, reserved, b.max_budget):
+                raise budget_refused(b, spend, reserved, now)
 
         lease_id = self._new_id()
         usage = []

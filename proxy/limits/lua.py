@@ -74,8 +74,7 @@ for j = 1, nb do
   expire_reservations(bk, xk)
   local cur = redis.call('HMGET', bk, 'spend', 'reserved')
   local spend, reserved = tonumber(cur[1]) or seed, tonumber(cur[2]) or 0
-  local committed = spend + reserved
-  if committed >= maxb - EPS or committed + cost > maxb + EPS then
+  if spend + reserved >= maxb - EPS then
     return {0, 'budget', j, tostring(spend), tostring(reserved)}
   end
 end

@@ -164,7 +164,7 @@ class RedisLimiter:
             kind, index = _text(result[1]), int(result[2]) - 1
             if kind == "budget":
                 b = buds[index]
-                raise budget_refused(b, float(_text(result[3])), float(_text(result[4])), max_cost, time.time())
+                raise budget_refused(b, float(_text(result[3])), float(_text(result[4])), time.time())
             used = int(float(_text(result[3])))
             raise rate_refused(specs[index], kind, used, tokens, int(result[4]) / 1000)  # type: ignore[arg-type]
         reset_s, window = int(result[1]) / 1000, int(result[2])

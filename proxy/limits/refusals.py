@@ -6,6 +6,8 @@ from __future__ import annotations
 from ..domain import BudgetSpec, LimitExceeded, LimitKind, LimitSpec
 from .windows import format_reset
 
+BUDGET_EXCEEDED = "Budget has been exceeded!"
+"""LiteLLM's wording for a budget refusal (clients written for LiteLLM look for it)."""
 PARALLEL_RETRY_S = 1.0
 """A parallel slot frees when some request finishes; clients are told to retry after a second."""
 
@@ -40,12 +42,13 @@ def rate_refused(spec: LimitSpec, kind: LimitKind, used: int, tokens: int, reset
         scope=spec.scope, kind=kind, limit=limit, remaining=remaining, reset_s=reset_s)
 
 
-def budget_refused(budget: BudgetSpec, spend: float, reserved: float, max_cost: float, now: float) -> LimitExceeded:
-    """Refusal by a budget; `spend` and `reserved` are the window's counters before this request."""
+def budget_refused(budget: BudgetSpec, spend: float, reserved: float, now: float) -> LimitExceeded:
+    """Refusal by a budget; `spend` and `reserved` are the window's counters before this request.
+    The message starts with LiteLLM's words, which its users' clients match on."""
     reset_s = None if budget.window_reset_at is None else max(0.0, budget.window_reset_at - now)
     remaining = max(0.0, budget.max_budget - spend - reserved)
     when = "never resets" if reset_s is None else f"resets in {format_reset(reset_s)}"
     return LimitExceeded(
-        f"budget exceeded for {display(budget.scope)}: max_budget {budget.max_budget:.4f}, spent {spend:.4f}, "
-        f"in flight {reserved:.4f}, remaining {remaining:.4f}, this request may cost up to {max_cost:.4f} ({when})",
+        f"{BUDGET_EXCEEDED} No budget left for {display(budget.scope)}: max_budget {budget.max_budget:.4f}, "
+        f"spent {spend:.4f}, in flight {reserved:.4f}, remaining {remaining:.4f} ({when})",
         scope=budget.scope, kind="budget", limit=budget.max_budget, remaining=remaining, reset_s=reset_s)

@@ -135,12 +135,14 @@ class SpendLog(Answer):
     ttft_ms: float | None
     error_type: str | None
     streamed: bool
+    response_id: str | None = Field(description="the answer's own id (chatcmpl-…), LiteLLM's request_id")
 
 
 class LiteLLMSpendLog(Answer):
     """One row of /spend/logs in LiteLLM's shape (its default answer is a list of these)."""
 
-    request_id: str
+    request_id: str = Field(description="the answer's own id (chatcmpl-…) as LiteLLM records it; the "
+                            "gateway's id (x-request-id) for a request that got no answer")
     call_type: str = Field(description="acompletion, atext_completion or aembedding")
     api_key: str = Field(description="the key's hash ('' for the master key or a JWT)")
     spend: float
@@ -153,7 +155,7 @@ class LiteLLMSpendLog(Answer):
     model_id: str | None = Field(description="the deployment that served it")
     user: str = Field(description="the key's user_id ('' if none)")
     team_id: str | None
-    metadata: dict[str, Any] = Field(description="status, error_type, streamed, ttft_ms, route")
+    metadata: dict[str, Any] = Field(description="status, error_type, streamed, ttft_ms, route, x_request_id")
 
 
 class SpendLogs(Answer):
@@ -204,6 +206,9 @@ class LocalModel(Answer):
 class Readiness(Answer):
     status: str = Field(description="'ready' or 'not ready' (then with status 503)")
     db: str
+    keystile_version: str = Field(description="this gateway's version (LiteLLM answers `litellm_version`)")
+    litellm_version: str | None = Field(description="the version of the litellm library Keystile runs its "
+                                        "`litellm` providers with (None when it is not installed)")
     local_models: dict[str, LocalModel] = Field(description="by local deployment id")
 
 
@@ -214,6 +219,7 @@ class Restarted(Answer):
 
 
 class DeploymentHealth(Answer):
+    model: str = Field(description="the deployment's `litellm_params.model`, as LiteLLM names it")
     model_name: str
     id: str
     upstream: str

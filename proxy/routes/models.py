@@ -1,5 +1,5 @@
-"""OpenAI's model listing, under /v1 and /openai/v1 (the inference routes are the OpenAI dialect's,
-proxy/dialects/openai.py)."""
+"""OpenAI's model listing, under /v1, /openai/v1 and at the root as LiteLLM serves it (the inference
+routes are the OpenAI dialect's, proxy/dialects/openai.py)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,7 @@ def _anthropic(request: Request) -> bool:
 
 @router.get("/models", summary="Models this key may use (Anthropic's list shape with `anthropic-version`)")
 async def list_models(request: Request, services: ServicesDep, principal: Caller) -> dict:
-    names = [n for n in services.router.names() if principal.may_use(n)]
-    names += [alias for alias, target in principal.aliases.items() if target in names and alias not in names]
+    names = [n for n in services.router.names() if principal.may_use(n)]  # not a key's aliases (as LiteLLM)
     if _anthropic(request):
         return {"data": [_anthropic_card(n, services.started) for n in names], "has_more": False,
                 "first_id": names[0] if names else None, "last_id": names[-1] if names else None}

@@ -32,7 +32,9 @@ def _since(since: str | None) -> datetime | None:
             response_model=list[LiteLLMSpendLog] | SpendLogs)
 async def spend_logs(services: ServicesDep, caller: AnyCaller, api_key: KeyRef | None = None,
                      user_id: Id | None = None, team_id: Id | None = None, model: ModelName | None = None,
-                     request_id: Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)] = None,
+                     request_id: Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_NUL,
+                                                             description="an answer's id (chatcmpl-…) or an "
+                                                                         "x-request-id")] = None,
                      start_date: Instant | None = None, end_date: Instant | None = None,
                      page: Page | None = None, size: Size | None = None) -> list[dict] | dict:
     """Without `page` or `size`: LiteLLM's answer, a list of its rows (the newest LITELLM_ROWS).
@@ -55,14 +57,14 @@ async def spend_logs(services: ServicesDep, caller: AnyCaller, api_key: KeyRef |
 
 def litellm_row(r: UsageRecord) -> dict:
     call_type = next((name for suffix, name in CALL_TYPES if r.route.endswith(suffix)), r.route)
-    return {"request_id": r.request_id, "call_type": call_type,
+    return {"request_id": r.response_id or r.request_id, "call_type": call_type,
             "api_key": r.key_hash or "", "spend": r.cost, "total_tokens": r.total_tokens,
             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
             "startTime": r.created_at.isoformat(),
             "endTime": (r.created_at + timedelta(milliseconds=r.latency_ms)).isoformat(),
             "model": r.model, "model_id": r.deployment, "user": r.user_id or "", "team_id": r.team_id,
             "metadata": {"status": r.status, "error_type": r.error_type, "streamed": r.streamed,
-                         "ttft_ms": r.ttft_ms, "route": r.route}}
+                         "ttft_ms": r.ttft_ms, "route": r.route, "x_request_id": r.request_id}}
 
 
 @router.get("/global/spend", summary="Total spend, tokens and requests", response_model=GlobalSpend)
