@@ -118,6 +118,15 @@ class Backend(Protocol):
     async def decode(self, body: dict) -> Completion:
         """vLLM's /detokenize: `{model, tokens}` -> `{prompt}`; NotSupported as `encode`."""
         ...
+    async def images(self, body: dict) -> Completion:
+        """OpenAI's image generation (`{model, prompt, n, size, ...}` -> `{created, data: [...]}`);
+        NotSupported where the backend cannot make images."""
+        ...
+
+    async def moderate(self, body: dict) -> Completion:
+        """OpenAI's moderation (`{model, input}` -> `{id, model, results: [...]}`); NotSupported where
+        the backend cannot classify."""
+        ...
 
     async def health(self) -> bool: ...
 

@@ -360,6 +360,12 @@ class LlamaCppBackend:
         raise errors.NotSupported(f"{self.public_name}: rerank is not offered by llama.cpp models here; "
                                   "use a rerank-capable upstream (vLLM, a litellm rerank provider)")
 
+    async def images(self, body: dict) -> Completion:
+        raise errors.NotSupported(f"{self.public_name}: image generation is not offered by llama.cpp models")
+
+    async def moderate(self, body: dict) -> Completion:
+        raise errors.NotSupported(f"{self.public_name}: moderation is not offered by llama.cpp models here")
+
     async def embed(self, body: dict) -> Completion:
         params = {k: body[k] for k in ("input", "encoding_format", "dimensions") if body.get(k) is not None}
         return await self._complete("embed", params)

@@ -231,6 +231,12 @@ class OpenAICompatBackend(Remote):
         """vLLM, llama.cpp's server, Infinity, Jina and Cohere-compatible servers: `{api_base}/rerank`."""
         return await self._post("/rerank", body)
 
+    async def images(self, body: dict) -> Completion:
+        return await self._post("/images/generations", body)
+
+    async def moderate(self, body: dict) -> Completion:
+        return await self._post("/moderations", body)
+
     async def tokenize(self, text: str) -> list[int]:
         raise errors.NotSupported(f"{self.public_name}: tokenize is not offered by this upstream")
 

@@ -146,6 +146,12 @@ class LiteLLMBackend(Remote):
     async def rerank(self, body: dict) -> Completion:
         return await self._call("arerank", body)
 
+    async def images(self, body: dict) -> Completion:
+        return await self._call("aimage_generation", body)
+
+    async def moderate(self, body: dict) -> Completion:
+        return await self._call("amoderation", body)
+
     async def tokenize(self, text: str) -> list[int]:
         return list(self._litellm.encode(model=self.model, text=text))
 

@@ -107,13 +107,15 @@ def test_team_alias_is_not_unique(proxy):
 
 def test_spend_logs_in_litellm_shape_and_by_request_id(proxy):
     key = proxy.post("/key/generate", headers=MASTER, json={"user_id": f"logs-{uuid.uuid4().hex[:6]}"}).json()
-    assert chat(proxy, key["key"]).status_code == 200
+    answer = chat(proxy, key["key"])
+    assert answer.status_code == 200
     deadline = time.monotonic() + 10
     while not (rows := proxy.get("/spend/logs", params={"api_key": key["key"]}, headers=MASTER).json()):
         assert time.monotonic() < deadline, "no spend log row"
         time.sleep(0.1)
     [row] = rows
-    assert row["request_id"].startswith("chatcmpl-")  # the answer's id, as LiteLLM records it
+    assert row["request_id"] == answer.json()["id"] and row["request_id"].startswith("chatcmpl-")  # as LiteLLM
+    assert row["metadata"]["x_request_id"] == answer.headers["x-request-id"] != row["request_id"]
     assert {"request_id", "api_key", "spend", "startTime", "endTime", "model", "prompt_tokens",
             "completion_tokens", "total_tokens", "user", "team_id", "metadata"} <= set(row)
     assert row["api_key"] == key["token"] and row["model"] == "echo" and row["call_type"] == "acompletion"
@@ -123,4 +125,6 @@ def test_spend_logs_in_litellm_shape_and_by_request_id(proxy):
     assert [r["request_id"] for r in by_id] == [row["request_id"]]
     assert proxy.get("/spend/logs", params={"request_id": "chatcmpl-none"}, headers=MASTER).json() == []
     paged = proxy.get("/spend/logs", params={"api_key": key["key"], "page": 1}, headers=MASTER).json()
-    assert paged["page"] == 1 and paged["size"] == 100 and paged["data"][0]["request_id"] == row["request_id"]
+    assert paged["page"] == 1 and paged["size"] == 100 and paged["data"][0]["response_id"] == row["request_id"]
+    by_x_id = proxy.get("/spend/logs", params={"request_id": answer.headers["x-request-id"]}, headers=MASTER).json()
+    assert [r["request_id"] for r in by_x_id] == [row["request_id"]]  # the gateway's id finds it too

@@ -104,6 +104,8 @@ class FakeUpstream(Served):
             Route("/v1/fim/completions", self.fim, methods=["POST"]),
             Route("/tokenize", self.tokenizer, methods=["POST"]),
             Route("/detokenize", self.tokenizer, methods=["POST"]),
+            Route("/v1/images/generations", self.images, methods=["POST"]),
+            Route("/v1/moderations", self.moderations, methods=["POST"]),
         ])
         self.serve(app)
 
@@ -179,6 +181,29 @@ class FakeUpstream(Served):
         if body.get("return_token_strs"):
             answer["token_strs"] = [bytes([t]).decode("utf-8", "replace") for t in tokens]
         return Response(orjson.dumps(answer), media_type="application/json")
+    async def images(self, request: Request) -> Response:
+        """OpenAI's image answer: `n` images (default 1), as URLs naming the prompt, or base64."""
+        body = orjson.loads(await request.body())
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        n = body.get("n") or 1
+        item = ({"b64_json": "aW1hZ2U="} if body.get("response_format") == "b64_json" else
+                {"url": f"https://images.example/{body['prompt'].replace(' ', '-')}.png"})
+        return Response(orjson.dumps({"created": 1, "data": [{**item, "revised_prompt": body["prompt"]}] * n}),
+                        media_type="application/json")
+
+    async def moderations(self, request: Request) -> Response:
+        """OpenAI's moderation answer: an input mentioning 'kill' is flagged as violence."""
+        body = orjson.loads(await request.body())
+        self.requests.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        results = []
+        for text in inputs:
+            flagged = "kill" in str(text).lower()
+            results.append({"flagged": flagged, "categories": {"violence": flagged, "hate": False},
+                            "category_scores": {"violence": 0.97 if flagged else 0.01, "hate": 0.0}})
+        return Response(orjson.dumps({"id": f"modr-{uuid.uuid4().hex[:12]}", "model": body["model"],
+                                      "results": results}), media_type="application/json")
 
     async def embeddings(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

@@ -29,6 +29,8 @@ CALLS: dict[Operation, Callable[[Backend, dict], Awaitable[Completion]]] = {
     "fim": lambda backend, body: backend.fim(body),  # type: ignore[attr-defined]
     "tokenize": lambda backend, body: backend.encode(body),
     "detokenize": lambda backend, body: backend.decode(body),
+    "images": lambda backend, body: backend.images(body),
+    "moderations": lambda backend, body: backend.moderate(body),
 }
 STREAMS: dict[Operation, Callable[[Backend, dict], AsyncGenerator[Chunk, None]]] = {
     "chat": lambda backend, body: backend.chat_stream(body),  # type: ignore[dict-item]

@@ -12,11 +12,12 @@ from typing import Literal
 
 from backends.base import Chunk, Usage
 
-Operation = Literal["chat", "completions", "embeddings", "rerank", "messages", "fim", "tokenize", "detokenize"]
+Operation = Literal["chat", "completions", "embeddings", "rerank", "messages", "fim", "tokenize", "detokenize",
+                    "images", "moderations"]
 """What is asked of a model: a chat completion, a text completion, embeddings, a reranking of
 documents, an Anthropic Messages request or a Mistral fill-in-the-middle request relayed as it is to
-a backend that takes them (`relays` has "anthropic", "fim"), or its tokenizer's work (text or a chat
-to token ids, ids to text)."""
+a backend that takes them (`relays` has "anthropic", "fim"), its tokenizer's work (text or a chat
+to token ids, ids to text), an image generation or a moderation."""
 
 STREAMABLE: frozenset[Operation] = frozenset({"chat", "completions", "messages", "fim"})
 RELAYED: frozenset[Operation] = frozenset({"messages", "fim"})

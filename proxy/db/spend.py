@@ -55,6 +55,20 @@ class UsageGroup:
     label: str | None = None  # by key: the key's alias, else its display prefix (`sk-...abcd`)
 
 
+@dataclass(frozen=True, slots=True)
+class SpendCell:
+    """Spend of one (UTC day, team, key, model): the rows behind LiteLLM's /global/spend/report."""
+
+    day: str
+    team_id: str | None
+    team_alias: str | None
+    key_hash: str | None
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+
+
 class utc_day(FunctionElement[str]):
     """`YYYY-MM-DD` of a timestamp column in UTC, compiled per dialect."""
 
@@ -259,3 +273,23 @@ async def usage_report(session: AsyncSession, *, key_hash: str | None = None, te
         rows = [replace(g, label="(no key: master or JWT)" if g.group is None else names.get(g.group, "(deleted key)"))
                 for g in rows]
     return rows
+
+
+async def spend_cells(session: AsyncSession, *, start: datetime, end: datetime, key_hash: str | None = None,
+                      user_id: str | None = None) -> list[SpendCell]:
+    """Spend grouped by UTC day, team (with its alias), key and model in `[start, end)`, optionally
+    for one key or one user's keys; by day, then team, key and model."""
+    t, teams = _table(), Team.__table__
+    day = utc_day(t.c.created_at).label("day")
+    stmt = _window(select(day, t.c.team_id, teams.c.team_alias, t.c.key_hash, t.c.model, *_sums()), start, end)
+    stmt = stmt.select_from(t.outerjoin(teams, teams.c.team_id == t.c.team_id))
+    if key_hash is not None:
+        stmt = stmt.where(t.c.key_hash == key_hash)
+    if user_id is not None:
+        stmt = stmt.where(t.c.user_id == user_id)
+    group = (day, t.c.team_id, teams.c.team_alias, t.c.key_hash, t.c.model)
+    stmt = stmt.group_by(*group).order_by(*group)
+    return [SpendCell(day=str(r.day), team_id=r.team_id, team_alias=r.team_alias, key_hash=r.key_hash,
+                      model=r.model, prompt_tokens=int(r.prompt_tokens), completion_tokens=int(r.completion_tokens),
+                      cost=float(r.cost))
+            for r in await session.execute(stmt)]

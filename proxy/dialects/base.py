@@ -179,15 +179,26 @@ class Dialect:
         """One request body (a JSON object) through `parse`, the core and `render` or `events`; for a
         dialect whose `handle` reads the body itself (to choose a path by what it names)."""
         assert endpoint.operation is not None, f"{endpoint.path}: a route without an operation needs its own handle"
+        request = self.parse_recorded(gateway, principal, endpoint, incoming, body)
+        result = await gateway.call(principal, endpoint.operation, request, disconnected=incoming.disconnected)
+        return self.reply(endpoint, request, result)
+
+    def parse_recorded(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming,
+                       body: dict) -> Inference:
+        """`parse`, with the request's route and id set; a body it refuses is recorded (under the
+        model it named, if any) and raised."""
         try:
             request = self.parse(endpoint, body)
-        except BaseException as exc:  # recorded too, under the model it named if any
+        except BaseException as exc:
             model = body.get("model")
             gateway.reject(principal, incoming.path, exc, model=model if isinstance(model, str) else "",
                            request_id=incoming.request_id)
             raise
         request.route, request.request_id = incoming.path, incoming.request_id
-        result = await gateway.call(principal, endpoint.operation, request, disconnected=incoming.disconnected)
+        return request
+
+    def reply(self, endpoint: Endpoint, request: Inference, result: Answer | Stream) -> Reply:
+        """What the edge sends for the core's answer or stream to `request`."""
         if isinstance(result, Stream):
             return Reply(headers=result.headers, media_type=b"text/event-stream",
                          events=self.events(endpoint, request, result), close=result.aclose)

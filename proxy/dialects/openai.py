@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from ..core import Inference, Stream
-from ..protocol.openai import ChatRequest, CompletionRequest, EmbeddingRequest
-from .base import Dialect, Endpoint, Event, validate
+from ..core import Gateway, Inference, Stream
+from ..domain import Principal
+from ..protocol.openai import ChatRequest, CompletionRequest, EmbeddingRequest, ImageRequest, ModerationRequest
+from .base import Dialect, Endpoint, Event, Incoming, Reply, validate
+from .several import names_several, several
 
 DONE: Event = (None, b"[DONE]")
 
@@ -22,7 +24,17 @@ class OpenAI(Dialect):
         Endpoint("/chat/completions", "chat", ChatRequest, "Chat completion (JSON or SSE stream)"),
         Endpoint("/completions", "completions", CompletionRequest, "Text completion (JSON or SSE stream)"),
         Endpoint("/embeddings", "embeddings", EmbeddingRequest, "Embeddings"),
+        Endpoint("/images/generations", "images", ImageRequest, "Image generation (relayed to OpenAI-compatible "
+                 "upstreams and litellm providers)"),
+        Endpoint("/moderations", "moderations", ModerationRequest, "Moderation (relayed to OpenAI-compatible "
+                 "upstreams and litellm providers)"),
     )
+
+    async def serve(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming,
+                    body: dict) -> Reply:
+        if endpoint.operation == "chat" and names_several(body):  # LiteLLM's `"model": "a, b"`
+            return await several(self, gateway, principal, endpoint, incoming, body)
+        return await super().serve(gateway, principal, endpoint, incoming, body)
 
     def parse(self, endpoint: Endpoint, body: dict) -> Inference:
         validate(endpoint.model, body)  # the client's own dict goes on: fields we do not name pass through

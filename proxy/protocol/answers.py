@@ -158,6 +158,45 @@ class LiteLLMSpendLog(Answer):
     metadata: dict[str, Any] = Field(description="status, error_type, streamed, ttft_ms, route, x_request_id")
 
 
+class KeyModelSpend(Answer):
+    """One (key, model) of a team's day in /global/spend/report."""
+
+    model: str
+    spend: float
+    total_tokens: int
+    api_key: str = Field(description="the key's hash ('' for the master key or a JWT)")
+
+
+class TeamDaySpend(Answer):
+    team_name: str = Field(description="the team's alias, else its id; 'Unassigned Team' for keys without one")
+    total_spend: float
+    metadata: list[KeyModelSpend]
+
+
+class DaySpend(Answer):
+    """LiteLLM's /global/spend/report row (group_by=team): one UTC day."""
+
+    group_by_day: str = Field(description="the day's start, ISO 8601 (`2024-04-30T00:00:00+00:00`)")
+    teams: list[TeamDaySpend]
+
+
+class ModelSpend(Answer):
+    model: str
+    total_cost: float
+    total_input_tokens: int
+    total_output_tokens: int
+
+
+class KeySpend(Answer):
+    """LiteLLM's /global/spend/report row for one key (with api_key, internal_user_id or group_by=api_key)."""
+
+    api_key: str = Field(description="the key's hash ('' for the master key or a JWT)")
+    total_cost: float
+    total_input_tokens: int
+    total_output_tokens: int
+    model_details: list[ModelSpend]
+
+
 class SpendLogs(Answer):
     data: list[SpendLog]
     page: int
@@ -184,6 +223,17 @@ class UsageGroup(Answer):
 class SpendReport(Answer):
     by: str
     data: list[UsageGroup]
+
+
+class RouteInfo(Answer):
+    path: str
+    methods: list[str]
+    name: str
+    endpoint: str = Field(description="the function (or dialect) that serves it")
+
+
+class Routes(Answer):
+    routes: list[RouteInfo]
 
 
 class Liveliness(Answer):

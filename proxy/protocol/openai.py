@@ -104,6 +104,22 @@ class CompletionRequest(_Sampling):
     best_of: Annotated[StrictInt, Field(ge=1)] | None = None
 
 
+class ImageRequest(_Open):
+    model: StrictStr = Field(min_length=1, description="a model name served here (routing needs one)")
+    prompt: StrictStr = Field(min_length=1)
+    n: Annotated[StrictInt, Field(ge=1, le=10)] | None = None
+    size: StrictStr | None = None
+    quality: StrictStr | None = None
+    style: StrictStr | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    user: StrictStr | None = None
+
+
+class ModerationRequest(_Open):
+    model: StrictStr = Field(min_length=1, description="a model name served here (routing needs one)")
+    input: StrictStr | Annotated[list[Any], Field(min_length=1)]
+
+
 class EmbeddingRequest(_Open):
     model: StrictStr = Field(min_length=1)
     input: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] | list[StrictInt] | list[list[StrictInt]]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -13,8 +14,8 @@ from ..auth.secrets import to_hash
 from ..db import spend
 from ..domain import UsageRecord
 from ..durations import parse_duration, utcnow
-from ..errors import Forbidden
-from ..protocol.answers import GlobalSpend, LiteLLMSpendLog, SpendLogs, SpendReport
+from ..errors import BadRequest, Forbidden
+from ..protocol.answers import DaySpend, GlobalSpend, KeySpend, LiteLLMSpendLog, SpendLogs, SpendReport
 from ..protocol.fields import NO_NUL, Duration, Id, Instant, KeyRef, ModelName
 from ..services import ServicesDep
 
@@ -82,3 +83,56 @@ async def report(services: ServicesDep, _: Admin, key: KeyRef | None = None, tea
         groups = await spend.usage_report(session, key_hash=to_hash(key) if key else None, team_id=team_id,
                                           since=_since(since), by=by)
     return {"by": by, "data": [asdict(g) for g in groups]}
+
+
+NO_TEAM = "Unassigned Team"  # LiteLLM's name for spend of keys without a team
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), timezone.utc)
+
+
+@router.get("/global/spend/report", summary="LiteLLM's spend report: by day and team, or by key and model",
+            response_model=list[DaySpend] | list[KeySpend])
+async def global_spend_report(services: ServicesDep, _: Admin, start_date: date, end_date: date,
+                              group_by: Literal["team", "customer", "api_key"] = "team",
+                              api_key: KeyRef | None = None, internal_user_id: Id | None = None) -> list[dict]:
+    """Days from `start_date` to `end_date`, both included (UTC). group_by=team (LiteLLM's default):
+    per day, each team's spend with its (model, key) breakdown. With `api_key`, `internal_user_id`
+    (a user's keys) or group_by=api_key: per key, its spend by model."""
+    if end_date < start_date:
+        raise BadRequest("end_date is before start_date", param="end_date")
+    if group_by == "customer":
+        raise BadRequest("group_by=customer is not offered: Keystile does not record the end user (the "
+                         "request's `user` field); group by team or api_key", param="group_by")
+    end = _day_start(end_date) + timedelta(days=1) if end_date < date.max else None
+    async with sessions(services) as session:
+        cells = await spend.spend_cells(session, start=_day_start(start_date), end=end,  # type: ignore[arg-type]
+                                        key_hash=to_hash(api_key) if api_key else None, user_id=internal_user_id)
+    if api_key or internal_user_id or group_by == "api_key":
+        return _by_key(cells)
+    days: dict[str, dict[str, dict]] = defaultdict(dict)
+    for c in cells:
+        name = (c.team_alias or c.team_id) if c.team_id else NO_TEAM
+        team = days[c.day].setdefault(name, {"team_name": name, "total_spend": 0.0, "metadata": []})
+        team["total_spend"] += c.cost
+        team["metadata"].append({"model": c.model, "spend": c.cost, "api_key": c.key_hash or "",
+                                 "total_tokens": c.prompt_tokens + c.completion_tokens})
+    return [{"group_by_day": _day_start(date.fromisoformat(day)).isoformat(), "teams": list(teams.values())}
+            for day, teams in days.items()]
+
+
+def _by_key(cells: list[spend.SpendCell]) -> list[dict]:
+    keys: dict[str, dict] = {}
+    for c in cells:
+        key = keys.setdefault(c.key_hash or "", {"api_key": c.key_hash or "", "total_cost": 0.0, "total_input_tokens": 0,
+                                                 "total_output_tokens": 0, "model_details": {}})
+        model = key["model_details"].setdefault(c.model, {"model": c.model, "total_cost": 0.0,
+                                                           "total_input_tokens": 0, "total_output_tokens": 0})
+        for row in (key, model):
+            row["total_cost"] += c.cost
+            row["total_input_tokens"] += c.prompt_tokens
+            row["total_output_tokens"] += c.completion_tokens
+    for key in keys.values():
+        key["model_details"] = list(key["model_details"].values())
+    return sorted(keys.values(), key=lambda k: -k["total_cost"])
