@@ -42,6 +42,9 @@ CLIENT_FIELDS = {
     "aembedding": frozenset(("input", "encoding_format", "dimensions", "user")),
     "arerank": frozenset(("query", "documents", "top_n", "return_documents", "rank_fields",
                           "max_chunks_per_doc", "max_tokens_per_doc")),
+    "aimage_generation": frozenset(("prompt", "n", "size", "quality", "style", "response_format", "user",
+                                    "background", "moderation", "output_compression", "output_format")),
+    "amoderation": frozenset(("input",)),
 }
 """What of a client's body reaches litellm, per call. litellm also takes its own arguments from the same
 keyword list (`api_base`, `api_key`, `base_url`, `extra_headers`, cloud credentials, callbacks); a client
