@@ -23,6 +23,8 @@ from ..errors import BadRequest, as_keystile
 from .base import Dialect, Endpoint, Incoming, Reply
 
 MAX_MODELS = 8
+RECORD_ID_MAX = 64
+"""The length of a usage record's id (spend_logs.request_id); a longer one would be cut, losing the suffix."""
 
 
 def names_several(body: dict) -> bool:
@@ -44,10 +46,13 @@ async def several(dialect: Dialect, gateway: Gateway, principal: Principal, endp
         exc = BadRequest(problem, param="fastest_response" if "fastest" in problem else "model")
         gateway.reject(principal, incoming.path, exc, model=body["model"][:255], request_id=incoming.request_id)
         raise exc
+    # Each call's record id is the request's with `-<n>`; an id too long for that is replaced by one of
+    # the gateway's (short) own, so the records stay apart.
+    base = incoming.request_id if len(incoming.request_id) + 2 <= RECORD_ID_MAX else gateway.new_request_id()
     requests = []
     for i, name in enumerate(names, 1):
         request = dialect.parse_recorded(gateway, principal, endpoint, incoming, {**body, "model": name})
-        request.request_id = f"{incoming.request_id}-{i}"
+        request.request_id = f"{base}-{i}"
         requests.append(request)
     assert endpoint.operation is not None
     # One reader of the client's hang-up for all the calls (ASGI `receive` is not for several readers).
