@@ -243,8 +243,8 @@ class Connection(asyncio.Protocol):
             return self._decoder.flush() if end else self._decoder.decompress(body)  # type: ignore[union-attr]
         except Exception as exc:  # zlib.error, brotli.error, zstd.ZstdError: all just "corrupt"
             if self.exchange is not None:
-                self.exchange.fail(BadResponse(f"upstream body could not be decoded "
-                                               f"({self._encoding!r}: {exc})"))
+                coding = (self._encoding or b"").decode("latin-1")
+                self.exchange.fail(BadResponse(f"upstream body could not be decoded ({coding!r}: {exc})"))
             self.abort()
             return b""
 

@@ -1,17 +1,19 @@
 """Content-Encoding of upstream answers, decoded as the body arrives.
 
 The client asks for `Accept-Encoding: identity`; a server that compresses anyway is decoded here:
-gzip and deflate with zlib (deflate zlib-wrapped or raw, as servers send both), br and zstd when
-a library for them is already installed (brotli or brotlicffi; zstandard). Any other coding,
-or br/zstd without their library, is refused with a ValueError naming it (the client turns it
-into BadResponse): relaying bytes nobody can read would only move the failure to the caller.
+gzip and deflate with zlib (deflate zlib-wrapped or raw, as servers send both), br with brotli and
+zstd with zstandard (both dependencies of Keystile). Any other coding is refused with a ValueError
+naming it (the client turns it into BadResponse): relaying bytes nobody can read would only move
+the failure to the caller. A br or zstd body that ends before its stream does is refused too.
 """
 
 from __future__ import annotations
 
-import importlib
 import zlib
 from typing import Protocol
+
+import brotli
+import zstandard
 
 
 class Decoder(Protocol):
@@ -52,25 +54,35 @@ class _Deflate:
 
 
 class _Brotli:
-    def __init__(self, module) -> None:
-        self._d = module.Decompressor()
-        self._process = getattr(self._d, "process", None) or self._d.decompress
+    def __init__(self) -> None:
+        self._d = brotli.Decompressor()
 
     def decompress(self, data: bytes) -> bytes:
-        return self._process(data)
+        return self._d.process(data)
 
     def flush(self) -> bytes:
+        if not self._d.is_finished():
+            raise ValueError("the brotli stream is truncated")
         return b""
 
 
 class _Zstd:
-    def __init__(self, module) -> None:
-        self._d = module.ZstdDecompressor().decompressobj()
+    """One or more zstd frames back to back (as a server that compresses each write sends them)."""
+
+    def __init__(self) -> None:
+        self._d = zstandard.ZstdDecompressor().decompressobj()
 
     def decompress(self, data: bytes) -> bytes:
-        return self._d.decompress(data)
+        out = self._d.decompress(data)
+        while self._d.eof and self._d.unused_data:
+            rest = self._d.unused_data
+            self._d = zstandard.ZstdDecompressor().decompressobj()
+            out += self._d.decompress(rest)
+        return out
 
     def flush(self) -> bytes:
+        if not self._d.eof:
+            raise ValueError("the zstd frame is truncated")
         return b""
 
 
@@ -92,27 +104,17 @@ class _Chain:
         return data
 
 
-def _optional(*modules: str):
-    for name in modules:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
-
-
 def _one(coding: str) -> Decoder:
     if coding in ("gzip", "x-gzip"):
         return _Gzip()
     if coding == "deflate":
         return _Deflate()
-    if coding == "br" and (brotli := _optional("brotli", "brotlicffi")) is not None:
-        return _Brotli(brotli)
-    if coding == "zstd" and (zstd := _optional("zstandard")) is not None:
-        return _Zstd(zstd)
+    if coding == "br":
+        return _Brotli()
+    if coding == "zstd":
+        return _Zstd()
     raise ValueError(f"upstream sent a body with Content-Encoding {coding!r}, which Keystile cannot decode "
-                     "(it asks for identity; gzip and deflate are decoded, br and zstd when brotli/zstandard "
-                     "is installed)")
+                     "(it asks for identity, and decodes gzip, deflate, br and zstd)")
 
 
 def decoder(content_encoding: bytes) -> Decoder | None:

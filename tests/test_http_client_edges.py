@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import importlib.util
 import zlib
 from urllib.parse import urlsplit
 
+import brotli
 import pytest
+import zstandard
 
 from backends import errors
 from backends.http import BadResponse, ClientPool, ConnectFailed, Redirected, Timeout
@@ -45,7 +46,17 @@ def _encoded(coding: str, data: bytes) -> bytes:
     if coding == "raw-deflate":
         z = zlib.compressobj(wbits=-zlib.MAX_WBITS)
         return z.compress(data) + z.flush()
+    if coding == "br":
+        return brotli.compress(data)
+    if coding == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    if coding == "zstd-frames":  # a frame per write, as a server compressing as it goes sends them
+        third = len(data) // 3
+        return b"".join(zstandard.ZstdCompressor().compress(data[i:i + third]) for i in range(0, len(data), third))
     raise AssertionError(coding)
+
+
+CODINGS = ("gzip", "deflate", "raw-deflate", "br", "zstd", "zstd-frames")
 
 
 async def test_identity_is_asked_for_and_a_compressed_answer_is_decoded():
@@ -54,7 +65,7 @@ async def test_identity_is_asked_for_and_a_compressed_answer_is_decoded():
     async def compressing(n, body, writer):
         coding = body.decode().strip('"')
         encoded = _encoded(coding, data)
-        name = "deflate" if coding == "raw-deflate" else coding
+        name = {"raw-deflate": "deflate", "zstd-frames": "zstd"}.get(coding, coding)
         if n % 2:  # whole, then chunked in small pieces
             writer.write(reply(encoded, f"Content-Encoding: {name}"))
         else:
@@ -66,30 +77,90 @@ async def test_identity_is_asked_for_and_a_compressed_answer_is_decoded():
 
     async with Server(compressing) as server:
         pool = ClientPool()
-        for coding in ("gzip", "deflate", "raw-deflate"):
+        for coding in CODINGS:
             for _ in range(2):
-                assert await fetch(pool, server.url, b'"%s"' % coding.encode()) == (200, data)
+                assert await fetch(pool, server.url, b'"%s"' % coding.encode()) == (200, data), coding
         assert all(b"\r\nAccept-Encoding: identity\r\n" in head for head in server.heads)
-        origin = pool.get(server.url)  # a stream is decoded as it comes
-        async with await origin.open(origin.request_head("POST", "/v1/x", {}), b'"gzip"', idle_timeout=5) as resp:
-            assert b"".join([c async for c in resp.chunks()]) == data
+        origin = pool.get(server.url)  # a stream is decoded as it comes, whole or in 100-byte chunks
+        for coding in CODINGS:
+            for _ in range(2):
+                head = origin.request_head("POST", "/v1/x", {})
+                async with await origin.open(head, b'"%s"' % coding.encode(), idle_timeout=5) as resp:
+                    assert b"".join([c async for c in resp.chunks()]) == data, coding
+        assert server.connections == 1  # each decoded answer left its connection reusable
         await pool.aclose()
 
 
-async def test_an_encoding_nobody_can_decode_is_refused_clearly():
+async def test_br_and_zstd_event_streams_are_decoded_event_by_event():
+    """An SSE answer compressed as it is written (a flush per event) reaches the caller event by
+    event, not at the end."""
+    events = [b'data: {"n":%d}\n\n' % i for i in range(3)] + [b"data: [DONE]\n\n"]
+    sent: dict[str, asyncio.Event] = {}
+
+    async def sse(n, body, writer):
+        coding = body.decode().strip('"')
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: {coding}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        if coding == "br":
+            c = brotli.Compressor()
+            pieces = [c.process(e) + c.flush() for e in events] + [c.finish()]
+        else:
+            c = zstandard.ZstdCompressor().compressobj()
+            pieces = [c.compress(e) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK) for e in events] + [c.flush()]
+        for i, piece in enumerate(pieces):
+            if piece:
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            if i < len(events):  # the next event once the client has read this one
+                await sent[coding].wait()
+                sent[coding].clear()
+        writer.write(b"0\r\n\r\n")
+
+    async with Server(sse) as server:
+        pool = ClientPool()
+        origin = pool.get(server.url)
+        for coding in ("br", "zstd"):
+            sent[coding] = asyncio.Event()
+            got = []
+            async with await origin.open(origin.request_head("POST", "/v1/x", {}), b'"%s"' % coding.encode(),
+                                         idle_timeout=5) as resp:
+                async for chunk in resp.chunks():
+                    got.append(chunk)
+                    sent[coding].set()
+            assert got == events, coding  # one decoded event per chunk, as sent
+        await pool.aclose()
+
+
+async def test_an_encoding_nobody_can_decode_is_refused_clearly(tmp_path):
+    whole = b'{"text":"' + b"x" * 5000 + b'"}'
+    answers = {1: ("compress", b"this is not gzip at all"), 2: ("gzip", b"this is not gzip at all"),
+               3: ("br", b"this is not brotli"), 4: ("zstd", b"this is not zstd"),
+               5: ("br", brotli.compress(whole)[:-4]), 6: ("zstd", zstandard.ZstdCompressor().compress(whole)[:-4]),
+               7: ("gzip, snappy", b"{}")}
+
     async def odd(n, body, writer):
-        coding = {1: "compress", 2: "gzip", 3: "br"}[n]
-        writer.write(reply(b"this is not gzip at all", f"Content-Encoding: {coding}"))
+        coding, payload = answers[(n - 1) % len(answers) + 1]
+        writer.write(reply(payload, f"Content-Encoding: {coding}"))
 
     async with Server(odd) as server:
         pool = ClientPool()
-        with pytest.raises(BadResponse, match="Content-Encoding 'compress'"):
+        with pytest.raises(BadResponse, match="Content-Encoding 'compress', which Keystile cannot decode"):
             await fetch(pool, server.url)
-        with pytest.raises(BadResponse, match="could not be decoded"):
-            await fetch(pool, server.url)
-        if importlib.util.find_spec("brotli") is None and importlib.util.find_spec("brotlicffi") is None:
-            with pytest.raises(BadResponse, match="Content-Encoding 'br'.*brotli"):
+        for coding in ("gzip", "br", "zstd"):
+            with pytest.raises(BadResponse, match=f"could not be decoded \\('{coding}'"):
                 await fetch(pool, server.url)
+        with pytest.raises(BadResponse, match="could not be decoded.*brotli stream is truncated"):
+            await fetch(pool, server.url)
+        with pytest.raises(BadResponse, match="could not be decoded.*zstd frame is truncated"):
+            await fetch(pool, server.url)
+        with pytest.raises(BadResponse, match="Content-Encoding 'snappy'"):
+            await fetch(pool, server.url)
+
+        # Through a backend the caller gets a 502 that names the coding.
+        backend = OpenAICompatBackend("m", "m", api_base=server.url, api_key=None, pool=pool, timeout=5)
+        with pytest.raises(errors.UpstreamHTTPError) as info:
+            await backend.chat({"messages": []})
+        assert info.value.status == 502 and "Content-Encoding 'compress'" in info.value.message
         await pool.aclose()
 
 
