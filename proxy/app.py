@@ -19,7 +19,7 @@ from .settings import Settings, load_config
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    config = load_config(settings.keystile_config)  # fail fast, before the server binds
+    config = settings.apply(load_config(settings.keystile_config))  # fail fast, before the server binds
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -205,6 +205,11 @@ class FileConfig(BaseModel):
         return merged
 
 
+SERVER_LIMITS = ("max_request_bytes", "max_header_bytes", "header_timeout", "body_timeout")
+"""The HTTP server's limits in keystile_settings that the environment may set too (KEYSTILE_<NAME>):
+they belong to where the gateway runs (behind nginx or not) more than to the model map."""
+
+
 class Settings(BaseSettings):
     """Process settings from the environment (and .env)."""
 
@@ -215,6 +220,25 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./keystile.db"
     redis_url: str | None = None
     keystile_trusted_proxies: str = Field(default="", description="comma-separated, added to keystile_settings.trusted_proxies")
+    # The server limits (SERVER_LIMITS): set and not empty, they win over config.yaml's keystile_settings.
+    # Text here, checked by apply() against keystile_settings' own bounds, so a bad value is named.
+    keystile_max_request_bytes: str = ""
+    keystile_max_header_bytes: str = ""
+    keystile_header_timeout: str = ""
+    keystile_body_timeout: str = ""
+
+    def apply(self, config: FileConfig) -> FileConfig:
+        """`config` with the server limits the environment sets put over its keystile_settings."""
+        given = {name: raw.strip() for name in SERVER_LIMITS if (raw := getattr(self, f"keystile_{name}")).strip()}
+        if not given:
+            return config
+        try:
+            checked = KeystileSettings.model_validate(given)
+        except ValidationError as exc:
+            raise ConfigError("; ".join(f"KEYSTILE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                                        for e in exc.errors())) from exc
+        options = config.keystile_settings.model_copy(update={name: getattr(checked, name) for name in given})
+        return config.model_copy(update={"keystile_settings": options})
 
     def trusted_proxies(self, config: FileConfig) -> list[str]:
         """The proxies whose X-Forwarded-For is believed: the environment's and the file's."""

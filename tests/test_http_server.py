@@ -16,12 +16,15 @@ import pytest
 from .conftest import relay_config
 from .servers import BIN, Keystile
 
-LIMITS = {"max_header_bytes": 16384, "header_timeout": 1.0, "body_timeout": 1.0}
+# The limits come from the environment, over config.yaml's (which would let all of this through).
+LIMITS = {"KEYSTILE_MAX_HEADER_BYTES": "16384", "KEYSTILE_HEADER_TIMEOUT": "1.0", "KEYSTILE_BODY_TIMEOUT": " 1 ",
+          "KEYSTILE_MAX_REQUEST_BYTES": "40000"}
+FILE_LIMITS = {"max_header_bytes": 1 << 20, "header_timeout": 60.0, "body_timeout": 60.0, "max_request_bytes": 1 << 20}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, upstream):
-    with Keystile(tmp_path_factory.mktemp("limits"), relay_config(upstream, **LIMITS)) as keystile:
+    with Keystile(tmp_path_factory.mktemp("limits"), relay_config(upstream, **FILE_LIMITS), env=LIMITS) as keystile:
         yield keystile
 
 
@@ -91,6 +94,10 @@ async def test_oversized_headers_get_431_and_memory_stays_flat(server):
                                      "Content-Type": "application/json"})
     assert small_head.status_code == 200  # a large body in the same read as its head is not a large head
 
+    too_big = httpx.post(server.url + "/v1/chat/completions", content=big_body + b" " * 10000,
+                         headers={"Authorization": f"Bearer {server.master_key}", "Content-Type": "application/json"})
+    assert too_big.status_code == 413 and "40000" in too_big.json()["error"]["message"]  # KEYSTILE_MAX_REQUEST_BYTES
+
 
 async def test_half_sent_heads_get_408_and_are_closed(server):
     started = time.monotonic()
@@ -147,3 +154,15 @@ def test_an_unusable_proxy_setting_stops_serve_with_one_line(tmp_path, upstream)
                          text=True, timeout=60)
     assert out.returncode == 1
     assert "only http:// proxies are supported" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("KEYSTILE_MAX_HEADER_BYTES", "1024", "KEYSTILE_MAX_HEADER_BYTES: Input should be greater than or equal to 4096"),
+    ("KEYSTILE_HEADER_TIMEOUT", "soon", "KEYSTILE_HEADER_TIMEOUT: Input should be a valid number"),
+])
+def test_a_bad_limit_in_the_environment_stops_serve_naming_it(tmp_path, upstream, name, value, message):
+    keystile = Keystile(tmp_path, relay_config(upstream), env={name: value})
+    out = subprocess.run([str(BIN / "keystile"), "serve", "--config", str(keystile.config_path),
+                          "--port", str(keystile.port)], env=keystile.env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -57,7 +57,7 @@ def serve(
     os.environ["KEYSTILE_CONFIG"] = str(config)
     settings = Settings()
     try:
-        file_config = load_config(config)
+        file_config = settings.apply(load_config(config))
         check_deployments(file_config)
         trusted = settings.trusted_proxies(file_config)
     except (ConfigError, ValueError) as exc:  # ValueError: e.g. HTTPS_PROXY names a socks5:// proxy
