@@ -5,6 +5,7 @@ in the error envelope."""
 from __future__ import annotations
 
 import asyncio
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -22,8 +23,21 @@ LIMITS = {"KEYSTILE_MAX_HEADER_BYTES": "16384", "KEYSTILE_HEADER_TIMEOUT": "1.0"
 FILE_LIMITS = {"max_header_bytes": 1 << 20, "header_timeout": 60.0, "body_timeout": 60.0, "max_request_bytes": 1 << 20}
 
 
+SLOW_SENDERS = 3000  # the number of half-sent requests the issue found held open for good
+FILES_NEEDED = SLOW_SENDERS + 1000
+
+
+def enough_files() -> None:
+    """Room for SLOW_SENDERS sockets in this process and in the server it starts (which inherits it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < FILES_NEEDED:
+        assert hard == resource.RLIM_INFINITY or hard >= FILES_NEEDED, f"RLIMIT_NOFILE hard limit {hard} is too low"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FILES_NEEDED, hard))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, upstream):
+    enough_files()
     with Keystile(tmp_path_factory.mktemp("limits"), relay_config(upstream, **FILE_LIMITS), env=LIMITS) as keystile:
         yield keystile
 
@@ -100,13 +114,27 @@ async def test_oversized_headers_get_431_and_memory_stays_flat(server):
 
 
 async def test_half_sent_heads_get_408_and_are_closed(server):
-    started = time.monotonic()
-    connections = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(200)]
-    for i, (_, writer) in enumerate(connections):
+    """3,000 connections that send half a head or nothing: each gets 408 and is closed after
+    header_timeout (1 s here), while a normal request is served as usual."""
+    async def slow_sender(i: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         if i % 2:  # half send half a head, half send nothing at all
             writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: app")
+        return reader, writer
+
+    connections = []
+    for start in range(0, SLOW_SENDERS, 250):
+        connections += await asyncio.gather(*(slow_sender(i) for i in range(start, start + 250)))
+    opened = time.monotonic()
+    async with httpx.AsyncClient(timeout=5) as client:  # meanwhile, a normal request
+        ok = await client.post(server.url + "/v1/chat/completions", json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+                               headers={"Authorization": f"Bearer {server.master_key}"})
+    assert ok.status_code == 200 and time.monotonic() - opened < 1.0, "a normal request waited on the slow ones"
+
     results = await asyncio.gather(*(answer(reader) for reader, _ in connections))
-    assert time.monotonic() - started < 4.0
+    print(f"{SLOW_SENDERS} slow senders closed {time.monotonic() - opened:.2f} s after the last opened")
+    assert time.monotonic() - opened < 4.0, "slow senders were not closed within header_timeout"
+    assert len(results) == SLOW_SENDERS
     for status, _, body, closed in results:
         assert status == 408 and closed
         assert envelope(body)["code"] == "request_timeout"
