@@ -26,6 +26,7 @@ from .auth.changes import ChangeFeed
 from .auth.invalidation import Invalidator
 from .auth.jwt import JWTVerifier
 from .auth.records import load_jwt_principal, load_principal
+from .auth.spend import SpendSync
 from .cooldowns import CooldownSync
 from .core import Gateway
 from .db.engine import Database
@@ -86,6 +87,7 @@ class Services:
     changes: ChangeFeed
     auth: Authenticator
     limiter: Limiter
+    spend: SpendSync  # an admin's spend set, applied to the limiter's counters at once
     prices: PriceMap
     usage: UsageWriter
     budgets: BudgetResetter
@@ -111,11 +113,12 @@ class Services:
                 return await load_jwt_principal(session, claims=claims)
 
         cache = KeyCache(load, ttl=options.key_cache_ttl, negative_ttl=options.negative_cache_ttl, load_jwt=load_jwt)
-        changes = ChangeFeed(db, cache)
+        limiter = make_limiter(settings.redis_url, lease_ttl=max(900.0, 2 * options.request_timeout))
+        spend = SpendSync(db, limiter)
+        changes = ChangeFeed(db, cache, on_spend=spend.changed)
         invalidator = Invalidator(cache, redis)
         jwt = JWTVerifier(options.jwt) if options.jwt else None
         auth = Authenticator(master, cache, FailureThrottle(options.auth_failures_per_minute), jwt)
-        limiter = make_limiter(settings.redis_url, lease_ttl=max(900.0, 2 * options.request_timeout))
         prices = PriceMap()
         await asyncio.to_thread(prices.load)
         journal = Journal(options.usage_journal or default_directory(settings.database_url))
@@ -126,7 +129,8 @@ class Services:
         usage.start()
         gateway = Gateway(router, limiter, prices, usage)
         services = cls(settings=settings, config=config, options=options, pool=pool, router=router, db=db,
-                       redis=redis, cache=cache, invalidator=invalidator, changes=changes, auth=auth, limiter=limiter, prices=prices,
+                       redis=redis, cache=cache, invalidator=invalidator, changes=changes, auth=auth, limiter=limiter,
+                       spend=spend, prices=prices,
                        usage=usage, budgets=BudgetResetter(db, invalidator.publish), gateway=gateway,
                        started=int(time.time()))
         await changes.start()

@@ -12,6 +12,9 @@ with a higher id was read. So ids below the highest one read that have not been 
 watched for `gap_polls` more polls (a rolled-back transaction leaves a gap for good) before the
 feed moves past them. After an outage of the feed, everything cached is dropped once, since
 changes may have been pruned meanwhile. Rows older than `keep` are pruned now and then.
+
+Rows with op `spend` (an admin set a spend, written by the update itself: spend.py) drop the
+entries too, and are handed to `on_spend`, which sets the limiter's counters.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 from ..db.engine import Database
@@ -26,14 +30,21 @@ from ..db.keys import changes_after, key_hashes, last_change, prune_changes
 from ..durations import utcnow
 from .cache import KeyCache
 
+SPEND = "spend"
+"""The op of a feed row that an admin's spend set adds (not a trigger): see spend.py."""
+
 log = logging.getLogger("keystile")
 BULK = 200  # more user/team changes than this in one poll: drop everything (cheaper than scanning for each)
 
 
+SpendSets = Callable[[Sequence[tuple[int, str, str]]], Awaitable[None]]
+"""Receives spend sets read from the feed: (id, kind, ident) each."""
+
+
 class ChangeFeed:
     def __init__(self, db: Database, cache: KeyCache, *, interval: float = 0.5, gap_polls: int = 120,
-                 keep: timedelta = timedelta(days=1), prune_every: float = 3600.0):
-        self._db, self._cache = db, cache
+                 keep: timedelta = timedelta(days=1), prune_every: float = 3600.0, on_spend: SpendSets | None = None):
+        self._db, self._cache, self._on_spend = db, cache, on_spend
         self.interval, self._gap_polls, self._keep, self._prune_every = interval, gap_polls, keep, prune_every
         self._horizon: int | None = None  # every id up to here is applied or given up on
         self._seen: set[int] = set()  # applied ids above the horizon
@@ -94,6 +105,9 @@ class ChangeFeed:
                 rows = await changes_after(session, after=self._horizon)
             fresh = [r for r in rows if r[0] not in self._seen]
             self._apply(fresh)
+            spent = [(r[0], r[1], r[3]) for r in fresh if r[2] == SPEND]
+            if spent and self._on_spend is not None:
+                await self._on_spend(spent)
             applied += len(fresh)
             self._seen.update(r[0] for r in fresh)
             if len(rows) < 10_000:
@@ -109,7 +123,7 @@ class ChangeFeed:
             if kind == "key":
                 if op == "delete":
                     self._cache.gone(ident)
-                else:
+                elif op != SPEND:
                     self._cache.exists((ident,))
                 self._cache.invalidate("key", ident)
             elif kind in ("user", "team"):

@@ -30,11 +30,11 @@ async def load_principal(session: AsyncSession, *, token_hash: str) -> Principal
         return Refusal("this key's team is blocked")
     if user is not None and user.blocked:
         return Refusal("this key's user is blocked")
-    scopes = [_scope(f"key:{key.token_hash}", key)]
+    scopes = [row_scope(f"key:{key.token_hash}", key)]
     if user is not None:
-        scopes.append(_scope(f"user:{user.user_id}", user))
+        scopes.append(row_scope(f"user:{user.user_id}", user))
     if team is not None:
-        scopes.append(_scope(f"team:{team.team_id}", team))
+        scopes.append(row_scope(f"team:{team.team_id}", team))
     expires = _aware(key.expires) if key.expires else None
     if key.token_hash != token_hash:  # the previous secret of a rotated key ends with its grace period
         grace = _aware(key.previous_valid_until)  # type: ignore[arg-type]
@@ -60,9 +60,9 @@ async def load_jwt_principal(session: AsyncSession, *, claims: Principal) -> Pri
         return Refusal("this caller's team is blocked")
     if user is not None and user.blocked:
         return Refusal("this caller's user is blocked")
-    scopes = [_scope(f"user:{user.user_id}", user)] if user is not None else []
+    scopes = [row_scope(f"user:{user.user_id}", user)] if user is not None else []
     if team is not None:
-        scopes.append(_scope(f"team:{team.team_id}", team))
+        scopes.append(row_scope(f"team:{team.team_id}", team))
     return Principal(
         is_master=claims.is_master, is_admin=user is not None and user.user_role in ADMIN_ROLES,
         key_alias=claims.key_alias, user_id=claims.user_id,
@@ -86,7 +86,8 @@ def _allowed(*lists: list[str] | None) -> frozenset[str] | None:
     return allowed
 
 
-def _scope(name: str, row: Key | User | Team) -> Scope:
+def row_scope(name: str, row: Key | User | Team) -> Scope:
+    """The limits, budget and spend of a key, user or team row, as the scope `name`."""
     return Scope(name=name, rpm=row.rpm_limit, tpm=row.tpm_limit, parallel=row.max_parallel_requests,
                  max_budget=row.max_budget, budget_duration=row.budget_duration,
                  budget_reset_at=row.budget_reset_at, spend=row.spend or 0.0)

@@ -29,6 +29,10 @@ Semantics common to every implementation:
   token/cost adjustment is dropped from the limiter (the accounting records still have it).
 - `release` is idempotent: the first call settles and frees the parallel slot; later calls do
   nothing. Call it in a `finally`, with `tokens_used=lease.tokens, cost=0` if nothing is known.
+- `set_spend` is an admin setting a scope's spend (/key/update with `spend`, e.g. 0 to reset it):
+  the window's `spend` becomes the new value at once (reservations in flight are kept), instead of
+  waiting for the next window. Each set carries the id of its change-feed row, so it is applied
+  once however many processes pass it on, and never after a later one.
 """
 
 from __future__ import annotations
@@ -119,6 +123,12 @@ class Limiter(Protocol):
 
     async def release(self, lease: Lease, *, tokens_used: int, cost: float) -> None:
         """Settle tokens and cost, free the parallel slots. Idempotent; never raises for outages."""
+        ...
+
+    async def set_spend(self, change: int, budget: BudgetSpec) -> None:
+        """The spend of `budget`'s scope and window was set to `budget.seed_spend` (change-feed row
+        `change`). Without a counter for that window yet there is nothing to do: the next request
+        seeds one from the database. Never raises for outages."""
         ...
 
     async def aclose(self) -> None:

@@ -35,6 +35,7 @@ class _Budget:
     touched: float
     reserved: float = 0.0
     leases: dict[str, float] = field(default_factory=dict)
+    change: int = 0  # the last spend set applied (its change-feed id)
 
 
 class LocalLimiter:
@@ -54,6 +55,11 @@ class LocalLimiter:
 
     async def release(self, lease: Lease, *, tokens_used: int, cost: float) -> None:
         self.settle(lease, tokens_used=tokens_used, cost=cost)
+
+    async def set_spend(self, change: int, budget: BudgetSpec) -> None:
+        state = self._budgets.get((budget.scope, budget.window_reset_at))
+        if state is not None and state.change < change:
+            state.spend, state.change = budget.seed_spend, change
 
     async def aclose(self) -> None:
         self._rates.clear()

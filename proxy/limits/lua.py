@@ -1,9 +1,11 @@
-"""The two Lua scripts of the Redis limiter: ACQUIRE (check all, then count all) and RELEASE.
+"""The Lua scripts of the Redis limiter: ACQUIRE (check all, then count all), RELEASE, and SET_SPEND
+(an admin set a scope's spend).
 
 Key layout (all under the limiter's prefix P; every key a script touches is passed in KEYS):
   P:rate:<scope>                 hash {w: window number, req, tok}; a stale w reads as zero
   P:par:<scope>                  sorted set lease id -> expiry (epoch s); expired members ignored
-  P:bud:<scope>:<reset|life>     hash {spend, reserved, l:<lease id> -> reserved amount}
+  P:bud:<scope>:<reset|life>     hash {spend, reserved, l:<lease id> -> reserved amount,
+                                 chg: the change-feed id of the last spend set applied}
   P:budx:<scope>:<reset|life>    sorted set lease id -> expiry, to return reservations of dead leases
 Time is the Redis server's (TIME), so every instance agrees on windows and expiries.
 Floats travel as strings and are added with HINCRBYFLOAT (no precision lost in Lua's tostring).
@@ -143,5 +145,14 @@ for j = 1, nb do
     if tonumber(cost_s) ~= 0 then redis.call('HINCRBYFLOAT', bk, 'spend', cost_s) end
   end
 end
+return 1
+"""
+
+SET_SPEND = r"""
+-- KEYS[1]: a budget hash. ARGV: spend, change id. Once per change, never after a later one; a window
+-- nobody has counted in yet is left alone (its first acquire seeds it from the database).
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if (tonumber(redis.call('HGET', KEYS[1], 'chg')) or 0) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'spend', ARGV[1], 'chg', ARGV[2])
 return 1
 """

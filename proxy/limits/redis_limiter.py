@@ -36,7 +36,7 @@ from redis.exceptions import (BusyLoadingError, ClusterDownError, ConnectionErro
 from .base import BudgetSpec, Counts, Lease, LeaseIds, LimitSpec, normalize
 from .refusals import budget_refused, rate_refused
 from .local import LocalLimiter
-from .lua import ACQUIRE, RELEASE
+from .lua import ACQUIRE, RELEASE, SET_SPEND
 from .pipe import RedisPipe
 from .windows import WINDOW_S
 
@@ -129,6 +129,18 @@ class RedisLimiter:
             self._maybe_probe()
             return
         await self._send_release(keys, args)
+
+    async def set_spend(self, change: int, budget: BudgetSpec) -> None:
+        """In Redis (once for all instances: every process applies each set, the first one counts)
+        and in the in-process fallback's counters."""
+        await self._local.set_spend(change, budget)
+        if self._down:
+            return  # the other processes apply it too; one of them may reach Redis
+        key = self._keys((), (budget,))[0]
+        try:
+            await self._pipe.call(*_eval(SET_SPEND, [key], [repr(float(budget.seed_spend)), change]))
+        except OUTAGE as exc:
+            self._went_down(exc)
 
     async def aclose(self) -> None:
         if self._probe is not None:

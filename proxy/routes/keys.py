@@ -12,6 +12,7 @@ from sqlalchemy import delete, or_, select
 
 from ..admin import (CONFLICT, ERRORS, NOT_FOUND, Admin, AdminRoute, AnyCaller, Page, Size, apply, commit,
                      key_info, pages, require, sessions)
+from ..auth import spend
 from ..auth.secrets import display_name, hash_key, new_key, to_hash
 from ..db.keys import get_key, list_rows
 from ..db.models import Key, Team, User
@@ -95,9 +96,13 @@ async def update(body: KeyUpdate, services: ServicesDep, _: Admin) -> dict:
             await check_alias(session, body.key_alias)
         await require(session, Team, body.team_id, "team_id")
         await ensure_user(session, body.user_id)
-        apply(key, key_fields(body))
+        fields = key_fields(body)
+        apply(key, fields)
+        spend_set = spend.note(session, "key", key.token_hash) if fields.get("spend") is not None else None
         await commit(session, "key")
         await services.invalidator.publish("key", key.token_hash)
+        if spend_set is not None:
+            await services.spend.applied(spend_set, key)
         return key_info(key)
 
 

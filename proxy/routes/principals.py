@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 
 from ..admin import (CONFLICT, ERRORS, NOT_FOUND, Admin, AdminRoute, AnyCaller, Page, Size, apply, commit,
                      key_info, pages, require, serialize, sessions)
+from ..auth import spend
 from ..db.keys import list_rows
 from ..db.models import Key, Team, User
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
@@ -105,12 +106,16 @@ def build(e: Entity) -> APIRouter:
     async def update(body: e.update, services: ServicesDep, _: Admin) -> dict:
         fields = body.model_dump(exclude_unset=True, exclude={e.id_field})
         async with sessions(services) as session:
-            row = await load(session, getattr(body, e.id_field))
+            row_id = getattr(body, e.id_field)
+            row = await load(session, row_id)
             await require(session, Team, fields.get("team_id"), "team_id")
             apply(row, fields)
+            spend_set = spend.note(session, e.kind, row_id) if fields.get("spend") is not None else None
             await commit(session, e.kind)
             out = serialize(row)
         await services.invalidator.publish(e.kind, out[e.id_field])
+        if spend_set is not None:
+            await services.spend.applied(spend_set, row)
         return out
 
     @router.post("/delete", summary=f"Delete {e.kind}s and their keys", response_model=e.deleted,
