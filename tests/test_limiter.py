@@ -257,6 +257,28 @@ async def test_budget_seed_only_for_a_new_window(limiter):
         await limiter.acquire([], [BudgetSpec("key:s", 1.0, window, seed_spend=0.0)], max_cost=0.3)
 
 
+async def test_a_spend_set_replaces_the_counter_once_and_never_after_a_later_one(limiter):
+    window = time.time() + 3600
+    spec = BudgetSpec("key:set", 1.0, window, seed_spend=0.0)
+    held = await limiter.acquire([], [spec], max_cost=0.2)  # in flight across the sets
+    await limiter.release(await limiter.acquire([], [spec], max_cost=0.2), tokens_used=0, cost=0.7)
+    with pytest.raises(LimitExceeded, match="spent 0.7000, in flight 0.2000"):
+        await limiter.acquire([], [spec], max_cost=0.2)
+    await limiter.set_spend(7, BudgetSpec("key:set", 1.0, window, seed_spend=0.0))  # reset: admitted again
+    lease = await limiter.acquire([], [spec], max_cost=0.2)
+    await limiter.release(lease, tokens_used=0, cost=0.1)
+    await limiter.set_spend(7, BudgetSpec("key:set", 1.0, window, seed_spend=0.0))  # the same set again: once
+    await limiter.set_spend(5, BudgetSpec("key:set", 1.0, window, seed_spend=0.0))  # an earlier one: never
+    with pytest.raises(LimitExceeded, match="spent 0.1000, in flight 0.2000"):
+        await limiter.acquire([], [spec], max_cost=0.8)
+    await limiter.set_spend(8, BudgetSpec("key:set", 1.0, window, seed_spend=2.0))  # above the budget
+    with pytest.raises(LimitExceeded, match="spent 2.0000"):
+        await limiter.acquire([], [spec], max_cost=0.0)
+    await limiter.release(held, tokens_used=0, cost=0.1)
+    await limiter.set_spend(9, BudgetSpec("key:other", 1.0, window, seed_spend=5.0))  # no counter yet: the
+    await limiter.acquire([], [BudgetSpec("key:other", 1.0, window, seed_spend=0.5)], max_cost=0.1)  # seed counts
+
+
 async def test_budget_window_rollover(limiter):
     w1 = time.time() + 100
     w2 = w1 + 86400
