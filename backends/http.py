@@ -15,9 +15,9 @@ connection (HTTP/1.0 style). Interim 1xx answers (100 Continue, 103 Early Hints)
 
 A request's time limit starts when it is asked for: waiting for a free connection (at
 max_connections) and connecting count inside it. Requests carry `Accept-Encoding: identity`; a
-compressed answer is decoded anyway (http_decode.py). HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured
-(http_proxy.py). This module is the pool; one connection and the answer read on it are
-http_connection.py.
+compressed answer is decoded anyway (http_decode.py). HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured,
+with http://, https:// and socks5(h):// proxies (http_proxy.py). This module is the pool; one
+connection and the answer read on it are http_connection.py.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from .http_connection import (BadResponse, ConnectFailed, Connection, Disconnected, Exchange, HTTPClientError,
                               Redirected, Timeout)
-from .http_proxy import Proxies, Proxy, tunnel
+from .http_proxy import Proxies, Proxy, connect
 
 __all__ = ["Answer", "BadResponse", "ClientPool", "ConnectFailed", "Disconnected", "HTTPClientError", "Origin",
            "Redirected", "Response", "Timeout"]
@@ -64,7 +64,7 @@ class Origin:
         a blank line and the body)."""
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}", "User-Agent: keystile",
                  "Accept-Encoding: identity"]
-        if self.proxy is not None and not self.https:  # a forward proxy is sent the absolute URL
+        if self.proxy is not None and self.proxy.forwards(self.https):  # sent the absolute URL
             lines[0] = f"{method} http://{self.host_header}{path} HTTP/1.1"
             if self.proxy.authorization:
                 lines.append(f"Proxy-Authorization: {self.proxy.authorization}")
@@ -175,10 +175,8 @@ class Origin:
         make = lambda: Connection(self, loop)  # noqa: E731
         if self.proxy is None:
             _, conn = await loop.create_connection(make, self.host, self.port, ssl=self._ssl)
-        elif self._ssl is None:  # plain HTTP through a forward proxy: the proxy is the peer
-            _, conn = await loop.create_connection(make, self.proxy.host, self.proxy.port)
         else:
-            conn = await tunnel(loop, make, self.proxy, self.host, self.port, self._ssl)
+            conn = await connect(loop, make, self.proxy, self.host, self.port, self._ssl)
         return conn  # type: ignore[return-value]
 
     def release(self, conn: Connection) -> None:
@@ -256,14 +254,15 @@ class ClientPool:
     """One Origin per scheme://host:port, shared by every deployment that calls it."""
 
     def __init__(self, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None,
-                 max_connections: int = MAX_CONNECTIONS, trust_env: bool = True):
+                 max_connections: int = MAX_CONNECTIONS, trust_env: bool = True,
+                 proxy_ssl_context: ssl.SSLContext | None = None):
         """`trust_env`: take proxies from HTTPS_PROXY/HTTP_PROXY/NO_PROXY, read now (a ValueError
-        for a proxy that is not http://)."""
+        for a proxy URL of another kind); `proxy_ssl_context` verifies https:// proxies."""
         self._origins: dict[str, Origin] = {}
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
         self._max_connections = max_connections
-        self._proxies = Proxies() if trust_env else None
+        self._proxies = Proxies(tls=proxy_ssl_context) if trust_env else None
 
     def get(self, base_url: str) -> Origin:
         url = urlsplit(base_url)

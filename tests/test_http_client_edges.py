@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ipaddress
 import zlib
 from urllib.parse import urlsplit
 
 import brotli
 import pytest
+import uvloop
 import zstandard
 
 from backends import errors
@@ -248,16 +250,18 @@ async def _drain(stream) -> None:
 class Proxy:
     """A small HTTP proxy on 127.0.0.1: CONNECT tunnels and absolute-URL forwarding, one upstream
     connection per client connection. Records each request line; with `auth`, wants that
-    Proxy-Authorization and answers 407 otherwise."""
+    Proxy-Authorization and answers 407 otherwise. With `ssl`, an https:// proxy (TLS to it)."""
 
-    def __init__(self, auth: str | None = None):
+    def __init__(self, auth: str | None = None, ssl=None):
         self.auth = auth
+        self.ssl = ssl
         self.lines: list[str] = []
         self.heads: list[bytes] = []
 
     async def __aenter__(self) -> Proxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"https://localhost:{port}" if self.ssl else f"http://127.0.0.1:{port}"
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -281,6 +285,66 @@ class Proxy:
                 url = urlsplit(target)
                 up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
                 up_writer.write(head.replace(target.encode(), url.path.encode(), 1))
+            await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+class Socks5:
+    """A small SOCKS5 server on 127.0.0.1 (RFC 1928, CONNECT only; with `user`, RFC 1929
+    username/password authentication required). Records each destination as the client named it:
+    (address type, host, port), the type 1 for IPv4, 3 for a name, 4 for IPv6."""
+
+    def __init__(self, user: tuple[str, str] | None = None):
+        self.user = user
+        self.targets: list[tuple[int, str, int]] = []
+
+    async def __aenter__(self) -> Socks5:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            version, n = await reader.readexactly(2)
+            methods = await reader.readexactly(n)
+            wanted = 2 if self.user else 0
+            if version != 5 or wanted not in methods:
+                writer.write(b"\x05\xff")
+                return
+            writer.write(bytes([5, wanted]))
+            if self.user:
+                _, ulen = await reader.readexactly(2)
+                name = (await reader.readexactly(ulen)).decode()
+                plen = (await reader.readexactly(1))[0]
+                password = (await reader.readexactly(plen)).decode()
+                ok = (name, password) == self.user
+                writer.write(b"\x01\x00" if ok else b"\x01\x01")
+                if not ok:
+                    return
+            _, command, _, atyp = await reader.readexactly(4)
+            if atyp == 1:
+                host = ipaddress.IPv4Address(await reader.readexactly(4)).compressed
+            elif atyp == 4:
+                host = ipaddress.IPv6Address(await reader.readexactly(16)).compressed
+            else:
+                host = (await reader.readexactly((await reader.readexactly(1))[0])).decode()
+            port = int.from_bytes(await reader.readexactly(2), "big")
+            self.targets.append((atyp, host, port))
+            if command != 1:
+                writer.write(b"\x05\x07\x00\x01" + bytes(6))  # command not supported
+                return
+            try:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
+            except OSError:
+                writer.write(b"\x05\x05\x00\x01" + bytes(6))  # connection refused
+                return
+            writer.write(b"\x05\x00\x00\x01" + bytes(6))
             await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -339,10 +403,78 @@ async def test_https_upstream_through_a_connect_tunnel(proxy_env, tmp_path):
 
 async def test_a_proxy_that_refuses_is_connect_failed_naming_it(proxy_env, tmp_path):
     _, client_ctx = _self_signed(tmp_path)
-    async with Proxy(auth="Basic c2VjcmV0") as proxy:
+    async with Proxy(auth="Basic c2VjcmV0") as proxy, Socks5(user=("u", "right")) as socks:
         proxy_env.setenv("HTTPS_PROXY", proxy.url)
-        with pytest.raises(ConnectFailed, match=r"via proxy 127\.0\.0\.1:\d+ .*refused CONNECT.*407"):
+        with pytest.raises(ConnectFailed, match=r"via proxy http://127\.0\.0\.1:\d+ .*refused CONNECT.*407"):
             await fetch(ClientPool(ssl_context=client_ctx), "https://localhost:1/v1")
-        proxy_env.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
-        with pytest.raises(ValueError, match="only http:// proxies"):
+        proxy_env.setenv("HTTPS_PROXY", f"socks5://u:wrong@127.0.0.1:{socks.port}")
+        with pytest.raises(ConnectFailed, match=r"via proxy socks5://127\.0\.0\.1:\d+ .*refused"):
+            await fetch(ClientPool(ssl_context=client_ctx), "https://localhost:1/v1")
+        proxy_env.setenv("HTTPS_PROXY", f"socks5://u:right@127.0.0.1:{socks.port}")
+        with pytest.raises(ConnectFailed, match=r"via proxy socks5://.*refused to connect to localhost:1"):
+            await fetch(ClientPool(ssl_context=client_ctx), "https://localhost:1/v1")  # nothing listens there
+        proxy_env.setenv("HTTPS_PROXY", "socks4://127.0.0.1:1080")
+        with pytest.raises(ValueError, match="only http://, https://, socks5:// and socks5h:// proxies"):
             ClientPool()
+
+
+async def test_https_proxy_forwarding_and_tunnelling_tls_in_tls(proxy_env, tmp_path):
+    """TLS to the proxy itself (verified with the test's CA); an http:// upstream is forwarded over
+    it, an https:// one tunnelled with CONNECT and its own TLS inside the proxy's."""
+    server_ctx, client_ctx = _self_signed(tmp_path)
+    async with Server(echo) as plain, Server(echo, ssl_context=server_ctx) as secure, \
+            Proxy(auth="Basic dTpw", ssl=server_ctx) as proxy:
+        proxy_env.setenv("HTTP_PROXY", proxy.url.replace("https://", "https://u:p@"))
+        proxy_env.setenv("HTTPS_PROXY", proxy.url.replace("https://", "https://u:p@"))
+        with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):  # the proxy is verified
+            await fetch(ClientPool(ssl_context=client_ctx), secure.url)
+        pool = ClientPool(ssl_context=client_ctx, proxy_ssl_context=client_ctx)
+        for i in (1, 2):
+            assert await fetch(pool, plain.url, b"%d" % i) == (200, b'{"n":%d,"got":%d}' % (i, i))
+            assert await fetch(pool, secure.url, b"%d" % i) == (200, b'{"n":%d,"got":%d}' % (i, i))
+        plain_port, secure_port = urlsplit(plain.url).port, urlsplit(secure.url).port
+        assert sorted(proxy.lines) == sorted([f"POST http://localhost:{plain_port}/v1/x HTTP/1.1",
+                                              f"CONNECT localhost:{secure_port} HTTP/1.1"])  # kept alive
+        assert plain.connections == secure.connections == 1
+        await pool.aclose()
+
+
+def test_tls_in_tls_on_uvloop(proxy_env, tmp_path):
+    """The same tunnel on the event loop `keystile serve` runs (uvloop), whose start_tls over a TLS
+    transport differs from asyncio's."""
+    server_ctx, client_ctx = _self_signed(tmp_path)
+
+    async def main() -> tuple[int, bytes]:
+        async with Server(echo, ssl_context=server_ctx) as secure, Proxy(ssl=server_ctx) as proxy:
+            proxy_env.setenv("HTTPS_PROXY", proxy.url)
+            pool = ClientPool(ssl_context=client_ctx, proxy_ssl_context=client_ctx)
+            try:
+                return await fetch(pool, secure.url, b"1")
+            finally:
+                await pool.aclose()
+
+    assert uvloop.run(main()) == (200, b'{"n":1,"got":1}')
+
+
+@pytest.mark.parametrize("scheme, named_as", [("socks5", (1, "127.0.0.1")), ("socks5h", (3, "localhost"))])
+async def test_upstreams_through_a_socks5_proxy(proxy_env, tmp_path, scheme, named_as):
+    """socks5:// resolves the upstream's name here and sends the address; socks5h:// sends the name
+    for the proxy to resolve. Username and password as SOCKS5 wants them; TLS to an https://
+    upstream end to end through the proxy."""
+    server_ctx, client_ctx = _self_signed(tmp_path)
+    async with Server(echo) as plain, Server(echo, ssl_context=server_ctx) as secure, \
+            Socks5(user=("us er", "p@ss")) as socks:
+        url = f"{scheme}://us%20er:p%40ss@127.0.0.1:{socks.port}"
+        proxy_env.setenv("HTTP_PROXY", url)
+        proxy_env.setenv("HTTPS_PROXY", url)
+        pool = ClientPool(ssl_context=client_ctx)
+        for i in (1, 2):
+            assert await fetch(pool, plain.url, b"%d" % i) == (200, b'{"n":%d,"got":%d}' % (i, i))
+            assert await fetch(pool, secure.url, b"%d" % i) == (200, b'{"n":%d,"got":%d}' % (i, i))
+        assert plain.heads[0].startswith(b"POST /v1/x HTTP/1.1\r\n")  # not the absolute URL: SOCKS is a tunnel
+        ports = sorted(urlsplit(u).port for u in (plain.url, secure.url))
+        assert sorted(socks.targets) == [(*named_as, port) for port in ports]  # one kept-alive connection each
+        origin = pool.get(secure.url)  # a stream through it too
+        async with await origin.open(origin.request_head("POST", "/v1/x", {}), b"3", idle_timeout=5) as resp:
+            assert resp.status == 200 and await resp.read() == b'{"n":3,"got":3}'
+        await pool.aclose()

@@ -60,7 +60,7 @@ def serve(
         file_config = settings.apply(load_config(config))
         check_deployments(file_config)
         trusted = settings.trusted_proxies(file_config)
-    except (ConfigError, ValueError) as exc:  # ValueError: e.g. HTTPS_PROXY names a socks5:// proxy
+    except (ConfigError, ValueError) as exc:  # ValueError: e.g. HTTPS_PROXY names a socks4:// proxy
         fail(str(exc))
     if not (settings.keystile_master_key or file_config.general_settings.get("master_key")):
         fail("KEYSTILE_MASTER_KEY is not set (`make run` writes one into .env)")
