@@ -1,5 +1,6 @@
-"""An admin setting a key's, user's or team's spend (/key/update, /user/update, /team/update with
-`spend`, e.g. 0 to reset it, or more to use the budget up) takes effect at once, in every process.
+"""An admin setting a key's or user's spend (/key/update, /user/update with `spend`, e.g. 0 to reset
+it, or more to use the budget up) takes effect at once, in every process. (The routes of teams share
+the users' code, so a team's spend would be handled alike.)
 
 The limiter keeps a budget window's spend as its own counter, seeded from the database once, so a
 new value in the database alone would wait for the next window. Instead:
