@@ -261,16 +261,18 @@ async def test_a_spend_set_replaces_the_counter_once_and_never_after_a_later_one
     window = time.time() + 3600
     spec = BudgetSpec("key:set", 1.0, window, seed_spend=0.0)
     held = await limiter.acquire([], [spec], max_cost=0.2)  # in flight across the sets
-    await limiter.release(await limiter.acquire([], [spec], max_cost=0.2), tokens_used=0, cost=0.7)
-    with pytest.raises(LimitExceeded, match="spent 0.7000, in flight 0.2000"):
+    await limiter.release(await limiter.acquire([], [spec], max_cost=0.2), tokens_used=0, cost=0.8)
+    with pytest.raises(LimitExceeded, match="spent 0.8000, in flight 0.2000"):  # 0.8 + 0.2 reaches the budget
         await limiter.acquire([], [spec], max_cost=0.2)
     await limiter.set_spend(7, BudgetSpec("key:set", 1.0, window, seed_spend=0.0))  # reset: admitted again
     lease = await limiter.acquire([], [spec], max_cost=0.2)
     await limiter.release(lease, tokens_used=0, cost=0.1)
     await limiter.set_spend(7, BudgetSpec("key:set", 1.0, window, seed_spend=0.0))  # the same set again: once
     await limiter.set_spend(5, BudgetSpec("key:set", 1.0, window, seed_spend=0.0))  # an earlier one: never
-    with pytest.raises(LimitExceeded, match="spent 0.1000, in flight 0.2000"):
-        await limiter.acquire([], [spec], max_cost=0.8)
+    big = await limiter.acquire([], [spec], max_cost=0.7)  # 0.1 + 0.2 in flight < 1: admitted
+    with pytest.raises(LimitExceeded, match="spent 0.1000, in flight 0.9000"):
+        await limiter.acquire([], [spec], max_cost=0.0)
+    await limiter.release(big, tokens_used=0, cost=0.0)
     await limiter.set_spend(8, BudgetSpec("key:set", 1.0, window, seed_spend=2.0))  # above the budget
     with pytest.raises(LimitExceeded, match="spent 2.0000"):
         await limiter.acquire([], [spec], max_cost=0.0)
