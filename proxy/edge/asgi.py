@@ -85,12 +85,14 @@ async def refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
 
 def request_id_for(headers: Mapping[str, str], own: str) -> str:
     """The request's id, the key of its usage record: the gateway's own `own` (unique), after a proxy's
-    (nginx's) or the client's X-Request-ID when that is a short printable token (cut to 40 characters),
-    so the proxy's logs and the usage record find each other by that prefix. Never the given id alone:
-    a client repeating one would make its later usage records duplicates, skipped, and unbilled."""
+    (nginx's) or the client's X-Request-ID when that is a short printable token, cut to 32 characters
+    (nginx's ids are 32; with `-` and the gateway's 16 + counter digits it stays within the 64 of
+    spend_logs.request_id), so the proxy's logs and the usage record find each other by that prefix.
+    Never the given id alone: a client repeating one would make its later usage records duplicates,
+    skipped, and unbilled."""
     value = headers.get("x-request-id")
     if value and len(value) <= 128 and value.isascii() and value.isprintable() and " " not in value:
-        return f"{value[:40]}-{own}"
+        return f"{value[:32]}-{own}"
     return own
 
 
