@@ -101,15 +101,18 @@ class Deployments:
             for row in wanted.values():
                 if row.id not in self.live:
                     self.log(row.id).write(why)
+                    log.info("deployment '%s' (%s): %s", row.api_name, row.id, why)
                     try:
                         self._launch(row, self._backend(row))
                     except (ValueError, TypeError) as exc:
                         await self._settle(row, FAILED, f"cannot be started: {exc}")
             for deployment_id in [d for d in self.live if d not in wanted]:
+                live = self.live.pop(deployment_id)
                 row = next((r for r in rows if r.id == deployment_id), None)
-                self.log(deployment_id).write(f"deployment {row.status if row else 'deleted'} through another "
-                                              "gateway process: ending it here")
-                await self._end(self.live.pop(deployment_id))
+                why = f"deployment {row.status if row else 'deleted'} through another gateway process: ending it here"
+                self.log(deployment_id).write(why)
+                log.info("deployment '%s' (%s): %s", live.row.api_name, deployment_id, why)
+                await self._end(live)
 
     async def _follow(self) -> None:
         delay = FOLLOW_S
@@ -202,11 +205,11 @@ class Deployments:
         row, backend, out = live.row, live.backend, self.log(live.row.id)
         loop = asyncio.get_running_loop()
         try:
-            await self._settle(row, STARTING, None, (QUEUED, ACTIVE))
             out.write("starting " + (f"a llama.cpp worker for {row.model_id}" if row.model_id else
                                      f"a connection to {row.api_base}"))
             await backend.start()
             self.router.add(live.deployment)
+            await self._settle(row, STARTING, None, (QUEUED, ACTIVE))  # waits while the database is away
             last: dict = {}
             loaded = False
             deadline = loop.time() + LOAD_TIMEOUT_S
