@@ -153,7 +153,7 @@ class LlamaCppBackend:
                 if (self._idle or self._in_flight or worker is None or not worker.ready
                         or loop.time() - self._last_used < self.idle_timeout):
                     continue
-                self._footprint = _resident(worker.pid) or self._footprint
+                self._footprint = _proc_bytes(f"/proc/{worker.pid}/status", "VmRSS:") or self._footprint
                 self._idle = True  # from here a request waits for _wake (no await since the check)
                 log.info("model %r idle for %.0fs: stopping its worker", self.public_name, self.idle_timeout)
                 await self._stop_worker()
@@ -179,7 +179,7 @@ class LlamaCppBackend:
         """ModelLoading (503, Retry-After) when starting the worker would leave less than
         `min_free_memory_mb` available."""
         needed = self._footprint or _file_footprint(self.model_path)
-        free = _memory_available()
+        free = _proc_bytes("/proc/meminfo", "MemAvailable:")
         if needed is None or free is None or needed + self.min_free_memory <= free:
             return
         reserve = f" and min_free_memory_mb {self.min_free_memory >> 20} MiB kept free" if self.min_free_memory else ""
@@ -490,12 +490,12 @@ class LlamaCppBackend:
         return f"model {self.public_name!r} gave no answer within {self.request_timeout:g}s"
 
 
-def _memory_available() -> int | None:
-    """Bytes of memory available now (Linux MemAvailable), or None where unknown."""
+def _proc_bytes(path: str, field: str) -> int | None:
+    """A `Field:  <n> kB` line of a /proc file (Linux) in bytes, or None where unknown."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         return None
@@ -509,15 +509,3 @@ def _file_footprint(path: str) -> int | None:
         return os.path.getsize(path) * 6 // 5
     except OSError:
         return None
-
-
-def _resident(pid: int) -> int | None:
-    """A process's resident memory in bytes (Linux VmRSS), or None where unknown."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None

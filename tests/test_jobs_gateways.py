@@ -93,16 +93,16 @@ def test_a_killed_gateways_job_is_taken_over_and_billed_once(tmp_path, upstream)
     b = gateway(tmp_path, upstream)
     try:
         key = new_key(a)
-        job_id = submit(a, key, 80)  # ~16 s
+        job_id = submit(a, key, 100)  # ~20 s: B starts meanwhile
         first = wait_status(a, key, job_id, "IN_PROGRESS", 10)
         assert first["status"] == "IN_PROGRESS"
         b.start()
         a.proc.kill()  # SIGKILL mid-job: no drain, nothing settled
         a.proc.wait()
         assert status(b, key, job_id)["status"] == "IN_PROGRESS"  # still A's
-        done = wait_status(b, key, job_id, "COMPLETED", 40)  # B notices within a third of the lease
+        done = wait_status(b, key, job_id, "COMPLETED", 45)  # B notices within a third of the lease
         assert done["status"] == "COMPLETED" and done["workerId"] != first["workerId"], done
-        assert done["output"]["output"] == "echo: " + words(80)
+        assert done["output"]["output"] == "echo: " + words(100)
         time.sleep(1.5)  # the usage writer's flush
         rows = usage_rows(b)
         assert [(r["request_id"], r["status"]) for r in rows] == [(f"job-{job_id}", 200)]

@@ -35,6 +35,7 @@ from ..db.engine import Database
 from ..db.models import ManagedDeployment
 from ..durations import utcnow
 from ..errors import BadRequest, Conflict
+from ..outage import Outage
 
 log = logging.getLogger("keystile.deployments")
 
@@ -83,7 +84,7 @@ class Deployments:
         self.logs: dict[str, Log] = {}
         self._changing = asyncio.Lock()  # one of: following the table, creating, stopping
         self._follower: asyncio.Task | None = None
-        self._db_down = False
+        self.outage = Outage(log, "deployments")
 
     async def start(self) -> None:
         """Start every live deployment, then follow the table."""
@@ -120,10 +121,10 @@ class Deployments:
             await asyncio.sleep(delay)
             try:
                 await self.follow("deployed through another gateway process: starting it here")
-                self._reachable()
+                self.outage.succeeded()
                 delay = FOLLOW_S
             except Exception as exc:  # the database is away: what runs keeps running
-                self._unreachable(exc)
+                self.outage.failed(exc)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
     async def create(self, api_name: str, *, model_id: str | None, api_base: str | None, params: dict) -> ManagedDeployment:
@@ -252,16 +253,7 @@ class Deployments:
                       sources: tuple[str, ...] = LIVE) -> bool:
         """`_move`, waiting for the database while it is away (a watcher's write must not be lost,
         nor kill the watcher)."""
-        delay = 0.5
-        while True:
-            try:
-                moved = await self._move(row, status, error, sources)
-                self._reachable()
-                return moved
-            except Exception as exc:
-                self._unreachable(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+        return bool(await self.outage.persist(lambda: self._move(row, status, error, sources), max_delay=MAX_BACKOFF_S))
 
     async def _move(self, row: ManagedDeployment, status: str, error: str | None, sources: tuple[str, ...]) -> bool:
         """The row to `status` if it is in one of `sources` now (False if not: stopped or failed
@@ -276,16 +268,3 @@ class Deployments:
             return False
         row.status, row.error, row.updated_at = status, error, now
         return True
-
-    def _unreachable(self, exc: Exception) -> None:
-        """Logged once per outage, without a traceback."""
-        if not self._db_down:
-            self._db_down = True
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            log.warning("deployments: the database is unreachable (%s: %s); retrying with backoff",
-                        type(exc).__name__, first)
-
-    def _reachable(self) -> None:
-        if self._db_down:
-            self._db_down = False
-            log.warning("deployments: the database is reachable again")

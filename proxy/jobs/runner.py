@@ -31,6 +31,7 @@ from ..db.models import Job
 from ..domain import Principal
 from ..durations import utcnow
 from ..errors import as_keystile
+from ..outage import Outage
 from ..settings import JobSettings
 from .store import DONE, FAILED, JobStore
 
@@ -80,7 +81,7 @@ class JobRunner:
         self._tasks: list[asyncio.Task] = []
         self._running: dict[str, asyncio.Task] = {}
         self._ended: dict[str, asyncio.Event] = {}
-        self._db_down = False
+        self.outage = Outage(log, "jobs")
 
     async def start(self) -> None:
         await self._requeue_orphans()
@@ -132,9 +133,9 @@ class JobRunner:
         while not self._closing:
             try:
                 job = await self.store.claim(self.id)
-                self._reachable()
+                self.outage.succeeded()
             except Exception as exc:  # the database is away: try again shortly
-                self._unreachable(exc)
+                self.outage.failed(exc)
                 job = None
             if job is None:
                 self._wake.clear()
@@ -193,37 +194,14 @@ class JobRunner:
                 if loop.time() >= next_orphans and not self._closing:
                     next_orphans = loop.time() + self.lease_s / 3
                     await self._requeue_orphans()
-                self._reachable()
+                self.outage.succeeded()
             except Exception as exc:
-                self._unreachable(exc)
+                self.outage.failed(exc)
 
     async def _store(self, write: Callable[[], Awaitable[bool]]) -> None:
         """A job's end written, however long the database is away (else the job would run again);
         at shutdown, given up after a few tries (the job is then requeued as an orphan)."""
-        delay = 0.5
-        while True:
-            try:
-                await write()
-                self._reachable()
-                return
-            except Exception as exc:
-                self._unreachable(exc)
-                if self._closing and delay >= 4:
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def _unreachable(self, exc: Exception) -> None:
-        """Logged once per outage, without a traceback."""
-        if not self._db_down:
-            self._db_down = True
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            log.warning("jobs: the database is unreachable (%s: %s); retrying", type(exc).__name__, first)
-
-    def _reachable(self) -> None:
-        if self._db_down:
-            self._db_down = False
-            log.warning("jobs: the database is reachable again")
+        await self.outage.persist(write, max_delay=5.0, give_up=lambda delay: self._closing and delay >= 4)
 
     async def _sweep(self) -> None:
         every = min(60.0, max(1.0, self.settings.keep_finished_s / 4))
@@ -231,8 +209,8 @@ class JobRunner:
             await asyncio.sleep(every)
             try:
                 await self.store.expire(self.settings.keep_finished_s)
-                self._reachable()
+                self.outage.succeeded()
             except Exception as exc:
-                self._unreachable(exc)
+                self.outage.failed(exc)
 
 
