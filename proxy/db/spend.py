@@ -122,8 +122,7 @@ def _record(row: Any) -> UsageRecord:
 
 async def _insert_rows(session: AsyncSession, table: Table, records: Sequence[UsageRecord]) -> set[str]:
     """The records as multi-row INSERTs (… VALUES (…), (…), … ON CONFLICT DO NOTHING RETURNING
-    request_id) of up to
-    ROWS_PER_STATEMENT rows, in the caller's transaction. Row-by-row executemany hands the GIL back
+    request_id) of up to ROWS_PER_STATEMENT rows, in the caller's transaction. Row-by-row executemany hands the GIL back
     and forth with the event loop for every row, which under load cost several times the write
     itself; one statement for a whole batch of 500 holds the GIL for milliseconds while the driver
     binds its 8,500 parameters, and every request waiting meanwhile shows it in its latency (p99 at
