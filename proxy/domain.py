@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Limits and budget of one key, user or team. `name` is e.g. `key:<hash>`, `user:<id>`, `team:<id>`."""
+    """Limits and budget of one key, user, team, team membership or organization. `name` is e.g.
+    `key:<hash>`, `user:<id>`, `team:<id>`, `member:<team_id>:<user_id>`, `org:<id>`."""
 
     name: str
     rpm: int | None = None
@@ -83,6 +84,8 @@ class Principal:
     key_alias: str | None = None
     user_id: str | None = None
     team_id: str | None = None
+    organization_id: str | None = None  # the team's
+    user_role: str | None = None  # the user's (proxy_admin, internal_user, internal_user_viewer)
     key_type: str = "default"
     # Allowed public model names (the tightest of key, user and team); None means every model.
     models: frozenset[str] | None = None
@@ -98,6 +101,13 @@ class Principal:
     @property
     def may_administer(self) -> bool:
         return self.is_master or (self.is_admin and self.key_type != "llm_api")
+
+    @property
+    def may_self_serve(self) -> bool:
+        """An `internal_user`'s key may create, list, read and delete its user's own keys (LiteLLM's
+        self-serve), within its own limits; `internal_user_viewer` and llm_api keys may not."""
+        return self.may_administer or (self.key_hash is not None and self.user_id is not None
+                                       and self.user_role == "internal_user" and self.key_type != "llm_api")
 
     @property
     def may_infer(self) -> bool:
@@ -143,7 +153,7 @@ class LimitExceeded(Exception):
 
     @property
     def scope_type(self) -> str:
-        """`key`, `user`, `team`, `model` (a key's per-model limit) or `deployment`."""
+        """`key`, `user`, `team`, `member`, `org`, `model` (a key's per-model limit) or `deployment`."""
         return "model" if ":model:" in self.scope else self.scope.split(":", 1)[0]
 
 

@@ -1,9 +1,10 @@
-"""The change feed: every gateway process learns of key, user and team changes within a second,
-with or without Redis, from one cheap indexed query every half second (not one reload per cached
-key: with 300 active keys that was 529 database transactions a second).
+"""The change feed: every gateway process learns of key, user, team (with its members) and
+organization changes within a second, with or without Redis, from one cheap indexed query every
+half second (not one reload per cached key: with 300 active keys that was 529 database
+transactions a second).
 
 Database triggers append a row to `auth_changes` for every insert, delete and relevant update of
-keys, users and teams (migrations/versions/0003). Each process reads the rows after the last id
+keys, users, teams, team members and organizations (migrations/versions/0003, 0009). Each process reads the rows after the last id
 it has applied and drops the cache entries they touch; created keys' hashes join the cache's
 `may_exist` set, deleted ones leave it.
 
@@ -126,7 +127,7 @@ class ChangeFeed:
                 elif op != SPEND:
                     self._cache.exists((ident,))
                 self._cache.invalidate("key", ident)
-            elif kind in ("user", "team"):
+            elif kind in ("user", "team", "org"):
                 self._cache.invalidate(kind, ident)  # type: ignore[arg-type]
 
     def _advance(self) -> None:

@@ -1,6 +1,10 @@
 """Database rows as the hot path caches them: the Principal a key (or a JWT caller) authenticates
-as, a Refusal (blocked key, user or team), or None (no such key, or a previous secret past its
-grace)."""
+as, a Refusal (blocked key, user, team or organization), or None (no such key, or a previous
+secret past its grace).
+
+A principal's scopes are its key's, user's, team's, its membership's of that team (LiteLLM's
+`max_budget_in_team`, scope `member:<team_id>:<user_id>`) and the team's organization's; its
+models are the intersection of the key's, user's, team's and organization's lists."""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from datetime import datetime, timezone
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.keys import key_with_owners, user_and_team
-from ..db.models import Key, Team, User
+from ..db.keys import Owners, key_with_owners, user_and_team
+from ..db.models import Key, Organization, Team, User
 from ..domain import Principal, Refusal, Scope
 from ..durations import utcnow
 
@@ -21,29 +25,25 @@ async def load_principal(session: AsyncSession, *, token_hash: str) -> Principal
     row = await key_with_owners(session, token_hash=token_hash)
     if row is None:
         return None
-    key, user, team = row
+    key, owners = row
     if key.token_hash != token_hash and not (key.previous_valid_until and _aware(key.previous_valid_until) > utcnow()):
         return None
     if key.blocked:
         return Refusal("this key is blocked")
-    if team is not None and team.blocked:
-        return Refusal("this key's team is blocked")
-    if user is not None and user.blocked:
-        return Refusal("this key's user is blocked")
-    scopes = [row_scope(f"key:{key.token_hash}", key)]
-    if user is not None:
-        scopes.append(row_scope(f"user:{user.user_id}", user))
-    if team is not None:
-        scopes.append(row_scope(f"team:{team.team_id}", team))
+    refused = _blocked(owners, "key")
+    if refused is not None:
+        return refused
     expires = _aware(key.expires) if key.expires else None
     if key.token_hash != token_hash:  # the previous secret of a rotated key ends with its grace period
         grace = _aware(key.previous_valid_until)  # type: ignore[arg-type]
         expires = grace if expires is None else min(expires, grace)
+    user = owners.user
     return Principal(
-        is_admin=user is not None and user.user_role in ADMIN_ROLES,
+        is_admin=user is not None and user.user_role in ADMIN_ROLES, user_role=user.user_role if user else None,
         key_id=key.id, key_hash=key.token_hash, key_alias=key.key_alias, user_id=key.user_id, team_id=key.team_id,
-        key_type=key.key_type, models=_allowed(key.models, user.models if user else None, team.models if team else None),
-        aliases=dict(key.aliases or {}), expires=expires, scopes=tuple(scopes),
+        organization_id=owners.org.organization_id if owners.org else None, key_type=key.key_type,
+        models=_allowed(key.models, *_models(owners)), aliases=dict(key.aliases or {}), expires=expires,
+        scopes=(row_scope(f"key:{key.token_hash}", key), *_scopes(owners)),
         model_rpm={k: int(v) for k, v in (key.model_rpm_limit or {}).items()},
         model_tpm={k: int(v) for k, v in (key.model_tpm_limit or {}).items()},
     )
@@ -53,22 +53,46 @@ async def load_jwt_principal(session: AsyncSession, *, claims: Principal) -> Pri
     """A JWT caller held to its user's and team's records as a key of that user is: blocked, models
     (intersected with the token's own), limits and budgets. The team is the token's, else the
     user's. Without either record the claims stand alone."""
-    user, team = await user_and_team(session, user_id=claims.user_id, team_id=claims.team_id)
+    owners = await user_and_team(session, user_id=claims.user_id, team_id=claims.team_id)
+    user, team = owners.user, owners.team
     if user is None and team is None:
         return claims
-    if team is not None and team.blocked:
-        return Refusal("this caller's team is blocked")
-    if user is not None and user.blocked:
-        return Refusal("this caller's user is blocked")
-    scopes = [row_scope(f"user:{user.user_id}", user)] if user is not None else []
-    if team is not None:
-        scopes.append(row_scope(f"team:{team.team_id}", team))
+    refused = _blocked(owners, "caller")
+    if refused is not None:
+        return refused
     return Principal(
         is_master=claims.is_master, is_admin=user is not None and user.user_role in ADMIN_ROLES,
-        key_alias=claims.key_alias, user_id=claims.user_id,
-        team_id=claims.team_id or (user.team_id if user is not None else None), key_type=claims.key_type,
-        models=_narrowed(claims.models, _allowed(user.models if user else None, team.models if team else None)),
-        scopes=tuple(scopes))
+        user_role=user.user_role if user else None, key_alias=claims.key_alias, user_id=claims.user_id,
+        team_id=claims.team_id or (user.team_id if user is not None else None),
+        organization_id=owners.org.organization_id if owners.org else None, key_type=claims.key_type,
+        models=_narrowed(claims.models, _allowed(*_models(owners))), scopes=_scopes(owners))
+
+
+def _blocked(owners: Owners, who: str) -> Refusal | None:
+    for what, row in (("organization", owners.org), ("team", owners.team), ("user", owners.user)):
+        if row is not None and row.blocked:
+            return Refusal(f"this {who}'s {what} is blocked")
+    return None
+
+
+def _models(owners: Owners) -> tuple[list[str] | None, ...]:
+    return tuple(row.models if row is not None else None for row in (owners.user, owners.team, owners.org))
+
+
+def _scopes(owners: Owners) -> tuple[Scope, ...]:
+    """The user's, team's, membership's and organization's scopes (those that exist)."""
+    scopes = []
+    if owners.user is not None:
+        scopes.append(row_scope(f"user:{owners.user.user_id}", owners.user))
+    if owners.team is not None:
+        scopes.append(row_scope(f"team:{owners.team.team_id}", owners.team))
+    member = owners.member
+    if member is not None and member.max_budget_in_team is not None:
+        scopes.append(Scope(name=f"member:{member.team_id}:{member.user_id}", max_budget=member.max_budget_in_team,
+                            spend=member.spend or 0.0))
+    if owners.org is not None:
+        scopes.append(row_scope(f"org:{owners.org.organization_id}", owners.org))
+    return tuple(scopes)
 
 
 def _narrowed(claimed: frozenset[str] | None, allowed: frozenset[str] | None) -> frozenset[str] | None:
@@ -86,8 +110,8 @@ def _allowed(*lists: list[str] | None) -> frozenset[str] | None:
     return allowed
 
 
-def row_scope(name: str, row: Key | User | Team) -> Scope:
-    """The limits, budget and spend of a key, user or team row, as the scope `name`."""
+def row_scope(name: str, row: Key | User | Team | Organization) -> Scope:
+    """The limits, budget and spend of a key, user, team or organization row, as the scope `name`."""
     return Scope(name=name, rpm=row.rpm_limit, tpm=row.tpm_limit, parallel=row.max_parallel_requests,
                  max_budget=row.max_budget, budget_duration=row.budget_duration,
                  budget_reset_at=row.budget_reset_at, spend=row.spend or 0.0)
