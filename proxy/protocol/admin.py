@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .fields import (LIST_MAX, Count, Duration, Id, Instant, KeyRef, Metadata, ModelName, Models, Money, Name,
                      Strict, text)
@@ -101,8 +101,14 @@ class TeamNew(TeamFields):
 
 class TeamMemberAdd(Strict):
     team_id: Id
-    member: Member | list[Member] = Field(description="one member or a list of them")
+    member: list[Member] = Field(min_length=1, max_length=LIST_MAX,
+                                 description="a list of members, or one member (an object) as LiteLLM's docs send it")
     max_budget_in_team: Money | None = Field(default=None, description="caps the member's keys of this team (USD)")
+
+    @field_validator("member", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, dict) else value
 
 
 class MemberRef(Strict):

@@ -92,10 +92,9 @@ async def _member(session, ref: MemberRef) -> tuple[TeamMember, User]:
 @router.post("/member_add", summary="Add members to a team (users that do not exist are made)",
              response_model=TeamMemberAdded, responses=NOT_FOUND)
 async def member_add(body: TeamMemberAdd, services: ServicesDep, caller: AnyCaller) -> dict:
-    members = body.member if isinstance(body.member, list) else [body.member]
     async with sessions(services) as session:
         team = await _team(session, caller, body.team_id)
-        added = await add_members(session, team.team_id, members, body.max_budget_in_team)
+        added = await add_members(session, team.team_id, body.member, body.max_budget_in_team)
         await commit(session, "team member")
         [row] = await team_rows(session, [team])
     await services.invalidator.publish("team", team.team_id)

@@ -33,7 +33,8 @@ async def check_team_in_org(session, team: Team) -> None:
     """A team's models and budget fit within its organization's (400 naming the field if not)."""
     if team.organization_id is None:
         return
-    org = await session.get(Organization, team.organization_id)
+    with session.no_autoflush:  # the team may be pending, naming an organization that does not exist
+        org = await session.get(Organization, team.organization_id)
     if org is None:
         raise BadRequest(f"organization_id '{team.organization_id}' does not exist", param="organization_id")
     outside = sorted(set(team.models or []) - set(org.models)) if org.models else []
