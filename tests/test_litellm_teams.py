@@ -272,6 +272,34 @@ def test_team_admins_manage_their_teams_members_only(proxy):
     ok(proxy.post("/team/member_delete", headers=admin_key, json={"team_id": team["team_id"], "user_id": new}))
 
 
+def test_team_admins_manage_their_teams_keys_within_the_team(proxy):
+    admin, member, outsider = uid("kadmin"), uid("kmember"), uid("outsider")
+    team = ok(proxy.post("/team/new", headers=MASTER, json={"models": ["echo"], "members_with_roles": [
+        {"role": "admin", "user_id": admin}, {"role": "user", "user_id": member}]}))["team_id"]
+    other_team = ok(proxy.post("/team/new", headers=MASTER, json={}))["team_id"]
+    admin_key = as_key(ok(proxy.post("/key/generate", headers=MASTER, json={"user_id": admin}))["key"])
+    member_key = as_key(ok(proxy.post("/key/generate", headers=MASTER, json={"user_id": member}))["key"])
+    for_member = ok(proxy.post("/key/generate", headers=admin_key, json={"team_id": team, "user_id": member}))
+    service = ok(proxy.post("/key/generate", headers=admin_key, json={"team_id": team, "models": ["failing"]}))
+    assert for_member["team_id"] == team and for_member["user_id"] == member and service["user_id"] is None
+    assert chat(proxy, for_member["key"]).status_code == 200
+    assert chat(proxy, service["key"], "failing").status_code == 403  # the team's models hold
+    refused(proxy.post("/key/generate", headers=admin_key, json={"team_id": team, "user_id": outsider}), 403,
+            "user_id")
+    refused(proxy.post("/key/generate", headers=admin_key, json={"team_id": other_team}), 403, "team_id")
+    refused(proxy.post("/key/generate", headers=admin_key, json={"team_id": team, "key_type": "management"}), 403,
+            "key_type")
+    refused(proxy.post("/key/generate", headers=member_key, json={"team_id": team}), 403, "team_id")
+    listed = ok(proxy.get("/key/list", headers=admin_key, params={"team_id": team}))["keys"]
+    assert sorted(listed) == sorted([for_member["token"], service["token"]])
+    refused(proxy.get("/key/list", headers=member_key, params={"team_id": team, "user_id": admin}), 403)
+    assert ok(proxy.get("/key/info", headers=admin_key, params={"key": for_member["key"]}))["info"]["team_id"] == team
+    refused(proxy.get("/key/info", headers=member_key, params={"key": service["key"]}), 403)
+    refused(proxy.post("/key/delete", headers=member_key, json={"keys": [service["key"]]}), 403)
+    ok(proxy.post("/key/delete", headers=admin_key, json={"keys": [service["key"], for_member["key"]]}))
+    assert chat(proxy, for_member["key"]).status_code == 401
+
+
 # --- organizations ---------------------------------------------------------------------------------
 
 def test_organization_crud_in_litellm_shapes(proxy):

@@ -27,7 +27,7 @@ from ..protocol.admin import KeyBlock, KeyDelete, KeyFields, KeyGenerate, KeyReg
 from ..protocol.answers import DeletedKeys, KeyInfo, KeyInfoAnswer, KeyList, NewKey
 from ..protocol.fields import Id, KeyRef, Name
 from ..services import Services, ServicesDep
-from .self_serve import bounded
+from .self_serve import bounded, for_team, may_touch, team_admin_of
 
 router = APIRouter(prefix="/key", tags=["keys"], route_class=AdminRoute, responses=ERRORS)
 
@@ -101,8 +101,11 @@ async def generate(body: KeyGenerate, services: ServicesDep, caller: AnyCaller) 
     fields = key_fields(body)
     async with sessions(services) as session:
         if self_serving(caller):
-            own = await _load(session, caller.key_hash)  # type: ignore[arg-type] - a self-serving caller is a key
-            fields = bounded(caller, body, fields, own, await session.get(User, caller.user_id))
+            if await team_admin_of(session, caller, body.team_id):
+                fields = await for_team(session, caller, body, fields)
+            else:
+                own = await _load(session, caller.key_hash)  # type: ignore[arg-type] - a self-serving caller is a key
+                fields = bounded(caller, body, fields, own, await session.get(User, caller.user_id))
         await require(session, Team, fields.get("team_id"), "team_id")
         await check_alias(session, body.key_alias)
         await ensure_user(session, fields.get("user_id"))
@@ -145,8 +148,10 @@ async def delete_keys(body: KeyDelete, services: ServicesDep, caller: AnyCaller)
         missing = (set(hashes) - {k.token_hash for k in found}) | (aliases - {k.key_alias for k in found})
         if missing:
             raise NotFound(f"{len(missing)} of the keys were not found; nothing was deleted", code="key_not_found")
-        if own_only and any(k.user_id != caller.user_id for k in found):
-            raise Forbidden("a key may only delete its own user's keys; nothing was deleted", code="admin_only")
+        for key in found if own_only else ():
+            if not await may_touch(session, caller, key):
+                raise Forbidden("a key may only delete its own user's keys (or its admin team's); nothing was deleted",
+                                code="admin_only")
         await session.execute(delete(Key).where(Key.id.in_([k.id for k in found])))
         await session.commit()
     for key in found:
@@ -163,9 +168,9 @@ async def info(services: ServicesDep, caller: AnyCaller, key: KeyRef | None = No
     async with sessions(services) as session:
         row = await _load(session, target)  # an unknown key is a 404 for every caller, as in LiteLLM
         if not caller.may_administer and row.token_hash != caller.key_hash and not (
-                caller.may_self_serve and row.user_id == caller.user_id):
-            raise Forbidden("a key may only read its own info (an internal_user's key: its user's keys)",
-                            code="admin_only")
+                caller.may_self_serve and await may_touch(session, caller, row)):
+            raise Forbidden("a key may only read its own info (an internal_user's key: its user's keys, a team "
+                            "admin's: its team's)", code="admin_only")
         return {"key": row.token_hash, "info": key_info(row)}
 
 
@@ -174,11 +179,12 @@ async def info(services: ServicesDep, caller: AnyCaller, key: KeyRef | None = No
 async def list_keys(services: ServicesDep, caller: AnyCaller, page: Page = 1, size: Size = 50,
                     user_id: Id | None = None, team_id: Id | None = None, key_alias: Name | None = None,
                     return_full_object: bool = False) -> dict:
-    if self_serving(caller):
-        if user_id not in (None, caller.user_id):
-            raise Forbidden("a key may only list its own user's keys", code="admin_only", param="user_id")
-        user_id = caller.user_id
     async with sessions(services) as session:
+        if self_serving(caller) and not await team_admin_of(session, caller, team_id):
+            if user_id not in (None, caller.user_id):
+                raise Forbidden("a key may only list its own user's keys (or its admin team's)", code="admin_only",
+                                param="user_id")
+            user_id = caller.user_id
         rows, total = await list_rows(session, Key, filters={"user_id": user_id, "team_id": team_id,
                                                              "key_alias": key_alias}, page=page, size=size)
     keys = [key_info(k) if return_full_object else k.token_hash for k in rows]

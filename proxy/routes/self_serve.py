@@ -15,14 +15,21 @@ Checked here, before anything is written (403 naming the field when a body asks 
 
 Spend of the new key is its own: what several keys of a user spend together is bounded by the
 user's budget (and the team's, membership's, organization's), which every key of the user obeys
-at admission. Give internal users a user max_budget for a hard cap per person."""
+at admission. Give internal users a user max_budget for a hard cap per person.
+
+Team admins (members with role admin, LiteLLM's `_is_user_team_admin`) may also manage their
+team's keys: create a key with that `team_id` for themselves, for a member of the team or for no
+user (a service account key of the team), and list, read and delete the team's keys. Such a key
+obeys the team's models, limits and budget (and its user's, membership's and organization's) at
+admission, so it cannot reach beyond the team; a management key is refused here too."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from ..db.models import Key, User
+from ..db.members import is_team_admin
+from ..db.models import Key, TeamMember, User
 from ..domain import Principal
 from ..errors import Forbidden
 from ..protocol.admin import KeyGenerate
@@ -93,3 +100,22 @@ def _not_later(fields: dict[str, Any], expires: datetime | None) -> None:
         fields["expires"] = expires
     elif asked > expires:
         raise _refuse(f"expires {asked.isoformat()} is after this key's own expiry {expires.isoformat()}", "expires")
+
+
+async def team_admin_of(session, caller: Principal, team_id: str | None) -> bool:
+    return team_id is not None and await is_team_admin(session, team_id=team_id, user_id=caller.user_id)
+
+
+async def may_touch(session, caller: Principal, key: Key) -> bool:
+    """Whether a self-serving caller may read or delete `key`: its user's, or its admin team's."""
+    return key.user_id == caller.user_id or await team_admin_of(session, caller, key.team_id)
+
+
+async def for_team(session, caller: Principal, body: KeyGenerate, fields: dict[str, Any]) -> dict:
+    """`fields` of a key a team admin creates for its team (body.team_id), for itself, a member of
+    the team or no user."""
+    if body.key_type == "management":
+        raise _refuse("a management key can only be made by an admin", "key_type")
+    if body.user_id not in (None, caller.user_id) and await session.get(TeamMember, (body.team_id, body.user_id)) is None:
+        raise _refuse(f"user '{body.user_id}' is not a member of team '{body.team_id}'", "user_id")
+    return fields
