@@ -80,18 +80,23 @@ class TeamFields(_Limits):
 TeamRole = Literal["admin", "user"]
 
 
-class Member(Strict):
-    """A team member, by user_id or user_email (a user that does not exist yet is made)."""
+class _UserRef(Strict):
+    """A user by user_id or user_email."""
 
-    role: TeamRole = Field(default="user", description="admin: may manage the team's members")
     user_id: Id | None = None
     user_email: Email | None = None
 
     @model_validator(mode="after")
-    def _named(self) -> "Member":
+    def _named(self) -> "_UserRef":
         if self.user_id is None and self.user_email is None:
-            raise ValueError("a member needs user_id or user_email")
+            raise ValueError("send user_id or user_email")
         return self
+
+
+class Member(_UserRef):
+    """A team member (a user that does not exist yet is made)."""
+
+    role: TeamRole = Field(default="user", description="admin: may manage the team's members and keys")
 
 
 class TeamNew(TeamFields):
@@ -111,16 +116,8 @@ class TeamMemberAdd(Strict):
         return [value] if isinstance(value, dict) else value
 
 
-class MemberRef(Strict):
+class MemberRef(_UserRef):
     team_id: Id
-    user_id: Id | None = None
-    user_email: Email | None = None
-
-    @model_validator(mode="after")
-    def _named(self) -> "MemberRef":
-        if self.user_id is None and self.user_email is None:
-            raise ValueError("send user_id or user_email")
-        return self
 
 
 class TeamMemberUpdate(MemberRef):
