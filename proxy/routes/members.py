@@ -43,8 +43,8 @@ async def team_rows(session, teams: Sequence[Team]) -> list[dict]:
             for t in teams]
 
 
-async def add_members(session, team_id: str, members: Sequence[Member], max_budget: float | None
-                      ) -> list[tuple[TeamMember, User]]:
+async def add_members(session, team_id: str, members: Sequence[Member], max_budget: float | None,
+                      param: str = "member") -> list[tuple[TeamMember, User]]:
     """Memberships of `team_id` for these members; users that do not exist are made (by id, or by
     email with a new id). A user already in the team is a 400, and nothing is added."""
     added = []
@@ -54,7 +54,7 @@ async def add_members(session, team_id: str, members: Sequence[Member], max_budg
             user = await ensure_user(session, m.user_id or str(uuid.uuid4()), m.user_email)
         assert user is not None
         if await session.get(TeamMember, (team_id, user.user_id)) is not None:
-            raise BadRequest(f"user '{user.user_id}' is already a member of team '{team_id}'", param="member",
+            raise BadRequest(f"user '{user.user_id}' is already a member of team '{team_id}'", param=param,
                              code="member_exists")
         member = TeamMember(team_id=team_id, user_id=user.user_id, role=m.role, max_budget_in_team=max_budget,
                             spend=0.0)

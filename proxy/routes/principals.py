@@ -80,7 +80,7 @@ async def team_check(session, team: Team, body: BaseModel | None) -> None:
     members = getattr(body, "members_with_roles", None)
     if members:
         await session.flush()
-        await add_members(session, team.team_id, members, None)
+        await add_members(session, team.team_id, members, None, "members_with_roles")
 
 
 async def no_check(_session, _row, _body) -> None:
