@@ -94,7 +94,8 @@ class ChangeFeed:
             self._failing = True
             log.error("key change feed: cannot read changes (%s: %s); cached keys stay as they are until the "
                       "database is back", type(exc).__name__, str(exc).split("\n", 1)[0])
-            self._horizon = None  # resynchronise from scratch once it is back
+        # The horizon stays: the next poll reads every change committed meanwhile, spend sets included
+        # (resynchronising from the newest id would skip them, and a reset budget would stay spent).
 
     async def poll(self) -> int:
         """Apply the changes committed since the last poll; returns how many."""
