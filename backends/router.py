@@ -34,6 +34,8 @@ class Deployment:
     cooldown_until: float = 0.0
     failures: deque[float] = field(default_factory=deque)
     last_error: str | None = None
+    errors: int = 0  # retriable failures ever (`failed`), for the metrics
+    cooldowns: int = 0  # cooldowns this process started
 
     def state(self, now: float) -> dict[str, Any]:
         return {
@@ -113,11 +115,13 @@ class Router:
         once there are more than `allowed_fails`."""
         now = self._clock()
         d.last_error = exc.message
+        d.errors += 1
         d.failures.append(now)
         while d.failures and d.failures[0] < now - 60:
             d.failures.popleft()
         if len(d.failures) > self.policy.allowed_fails:
             d.cooldown_until = now + self.policy.cooldown_time
+            d.cooldowns += 1
             d.failures.clear()
             if self.on_cooldown is not None:
                 self.on_cooldown(d, self.policy.cooldown_time)

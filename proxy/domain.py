@@ -81,6 +81,7 @@ class Principal:
     key_id: str | None = None
     key_hash: str | None = None
     key_alias: str | None = None
+    key_name: str | None = None  # the key's display form, `sk-...abcd` (logs may show it; never the key)
     user_id: str | None = None
     team_id: str | None = None
     key_type: str = "default"

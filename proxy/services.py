@@ -31,6 +31,7 @@ from .cooldowns import CooldownSync
 from .core import Gateway
 from .db.engine import Database
 from .limits import Limiter, make_limiter
+from .observe import Observers
 from .settings import ConfigError, FileConfig, KeystileSettings, ModelEntry, Settings
 
 log = logging.getLogger("keystile")
@@ -94,6 +95,7 @@ class Services:
     gateway: Gateway
     started: int
     cooldowns: CooldownSync | None = None  # deployment cooldowns shared through Redis
+    observers: Observers | None = None  # metrics, request logs, traces (proxy/observe)
 
     @classmethod
     async def start(cls, settings: Settings, config: FileConfig) -> Services:
@@ -133,6 +135,8 @@ class Services:
                        spend=spend, prices=prices,
                        usage=usage, budgets=BudgetResetter(db, invalidator.publish), gateway=gateway,
                        started=int(time.time()))
+        services.observers = Observers.start(gateway, router, usage, options,
+                                             traces=bool(settings.otel_exporter_otlp_endpoint))
         await changes.start()
         await invalidator.start()
         services.budgets.start()
@@ -149,6 +153,8 @@ class Services:
             await self.cooldowns.aclose()
         await self.budgets.aclose()
         await self.usage.aclose(timeout=10)
+        if self.observers is not None:
+            await self.observers.aclose()
         await self.limiter.aclose()
         await self.invalidator.aclose()
         await self.changes.aclose()

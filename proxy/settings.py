@@ -156,6 +156,12 @@ class KeystileSettings(BaseModel):
                                       description="model of requests that name none (/generate, /run); "
                                                   "default: the first in model_list")
     jobs: JobSettings = Field(default_factory=lambda: JobSettings())
+    metrics_token: str | None = Field(default=None, min_length=16, description=(
+        "bearer token that may read /metrics (besides the master key and admin keys); env "
+        "KEYSTILE_METRICS_TOKEN"))
+    log_requests: bool = Field(default=True, description="one JSON line per request on stdout; env KEYSTILE_LOG_REQUESTS")
+    log_prompts: bool = Field(default=False, description="put the prompt's text into each request's log line; env "
+                                                         "KEYSTILE_LOG_PROMPTS")
 
     trusted_proxies: list[str] = Field(default_factory=list, description=(
         "addresses or CIDR networks of reverse proxies (nginx) whose X-Forwarded-For is believed; "
@@ -208,6 +214,9 @@ class FileConfig(BaseModel):
 SERVER_LIMITS = ("max_request_bytes", "max_header_bytes", "header_timeout", "body_timeout")
 """The HTTP server's limits in keystile_settings that the environment may set too (KEYSTILE_<NAME>):
 they belong to where the gateway runs (behind nginx or not) more than to the model map."""
+FROM_ENVIRONMENT = (*SERVER_LIMITS, "metrics_token", "log_requests", "log_prompts")
+"""Every keystile_settings field the environment may set (KEYSTILE_<NAME>): the server limits, and
+the scrape token and log switches (proxy/observe), which belong to the deployment too."""
 
 
 class Settings(BaseSettings):
@@ -220,16 +229,22 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./keystile.db"
     redis_url: str | None = None
     keystile_trusted_proxies: str = Field(default="", description="comma-separated, added to keystile_settings.trusted_proxies")
-    # The server limits (SERVER_LIMITS): set and not empty, they win over config.yaml's keystile_settings.
+    # FROM_ENVIRONMENT (the server limits, the metrics token, the log switches): set and not empty,
+    # they win over config.yaml's keystile_settings.
     # Text here, checked by apply() against keystile_settings' own bounds, so a bad value is named.
     keystile_max_request_bytes: str = ""
     keystile_max_header_bytes: str = ""
     keystile_header_timeout: str = ""
     keystile_body_timeout: str = ""
+    keystile_metrics_token: str = ""
+    keystile_log_requests: str = ""
+    keystile_log_prompts: str = ""
+    otel_exporter_otlp_endpoint: str = Field(default="", description=(
+        "OpenTelemetry collector (OTLP over HTTP, e.g. http://collector:4318): set, each request is traced"))
 
     def apply(self, config: FileConfig) -> FileConfig:
-        """`config` with the server limits the environment sets put over its keystile_settings."""
-        given = {name: raw.strip() for name in SERVER_LIMITS if (raw := getattr(self, f"keystile_{name}")).strip()}
+        """`config` with the settings the environment sets (FROM_ENVIRONMENT) put over its keystile_settings."""
+        given = {name: raw.strip() for name in FROM_ENVIRONMENT if (raw := getattr(self, f"keystile_{name}")).strip()}
         if not given:
             return config
         try:
@@ -247,6 +262,7 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ConfigError(f"KEYSTILE_TRUSTED_PROXIES: {exc}") from exc
         return list(dict.fromkeys(from_env + config.keystile_settings.trusted_proxies))
+
 
 
 def _resolve_env_refs(value: Any, where: str) -> Any:

@@ -41,7 +41,8 @@ async def load_principal(session: AsyncSession, *, token_hash: str) -> Principal
         expires = grace if expires is None else min(expires, grace)
     return Principal(
         is_admin=user is not None and user.user_role in ADMIN_ROLES,
-        key_id=key.id, key_hash=key.token_hash, key_alias=key.key_alias, user_id=key.user_id, team_id=key.team_id,
+        key_id=key.id, key_hash=key.token_hash, key_alias=key.key_alias, key_name=key.key_prefix,
+        user_id=key.user_id, team_id=key.team_id,
         key_type=key.key_type, models=_allowed(key.models, user.models if user else None, team.models if team else None),
         aliases=dict(key.aliases or {}), expires=expires, scopes=tuple(scopes),
         model_rpm={k: int(v) for k, v in (key.model_rpm_limit or {}).items()},
