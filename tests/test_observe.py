@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 
 import httpx
 import openai
@@ -182,3 +183,21 @@ def test_request_logs_can_be_turned_off(tmp_path, upstream):
         openai.OpenAI(base_url=server.url + "/v1", api_key=server.master_key).chat.completions.create(
             model="echo", messages=[{"role": "user", "content": "hi"}])
         assert request_lines(server.logs()) == []
+
+
+def test_workers_metrics_add_up(tmp_path, upstream):
+    """`--workers 2`: whichever worker answers a scrape, it counts every worker's requests
+    (prometheus-client's multiprocess mode), and the in-flight gauges sum the live workers."""
+    with Keystile(tmp_path, relay_config(upstream, metrics_token=TOKEN), args=("--workers", "2")) as server:
+        for i in range(12):  # a new connection each: the workers take them as they come
+            r = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {server.master_key}"},
+                           json={"model": "echo", "messages": [{"role": "user", "content": f"hi {i}"}],
+                                 "stream": i % 2 == 0})
+            assert r.status_code == 200
+        time.sleep(1.5)  # each worker writes its gauges every second
+        for _ in range(4):
+            now = scrape(server.url, TOKEN)
+            assert total(now, "keystile_requests_total", status="200") == 12
+            assert total(now, "keystile_time_to_first_token_seconds_count") == 6
+            assert total(now, "keystile_requests_in_flight") == 0
+            assert "keystile_usage_buffer_records" in now
