@@ -38,6 +38,14 @@ def total(samples: dict, name: str, **match) -> float:
     return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == w for k, w in match.items()))
 
 
+def logged(server: Keystile, n: int, timeout: float = 5) -> list[dict]:
+    """The server's request log lines once there are at least `n` (they are written within 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while len(lines := request_lines(server.logs())) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return lines
+
+
 def request_lines(log: str) -> list[dict]:
     lines = []
     for line in log.splitlines():
@@ -102,6 +110,7 @@ def test_metrics_need_a_scraper(observed):
 
 async def test_metrics_add_up_to_the_requests_sent(observed):
     before = scrape(observed.url, TOKEN)
+    lines_before = len(logged(observed, 0))
     sent = await send_mix(observed.url, observed.master_key)
     after = scrape(observed.url, TOKEN)
 
@@ -112,6 +121,8 @@ async def test_metrics_add_up_to_the_requests_sent(observed):
         assert delta("keystile_requests_total", status=status) == n, status
     n = sum(sent.values())
     assert delta("keystile_requests_total") == n
+    time.sleep(0.5)
+    assert len(logged(observed, lines_before + n)) == lines_before + n  # one log line per request
     assert delta("keystile_requests_total", model="echo", deployment="echo-0", status="200") == 7
     assert delta("keystile_requests_total", model="unknown", status="404") == 1  # not the caller's text
     assert delta("keystile_request_duration_seconds_count") == n
@@ -149,7 +160,7 @@ async def test_in_flight_while_streams_are_open(observed):
 
 def test_request_log_lines(observed):
     """One JSON line per request, with the key's display form, never the key or the prompt."""
-    lines = request_lines(observed.logs())
+    lines = logged(observed, 1)
     assert lines, observed.logs()[-2000:]
     by_status = {}
     for line in lines:
@@ -172,7 +183,7 @@ def test_prompts_are_logged_only_when_asked(tmp_path, upstream):
     with Keystile(tmp_path, relay_config(upstream), env={"KEYSTILE_LOG_PROMPTS": "true"}) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.master_key, max_retries=0)
         client.chat.completions.create(model="echo", messages=[{"role": "user", "content": PROMPT}])
-        lines = request_lines(server.logs())
+        lines = logged(server, 1)
     assert len(lines) == 1
     assert lines[0]["prompt"] == {"messages": [{"role": "user", "content": PROMPT}]}
     assert server.master_key not in server.logs()
@@ -182,7 +193,7 @@ def test_request_logs_can_be_turned_off(tmp_path, upstream):
     with Keystile(tmp_path, relay_config(upstream, log_requests=False)) as server:
         openai.OpenAI(base_url=server.url + "/v1", api_key=server.master_key).chat.completions.create(
             model="echo", messages=[{"role": "user", "content": "hi"}])
-        assert request_lines(server.logs()) == []
+    assert request_lines(server.logs()) == []  # read after the server stopped (and flushed what it had)
 
 
 def test_workers_metrics_add_up(tmp_path, upstream):

@@ -85,11 +85,6 @@ def serve(
     # Keystile's own log lines (writer outages, Redis fallbacks, ...) go out like uvicorn's.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["keystile"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    # Request logs (proxy/observe/logs.py): JSON lines on stdout, as they are.
-    log_config["formatters"]["line"] = {"format": "%(message)s"}
-    log_config["handlers"]["requests"] = {"class": "logging.StreamHandler", "formatter": "line",
-                                          "stream": "ext://sys.stdout"}
-    log_config["loggers"]["keystile.requests"] = {"handlers": ["requests"], "level": "INFO", "propagate": False}
     metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # The workers' metrics add up (prometheus-client's multiprocess mode, proxy/observe/metrics.py),

@@ -25,8 +25,9 @@ Observer = Callable[[UsageRecord, "Call"], None]
 
 
 class Observers:
-    def __init__(self, metrics: Metrics, tracer: Tracer | None):
+    def __init__(self, metrics: Metrics, log: RequestLog | None, tracer: Tracer | None):
         self.metrics = metrics
+        self.log = log
         self.tracer = tracer
 
     @classmethod
@@ -40,15 +41,14 @@ class Observers:
         if traces:
             from .traces import Tracer  # the SDK is loaded only when traces are wanted
             tracer = Tracer(router)
-        parts: list[Observer] = [metrics]
-        if options.log_requests:
-            parts.append(RequestLog(log_prompts=options.log_prompts))
-        if tracer is not None:
-            parts.append(tracer)
+        request_log = RequestLog(log_prompts=options.log_prompts) if options.log_requests else None
+        parts = [p for p in (metrics, request_log, tracer) if p is not None]
         gateway.observe = _each(tuple(parts))
-        return cls(metrics, tracer)
+        return cls(metrics, request_log, tracer)
 
     async def aclose(self) -> None:
+        if self.log is not None:
+            self.log.flush()
         await self.metrics.aclose()
         if self.tracer is not None:
             await self.tracer.aclose()
