@@ -59,15 +59,17 @@ class Call:
     streamed: bool = False
     finished: bool = False
     response_id: str | None = None
-    # For the observers (proxy/observe): the body asked, the failure, when admission ended.
+    # For the observers (proxy/observe): the body asked, when admission ended, and the kind and
+    # scope type of the limit that refused the call (rpm, key), if one did.
     body: dict | None = None
-    error: BaseException | None = None
     admitted: float | None = None
+    refused_by: tuple[str, str] | None = None
 
     def fail(self, exc: BaseException) -> None:
         """The call ended with `exc`: a client that went away is a 499, anything else the status
         and type of its error envelope."""
-        self.error = exc
+        if isinstance(exc, LimitExceeded):
+            self.refused_by = (exc.kind, exc.scope_type)
         if isinstance(exc, Exception) and not isinstance(exc, Disconnected):
             err = as_keystile(exc)
             self.status, self.error_type = err.status, err.type

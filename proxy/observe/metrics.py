@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from backends.router import Router
 
-from ..domain import LimitExceeded, UsageRecord
+from ..domain import UsageRecord
 
 if TYPE_CHECKING:
     from ..accounting.writer import UsageWriter
@@ -110,8 +110,8 @@ class Metrics:
             s.completion.inc(rec.completion_tokens)
         if rec.cost:
             s.spend.inc(rec.cost)
-        if rec.status == 429 and isinstance(call.error, LimitExceeded):
-            self.refusals.labels(call.error.kind, call.error.scope_type).inc()
+        if call.refused_by is not None:
+            self.refusals.labels(*call.refused_by).inc()
 
     def _new_series(self, key: tuple[str, str, str, int]) -> _Series:
         """A new label combination's children; a model not served (the caller's text) reads "unknown",
