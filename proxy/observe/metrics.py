@@ -2,16 +2,19 @@
 
 - each usage record as the core submits it (`Metrics.__call__`, the gateway's observer): requests by
   route, model, deployment and status, latency and time to first token, tokens, spend, limit
-  refusals by kind. A record costs a dict lookup and a few increments on cached label children.
-- state the gateway keeps anyway, read when scraped (`sync`): calls and streams in flight, upstream
+  refusals by kind. A record costs a dict lookup, four integer additions and a histogram
+  observation (the counters' totals go to prometheus-client when synced: a label child's `inc`
+  takes a lock and a few calls, four of them cost a record more than everything else here).
+- state the gateway keeps anyway, read when scraped (`sync`, which also adds the records' counts
+  since the last sync to the counters): calls and streams in flight, upstream
   requests in flight, retriable upstream errors and cooldowns per deployment (counted by the
   router), the usage buffer's depth and its oldest record's age.
 
 Several worker processes (`keystile serve --workers N`) share one set of figures through
 prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `serve`): counters and
 histograms add up over the workers, gauges are summed over live workers (the oldest record's age:
-their maximum), and each worker writes its gauges every second since any one of them may answer a
-scrape. Several hosts: each instance is scraped on its own, as Prometheus does."""
+their maximum), and each worker syncs its counts and gauges every second since any one of them may
+answer a scrape (another worker's figures may be up to a second old). Several hosts: each instance is scraped on its own, as Prometheus does."""
 
 from __future__ import annotations
 
@@ -40,17 +43,27 @@ SYNC_INTERVAL_S = 1.0
 
 
 class _Series:
-    """The label children of one (route, model, deployment, status), looked up once."""
+    """One (route, model, deployment, status): its histogram children, looked up once, and its
+    counts (requests, prompt tokens, completion tokens, spend) so far and as last synced into
+    its counter children."""
 
-    __slots__ = ("requests", "latency", "ttft", "prompt", "completion", "spend")
+    __slots__ = ("latency", "ttft", "counts", "synced", "counters")
 
     def __init__(self, m: Metrics, route: str, model: str, deployment: str, status: str):
-        self.requests = m.requests.labels(route, model, deployment, status)
         self.latency = m.latency.labels(route, model)
         self.ttft = m.ttft.labels(model, deployment)
-        self.prompt = m.tokens.labels(model, deployment, "prompt")
-        self.completion = m.tokens.labels(model, deployment, "completion")
-        self.spend = m.spend.labels(model, deployment)
+        self.counts: list[float] = [0, 0, 0, 0.0]
+        self.synced: list[float] = [0, 0, 0, 0.0]
+        self.counters = (m.requests.labels(route, model, deployment, status),
+                         m.tokens.labels(model, deployment, "prompt"),
+                         m.tokens.labels(model, deployment, "completion"), m.spend.labels(model, deployment))
+
+    def sync(self) -> None:
+        counts, synced = self.counts, self.synced
+        for i, counter in enumerate(self.counters):
+            if counts[i] != synced[i]:
+                counter.inc(counts[i] - synced[i])
+                synced[i] = counts[i]
 
 
 class Metrics:
@@ -100,16 +113,14 @@ class Metrics:
         s = self._series.get(key)
         if s is None:
             s = self._new_series(key)
-        s.requests.inc()
+        counts = s.counts
+        counts[0] += 1
+        counts[1] += rec.prompt_tokens
+        counts[2] += rec.completion_tokens
+        counts[3] += rec.cost
         s.latency.observe(rec.latency_ms / 1000)
         if rec.ttft_ms is not None:
             s.ttft.observe(rec.ttft_ms / 1000)
-        if rec.prompt_tokens:
-            s.prompt.inc(rec.prompt_tokens)
-        if rec.completion_tokens:
-            s.completion.inc(rec.completion_tokens)
-        if rec.cost:
-            s.spend.inc(rec.cost)
         if call.refused_by is not None:
             self.refusals.labels(*call.refused_by).inc()
 
@@ -129,7 +140,10 @@ class Metrics:
         return s
 
     def sync(self) -> None:
-        """Gauges from the gateway's state; the router's error and cooldown counts added since the last sync."""
+        """The records' counts and the router's error and cooldown counts added since the last
+        sync; gauges from the gateway's state."""
+        for s in self._series.values():
+            s.sync()
         g, usage = self._gateway, self._usage
         self.in_flight.set(g.calls_open)
         self.streams.set(g.streams_open)
