@@ -222,8 +222,7 @@ the scrape token and log switches (proxy/observe), which belong to the deploymen
 class Settings(BaseSettings):
     """Process settings from the environment (and .env)."""
 
-    # An empty variable is an unset one (docker-compose passes `${VAR:-}` for the optional ones).
-    model_config = SettingsConfigDict(env_prefix="", env_file=".env", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_prefix="", env_file=".env", extra="ignore")
 
     keystile_master_key: str | None = None
     keystile_config: Path = Path("config.yaml")
