@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from backends.router import Router
 
 from ..domain import UsageRecord
-from ..settings import KeystileSettings
+from ..settings import ConfigError, KeystileSettings
 from .logs import RequestLog
 from .metrics import Metrics
 
@@ -39,7 +39,11 @@ class Observers:
         metrics.start()
         tracer = None
         if traces:
-            from .traces import Tracer  # the SDK is loaded only when traces are wanted
+            try:
+                from .traces import Tracer  # the SDK is loaded only when traces are wanted
+            except ImportError as exc:
+                raise ConfigError(f"OTEL_EXPORTER_OTLP_ENDPOINT is set but the OpenTelemetry SDK is missing ({exc}): "
+                                  "pip install 'keystile[otel]'") from exc
             tracer = Tracer(router)
         request_log = RequestLog(log_prompts=options.log_prompts) if options.log_requests else None
         parts = [p for p in (metrics, request_log, tracer) if p is not None]
