@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 
@@ -85,8 +86,11 @@ class Principal:
     user_id: str | None = None
     team_id: str | None = None
     key_type: str = "default"
-    # Allowed public model names (the tightest of key, user and team); None means every model.
+    # Allowed public model names (the tightest of key, user and team, access groups expanded,
+    # proxy/models/access.py); None means every model. Names with `*` are patterns (`openai/*`),
+    # also listed in `model_patterns`.
     models: frozenset[str] | None = None
+    model_patterns: tuple[str, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
     expires: datetime | None = None
     scopes: tuple[Scope, ...] = ()
@@ -106,7 +110,9 @@ class Principal:
         return self.key_type != "management"
 
     def may_use(self, model: str) -> bool:
-        return self.models is None or model in self.models
+        if self.models is None or model in self.models:
+            return True
+        return any(fnmatchcase(model, p) for p in self.model_patterns)
 
     def resolve(self, model: str) -> str:
         return self.aliases.get(model, model)

@@ -225,6 +225,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", env_file=".env", extra="ignore")
 
     keystile_master_key: str | None = None
+    keystile_salt_key: str | None = Field(default=None, description="encrypts the credentials of models added "
+                                          "through /model/new (default: the master key)")
     keystile_config: Path = Path("config.yaml")
     database_url: str = "sqlite+aiosqlite:///./keystile.db"
     redis_url: str | None = None
@@ -265,7 +267,7 @@ class Settings(BaseSettings):
 
 
 
-def _resolve_env_refs(value: Any, where: str) -> Any:
+def resolve_env_refs(value: Any, where: str) -> Any:
     """Replace LiteLLM's `os.environ/VAR` strings with the variable's value."""
     if isinstance(value, str) and value.startswith("os.environ/"):
         var = value.removeprefix("os.environ/")
@@ -273,9 +275,9 @@ def _resolve_env_refs(value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: environment variable {var} is not set")
         return os.environ[var]
     if isinstance(value, dict):
-        return {k: _resolve_env_refs(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: resolve_env_refs(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_env_refs(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [resolve_env_refs(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -305,7 +307,7 @@ def load_config(path: Path) -> FileConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping with a model_list")
-    raw = _resolve_env_refs(raw, str(path))
+    raw = resolve_env_refs(raw, str(path))
     try:
         config = FileConfig.model_validate(raw)
     except ValidationError as exc:

@@ -40,6 +40,9 @@ STREAMS: dict[Operation, Callable[[Backend, dict], AsyncGenerator[Chunk, None]]]
 }
 
 
+MAX_KNOWN = 4096  # deployments whose limits are kept worked out
+
+
 def deployment_limits(d: Deployment) -> Limits | None:
     """A deployment's own rpm/tpm as the limiter takes them, or None when it has neither."""
     if d.rpm is None and d.tpm is None:
@@ -51,15 +54,21 @@ class Attempts:
     def __init__(self, router: Router, limiter: Limiter):
         self.router = router
         self.limiter = limiter
-        self._limits = {d.id: deployment_limits(d) for d in router.deployments()}
+        # id -> (deployment, its limits): a deployment replaced at run time (POST /model/update) keeps
+        # its id but is a new object, whose limits are worked out again.
+        self._limits: dict[str, tuple[Deployment, Limits | None]] = {}
 
     def _limits_of(self, d: Deployment) -> Limits | None:
-        """`d`'s own limits, worked out once (also for a deployment added at run time, /api/v1/deploy)."""
-        try:
-            return self._limits[d.id]
-        except KeyError:
-            limits = self._limits[d.id] = deployment_limits(d)
-            return limits
+        """`d`'s own limits, worked out once (also for a deployment added at run time)."""
+        known = self._limits.get(d.id)
+        if known is not None and known[0] is d:
+            return known[1]
+        limits = deployment_limits(d)
+        if limits is not None:  # bounded: names matched by wildcards come and go
+            if len(self._limits) >= MAX_KNOWN:
+                self._limits.clear()
+            self._limits[d.id] = (d, limits)
+        return limits
 
     async def _lease(self, d: Deployment, tokens: int) -> Lease | None:
         """A lease on `d`'s own limit (None when it has none), or LimitExceeded."""

@@ -136,7 +136,7 @@ class Gateway:
         except KeystileError:
             return False
         names = [name, *(n for n in self.router.policy.fallbacks.get(name, []) if n in self.router)]
-        return all(wire in getattr(d.backend, "relays", ()) for n in names for d in self.router.groups[n])
+        return all(wire in getattr(d.backend, "relays", ()) for n in names for d in self.router.group(n) or ())
 
     async def count_prompt(self, principal: Principal, body: dict) -> int:
         """The prompt tokens of an OpenAI-shaped chat body for the model it names (a token-count
@@ -145,9 +145,12 @@ class Gateway:
         check_caller(principal)
         name = self.resolve_model(principal, str(body.get("model") or ""))
         text = prompt_text(body)
+        group = self.router.group(name)
         try:
-            tokens = await asyncio.wait_for(self.router.groups[name][0].backend.tokenize(text), COUNT_TIMEOUT_S)
-        except (BackendError, asyncio.TimeoutError):
+            if not group:
+                raise NotFound(f"model '{name}' is no longer served")
+            tokens = await asyncio.wait_for(group[0].backend.tokenize(text), COUNT_TIMEOUT_S)
+        except (BackendError, asyncio.TimeoutError, NotFound):
             return estimate_prompt_tokens(body)
         return len(tokens) + MESSAGE_OVERHEAD * len(body.get("messages") or ())
 
@@ -198,7 +201,7 @@ class Gateway:
         completion = requested_completion_tokens(body)
         limits, budgets = request_limits(call.principal, name, now=time.time())
         max_cost = max((self.prices.max_cost(d.upstream, call.prompt_estimate, completion, d)
-                        for d in self.router.groups[name]), default=0.0) if budgets else 0.0
+                        for d in self.router.group(name) or ()), default=0.0) if budgets else 0.0
         return await self.limiter.acquire(limits, budgets, tokens=call.prompt_estimate + (completion or 0),
                                           max_cost=max_cost)
 

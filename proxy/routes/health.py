@@ -79,6 +79,6 @@ async def health(request: Request, services: ServicesDep, model: ModelName | Non
 async def restart(_: Admin, body: HealthRestart, services: ServicesDep) -> dict:
     if body.model not in services.router:
         raise NotFound(f"model '{body.model}' does not exist or is not served here")
-    restarted = [d.id for d in services.router.groups[body.model]
+    restarted = [d.id for d in services.router.group(body.model) or ()
                  if d.backend.retry()]
     return {"model": body.model, "restarted": restarted, "local_models": local_models(services)}
