@@ -106,6 +106,9 @@ class Router:
         """Served names: every group's, then the wildcard patterns (as LiteLLM lists them)."""
         return list(self.groups) + list(dict.fromkeys(e.pattern for e in self.wildcards))
 
+    def ids(self) -> set[str]:
+        return set(self._by_id) | {e.id for e in self.wildcards}
+
     def deployments(self) -> list[Deployment]:
         return [d for group in self.groups.values() for d in group]
 

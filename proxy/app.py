@@ -12,7 +12,7 @@ from . import dialects
 from .admin import INFERENCE_ERRORS
 from .edge import handlers
 from .edge.asgi import Edge
-from .routes import health, keys, listing, metrics, models, principals, spend
+from .routes import health, keys, listing, metrics, model_admin, models, principals, spend
 from .services import Services
 from .settings import Settings, load_config
 
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(listing.router)
     app.include_router(metrics.router)
-    for admin_router in (keys.router, principals.teams, principals.users, spend.router):
+    for admin_router in (keys.router, principals.teams, principals.users, spend.router, model_admin.router):
         app.include_router(admin_router)
     return app
 
