@@ -79,7 +79,7 @@ class Services:
         redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
 
         models = ModelCatalog(router, config, db, redis, Sealer(settings.keystile_salt_key or master or ""), pool,
-                              options.request_timeout)
+                              options.request_timeout, interval=options.model_poll_interval)
 
         async def load(token_hash: str):
             async with db.sessions() as session:

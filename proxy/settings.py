@@ -162,6 +162,9 @@ class KeystileSettings(BaseModel):
     log_requests: bool = Field(default=True, description="one JSON line per request on stdout; env KEYSTILE_LOG_REQUESTS")
     log_prompts: bool = Field(default=False, description="put the prompt's text into each request's log line; env "
                                                          "KEYSTILE_LOG_PROMPTS")
+    model_poll_interval: float = Field(default=0.5, gt=0, le=60, description=(
+        "seconds between looks at the database for models added, changed or removed through the API "
+        "on another instance (with Redis they arrive at once)"))
 
     trusted_proxies: list[str] = Field(default_factory=list, description=(
         "addresses or CIDR networks of reverse proxies (nginx) whose X-Forwarded-For is believed; "

@@ -239,3 +239,41 @@ def test_key_models_star_all_team_models_patterns_and_access_groups(pair, upstre
     assert chat(b, "echo", waiting).status_code == 403
     assert a.post("/model/delete", headers=MASTER, json={"id": row["model_id"]}).status_code == 200
     until(lambda: chat(b, name, waiting).status_code == 403, 1.5)
+
+
+def test_models_added_through_the_api_and_the_deploy_api_coexist(pair, upstream):
+    a, _, _, _ = pair
+    name = f"deployed-{uuid.uuid4().hex[:6]}"
+    r = a.post("/api/v1/deploy", headers=MASTER, json={"api_name": name, "api_base": upstream.base_url,
+                                                       "model": "echo-deployed", "api_key": "k"})
+    assert r.status_code == 200, r.text  # not refused although the "*" entry matches every name
+    deployment_id = r.json()["deployment_id"]
+    until(lambda: a.get(f"/api/v1/deployments/{deployment_id}/status", headers=MASTER).json()["status"] == "active", 30)
+    listed = [m for m in a.get("/model/info", headers=MASTER).json()["data"] if m["model_name"] == name]
+    assert len(listed) == 1 and listed[0]["model_info"]["managed_deployment"] is True
+    row = new_model(a, upstream, name)  # the same public name: one more deployment of it
+    assert len([m for m in a.get("/model/info", headers=MASTER).json()["data"] if m["model_name"] == name]) == 2
+    seen = set()
+    for _ in range(30):
+        upstream.requests.clear()
+        assert chat(a, name).status_code == 200
+        seen.add(upstream.requests[-1]["model"])
+    assert seen == {"echo-deployed", "echo-added"}  # load-balanced over both
+    assert a.post(f"/api/v1/deployments/{deployment_id}/stop", headers=MASTER).status_code == 200
+    assert a.post("/model/delete", headers=MASTER, json={"id": row["model_id"]}).status_code == 200
+
+
+def test_with_redis_a_change_arrives_without_waiting_for_the_poll(tmp_path, upstream, redis_url):
+    """Both gateways poll the database only every 30 s here: B serves A's new model at once
+    because A announces it on Redis."""
+    cfg = {**config(upstream), "keystile_settings": {"model_poll_interval": 30}}
+    url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    env = {"KEYSTILE_MASTER_KEY": "sk-1234", "REDIS_URL": redis_url}
+    with Keystile(tmp_path, cfg, env=env, database_url=url) as ka, Keystile(tmp_path, cfg, env=env, database_url=url) as kb:
+        with httpx.Client(base_url=ka.url, timeout=15) as a, httpx.Client(base_url=kb.url, timeout=15) as b:
+            name = f"pubsub-{uuid.uuid4().hex[:6]}"
+            row = new_model(a, upstream, name, access_groups=["pubsub-group"])
+            until(lambda: name in [m["model_name"] for m in b.get("/model/info", headers=MASTER).json()["data"]], 1.0)
+            assert a.post("/model/delete", headers=MASTER, json={"id": row["model_id"]}).status_code == 200
+            until(lambda: name not in [m["model_name"] for m in b.get("/model/info", headers=MASTER).json()["data"]],
+                  1.0)
