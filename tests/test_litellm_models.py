@@ -205,6 +205,14 @@ def test_wildcards_route_any_matching_name_and_exact_names_win(pair, upstream):
     assert r.status_code == 200 and "data: [DONE]" in r.text
     names = [m["id"] for m in a.get("/v1/models", headers=MASTER).json()["data"]]
     assert {"echo", "openai/*", "*"} <= set(names)
+    # a wildcard added through the API, more specific than "*"
+    prefix = f"team{uuid.uuid4().hex[:4]}"
+    row = new_model(a, upstream, f"{prefix}/*", model="openai/echo-*")
+    assert chat(a, f"{prefix}/via-api").status_code == 200 and upstream.requests[-1]["model"] == "echo-via-api"
+    assert a.post("/model/delete", headers=MASTER, json={"id": row["model_id"]}).status_code == 200
+    assert chat(a, f"{prefix}/via-api").status_code == 200  # "*" again: openai/<the whole name>
+    assert upstream.requests[-1]["model"] == f"{prefix}/via-api"
+    assert a.get("/v1/model/info", headers=MASTER).json()["data"]  # LiteLLM's /v1 alias
 
 
 def test_key_models_star_all_team_models_patterns_and_access_groups(pair, upstream):

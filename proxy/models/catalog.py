@@ -160,7 +160,7 @@ class ModelCatalog:
             try:
                 entry = entry_of(row, self.sealer.open(row.litellm_params))
                 made = served(entry, row.model_id, pool=self.pool, timeout=self.timeout)
-            except (ValueError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one unusable row must not stop the others
                 log.error("model %s (%s) is not served: %s", row.model_id, row.model_name, exc)
                 if old is not None:
                     await self._remove(old)

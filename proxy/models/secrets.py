@@ -17,6 +17,7 @@ import base64
 import hashlib
 from typing import Any
 
+import orjson
 from cryptography.fernet import Fernet, InvalidToken
 
 PREFIX = "enc:v1:"
@@ -29,6 +30,10 @@ def sensitive(name: str) -> bool:
     """Whether a litellm_params field holds a credential, judged by the words of its name as
     LiteLLM's masker does (`api_key`, `aws_secret_access_key`; not `max_tokens`)."""
     return not _SECRET_WORDS.isdisjoint(name.lower().split("_"))
+
+
+def _reference(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("os.environ/")
 
 
 def mask(value: Any) -> Any:
@@ -45,7 +50,7 @@ def public(params: dict[str, Any]) -> dict[str, Any]:
     for name, value in params.items():
         if name in DROPPED:
             continue
-        if sensitive(name) and not (isinstance(value, str) and value.startswith("os.environ/")):
+        if sensitive(name) and not _reference(value):
             value = mask(value)
         out[name] = value
     return out
@@ -57,19 +62,25 @@ class Sealer:
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
 
     def seal(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {name: PREFIX + self._fernet.encrypt(str(value).encode()).decode()
-                if sensitive(name) and isinstance(value, str) and not value.startswith(PREFIX) else value
+        """Credential-named values encrypted (any JSON value, e.g. a credentials object);
+        `os.environ/VAR` references stay readable (they name a variable, not a secret)."""
+        return {name: PREFIX + self._fernet.encrypt(orjson.dumps(value)).decode()
+                if sensitive(name) and value is not None and not _reference(value) else value
                 for name, value in params.items()}
 
-    def open(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Raises ValueError when a value cannot be decrypted (another salt key)."""
+    def open(self, params: dict[str, Any], *, unreadable: list[str] | None = None) -> dict[str, Any]:
+        """The values decrypted. One that cannot be (another salt key) raises ValueError, or, when
+        an `unreadable` list is given, is left out and named there."""
         out = {}
         for name, value in params.items():
             if isinstance(value, str) and value.startswith(PREFIX):
                 try:
-                    value = self._fernet.decrypt(value[len(PREFIX):].encode()).decode()
+                    value = orjson.loads(self._fernet.decrypt(value[len(PREFIX):].encode()))
                 except InvalidToken:
-                    raise ValueError(f"litellm_params.{name} cannot be decrypted (was KEYSTILE_SALT_KEY or the "
-                                     f"master key changed?)") from None
+                    if unreadable is None:
+                        raise ValueError(f"litellm_params.{name} cannot be decrypted (was KEYSTILE_SALT_KEY or "
+                                         f"the master key changed?)") from None
+                    unreadable.append(name)
+                    continue
             out[name] = value
         return out

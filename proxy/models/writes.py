@@ -27,7 +27,7 @@ def _check(catalog: ModelCatalog, row: ProxyModel, params: dict[str, Any]) -> No
                          param="litellm_params.model")
     try:
         served(entry_of(row, params), row.model_id, pool=catalog.pool, timeout=catalog.timeout)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a backend's constructor refuses is bad input here
         raise BadRequest(f"this model cannot be served: {exc}", param="litellm_params",
                          code="invalid_model") from exc
 
@@ -68,7 +68,13 @@ async def update(catalog: ModelCatalog, session: AsyncSession, model_id: str, *,
     """LiteLLM's update: the given litellm_params and model_info fields replace the stored ones
     (null removes one), the others stay."""
     row = await _stored(session, catalog, model_id)
-    merged = catalog.sealer.open(row.litellm_params)
+    unreadable: list[str] = []
+    merged = catalog.sealer.open(row.litellm_params, unreadable=unreadable)
+    missing = [name for name in unreadable if name not in (params or {})]
+    if missing:
+        raise BadRequest(f"the stored litellm_params.{missing[0]} cannot be decrypted (KEYSTILE_SALT_KEY or the "
+                         f"master key changed); send it again", param=f"litellm_params.{missing[0]}",
+                         code="undecryptable")
     for name, value in (params or {}).items():
         if value is None:
             merged.pop(name, None)

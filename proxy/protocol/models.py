@@ -13,7 +13,7 @@ from .fields import Answer, ModelName, Strict, Timestamp, bounded, text
 
 ModelId = Annotated[str, text(255, 1)]
 Upstream = Annotated[str, text(1000, 3, "`provider/model`, e.g. `openai/gpt-4o`; `openai/*` for a wildcard "
-                                      "model_name"), Field(pattern=r"^[^\x00/]+/[^\x00]*$")]
+                                      "model_name"), Field(pattern=r"^[^\x00/]+/[^\x00]+$")]
 
 
 class LiteLLMParams(BaseModel):
