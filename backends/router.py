@@ -138,12 +138,12 @@ class Router:
         return self._matched.put(name, found) if found else None
 
     def __contains__(self, name: str) -> bool:
-        return self.group(name) is not None
+        return name in self.groups or (bool(self.wildcards) and self.group(name) is not None)
 
     def _order(self, name: str) -> list[Deployment]:
         """Deployments of one model in the order to try them: healthy first, cooling down last."""
         now = self._clock()
-        group = self.group(name) or []
+        group = self.groups.get(name) or self.group(name) or []
         ready = [d for d in group if d.cooldown_until <= now]
         cooling = sorted((d for d in group if d.cooldown_until > now), key=lambda d: d.cooldown_until)
         if self.policy.strategy == "least-busy":

@@ -64,10 +64,9 @@ class Attempts:
         if known is not None and known[0] is d:
             return known[1]
         limits = deployment_limits(d)
-        if limits is not None:  # bounded: names matched by wildcards come and go
-            if len(self._limits) >= MAX_KNOWN:
-                self._limits.clear()
-            self._limits[d.id] = (d, limits)
+        if len(self._limits) >= MAX_KNOWN:  # bounded: names matched by wildcards come and go
+            self._limits.clear()
+        self._limits[d.id] = (d, limits)
         return limits
 
     async def _lease(self, d: Deployment, tokens: int) -> Lease | None:

@@ -138,7 +138,10 @@ class ModelCatalog:
 
     async def changed(self) -> None:
         """After a write committed by this process: apply it now, and tell the others."""
-        await self.sync(force=True)
+        try:
+            await self.sync(force=True)
+        except Exception as exc:  # noqa: BLE001 - committed; the poll applies it once the database answers
+            self._fail(exc)
         if self._channel is not None:
             try:
                 await self._channel.publish({"revision": self.revision})
