@@ -229,6 +229,7 @@ def test_key_models_star_all_team_models_patterns_and_access_groups(pair, upstre
     team_key = key(models=["all-team-models"], team_id=team)
     assert chat(a, "echo", team_key).status_code == 200
     assert chat(a, "failing", team_key).status_code == 403
+    assert chat(a, "echo", key(models=["all-team-models"])).status_code == 403  # no team: no team models
     group_key = key(models=["beta-models"])  # model_info.access_groups of config.yaml's echo
     assert chat(a, "echo", group_key).status_code == 200 and chat(a, "failing", group_key).status_code == 403
     group_team = a.post("/team/new", headers=MASTER, json={"models": ["beta-models"]}).json()["team_id"]

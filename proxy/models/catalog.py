@@ -31,6 +31,7 @@ from backends.wildcards import WildcardEntry
 from ..db.engine import Database
 from ..db.models import ProxyModel
 from ..db.proxy_models import all_models, revision
+from ..outage import Outage, poll_every
 from ..pubsub import Channel
 from ..settings import ConfigError, FileConfig, ModelEntry, resolve_env_refs
 from .build import Served, config_id, served
@@ -81,7 +82,7 @@ class ModelCatalog:
         self.on_groups_changed: Callable[[], None] | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
-        self._failing = False
+        self._outage = Outage(log, "model catalog", "read models", "serving the models known so far")
         self._channel = Channel(redis, CHANNEL, lambda _: self._kick(), what="model changes",
                                 on_subscribe=self._kick) if redis is not None else None
         self._kicked = asyncio.Event()
@@ -93,37 +94,14 @@ class ModelCatalog:
         try:
             await self.sync()
         except Exception as exc:  # noqa: BLE001 - the poll loop tries again
-            self._fail(exc)
-        self._task = asyncio.create_task(self._run(), name="keystile-model-catalog")
+            self._outage.failed(exc)
+        self._task = asyncio.create_task(poll_every(self.interval, self.sync, self._outage, wake=self._kicked),
+                                         name="keystile-model-catalog")
         if self._channel is not None:
             await self._channel.start()
 
     def _kick(self) -> None:
         self._kicked.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._kicked.wait(), self.interval)
-            except asyncio.TimeoutError:
-                pass
-            self._kicked.clear()
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any driver error: the database is away
-                self._fail(exc)
-                continue
-            if self._failing:
-                self._failing = False
-                log.warning("model catalog: database reachable again")
-
-    def _fail(self, exc: Exception) -> None:
-        if not self._failing:
-            self._failing = True
-            log.error("model catalog: cannot read models (%s: %s); serving the models known so far",
-                      type(exc).__name__, str(exc).split("\n", 1)[0])
 
     async def sync(self, *, force: bool = False) -> None:
         """Apply the database's models if their revision moved since the last look."""
@@ -141,7 +119,7 @@ class ModelCatalog:
         try:
             await self.sync(force=True)
         except Exception as exc:  # noqa: BLE001 - committed; the poll applies it once the database answers
-            self._fail(exc)
+            self._outage.failed(exc)
         if self._channel is not None:
             try:
                 await self._channel.publish({"revision": self.revision})
