@@ -156,6 +156,8 @@ class Router:
     def attempts(self, name: str) -> list[Deployment]:
         """Every attempt for a request: retries over this model's deployments, then fallbacks."""
         order = self._order(name)
+        if not order:
+            raise errors.ModelRemoved(f"model '{name}' is no longer served")
         attempts = [order[i % len(order)] for i in range(1 + self.policy.num_retries)]
         for fallback in self.policy.fallbacks.get(name, []):
             if fallback != name and fallback in self:
