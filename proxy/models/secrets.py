@@ -23,13 +23,14 @@ from cryptography.fernet import Fernet, InvalidToken
 PREFIX = "enc:v1:"
 DROPPED = ("api_key", "client_secret", "vertex_credentials", "vertex_ai_credentials", "aws_access_key_id",
            "aws_secret_access_key")
-_SECRET_WORDS = frozenset({"key", "secret", "token", "password", "credential", "credentials"})
+_SECRET_WORDS = frozenset({"key", "secret", "token", "password", "credential", "credentials", "authorization",
+                           "auth"})
 
 
 def sensitive(name: str) -> bool:
     """Whether a litellm_params field holds a credential, judged by the words of its name as
-    LiteLLM's masker does (`api_key`, `aws_secret_access_key`; not `max_tokens`)."""
-    return not _SECRET_WORDS.isdisjoint(name.lower().split("_"))
+    LiteLLM's masker does (`api_key`, `aws_secret_access_key`, `x-api-key`; not `max_tokens`)."""
+    return not _SECRET_WORDS.isdisjoint(name.lower().replace("-", "_").split("_"))
 
 
 def _reference(value: Any) -> bool:
@@ -52,6 +53,8 @@ def public(params: dict[str, Any]) -> dict[str, Any]:
             continue
         if sensitive(name) and not _reference(value):
             value = mask(value)
+        elif isinstance(value, dict):  # extra_headers and the like: their credentials too
+            value = public(value)
         out[name] = value
     return out
 
@@ -64,9 +67,14 @@ class Sealer:
     def seal(self, params: dict[str, Any]) -> dict[str, Any]:
         """Credential-named values encrypted (any JSON value, e.g. a credentials object);
         `os.environ/VAR` references stay readable (they name a variable, not a secret)."""
-        return {name: PREFIX + self._fernet.encrypt(orjson.dumps(value)).decode()
-                if sensitive(name) and value is not None and not _reference(value) else value
-                for name, value in params.items()}
+        out: dict[str, Any] = {}
+        for name, value in params.items():
+            if sensitive(name) and value is not None and not _reference(value):
+                value = PREFIX + self._fernet.encrypt(orjson.dumps(value)).decode()
+            elif isinstance(value, dict):  # extra_headers and the like
+                value = self.seal(value)
+            out[name] = value
+        return out
 
     def open(self, params: dict[str, Any], *, unreadable: list[str] | None = None) -> dict[str, Any]:
         """The values decrypted. One that cannot be (another salt key) raises ValueError, or, when
@@ -82,5 +90,7 @@ class Sealer:
                                          f"the master key changed?)") from None
                     unreadable.append(name)
                     continue
+            elif isinstance(value, dict):
+                value = self.open(value, unreadable=unreadable)
             out[name] = value
         return out
