@@ -1,14 +1,14 @@
 """proxy_models: models added through POST /model/new; model_revision: their change counter
 
 Revision ID: 0008_models
-Revises: 0006_deployments
+Revises: 0007_response_id
 Create Date: 2026-11-30 15:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = '0008_models'
-down_revision = '0006_deployments'
+down_revision = '0007_response_id'
 branch_labels = None
 depends_on = None
 

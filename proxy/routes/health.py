@@ -58,7 +58,7 @@ async def health(request: Request, services: ServicesDep, model: ModelName | Non
     if model is None:
         deployments = services.router.deployments()
     elif model in services.router:
-        deployments = services.router.groups[model]
+        deployments = services.router.group(model) or []
     else:
         raise NotFound(f"model '{model}' does not exist or is not served here")
     results = await asyncio.gather(*(d.backend.health() for d in deployments), return_exceptions=True)
