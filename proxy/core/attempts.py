@@ -54,20 +54,19 @@ class Attempts:
     def __init__(self, router: Router, limiter: Limiter):
         self.router = router
         self.limiter = limiter
-        # id -> (deployment, its limits): a deployment replaced at run time (POST /model/update) keeps
-        # its id but is a new object, whose limits are worked out again.
-        self._limits: dict[str, tuple[Deployment, Limits | None]] = {}
+        # Per deployment object: one replaced at run time (POST /model/update) keeps its id but is a
+        # new object, whose limits are worked out again.
+        self._limits: dict[Deployment, Limits | None] = {}
 
     def _limits_of(self, d: Deployment) -> Limits | None:
         """`d`'s own limits, worked out once (also for a deployment added at run time)."""
-        known = self._limits.get(d.id)
-        if known is not None and known[0] is d:
-            return known[1]
-        limits = deployment_limits(d)
-        if len(self._limits) >= MAX_KNOWN:  # bounded: names matched by wildcards come and go
-            self._limits.clear()
-        self._limits[d.id] = (d, limits)
-        return limits
+        try:
+            return self._limits[d]
+        except KeyError:
+            if len(self._limits) >= MAX_KNOWN:  # bounded: names matched by wildcards come and go
+                self._limits.clear()
+            limits = self._limits[d] = deployment_limits(d)
+            return limits
 
     async def _lease(self, d: Deployment, tokens: int) -> Lease | None:
         """A lease on `d`'s own limit (None when it has none), or LimitExceeded."""
