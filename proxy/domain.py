@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 
@@ -82,13 +83,17 @@ class Principal:
     key_id: str | None = None
     key_hash: str | None = None
     key_alias: str | None = None
+    key_name: str | None = None  # the key's display form, `sk-...abcd` (logs may show it; never the key)
     user_id: str | None = None
     team_id: str | None = None
     organization_id: str | None = None  # the team's
     user_role: str | None = None  # the user's (proxy_admin, internal_user, internal_user_viewer)
     key_type: str = "default"
-    # Allowed public model names (the tightest of key, user and team); None means every model.
+    # Allowed public model names (the tightest of key, user and team, access groups expanded,
+    # proxy/models/access.py); None means every model. Names with `*` are patterns (`openai/*`),
+    # also listed in `model_patterns`.
     models: frozenset[str] | None = None
+    model_patterns: tuple[str, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
     expires: datetime | None = None
     scopes: tuple[Scope, ...] = ()
@@ -115,7 +120,9 @@ class Principal:
         return self.key_type != "management"
 
     def may_use(self, model: str) -> bool:
-        return self.models is None or model in self.models
+        if self.models is None or model in self.models:
+            return True
+        return any(fnmatchcase(model, p) for p in self.model_patterns)
 
     def resolve(self, model: str) -> str:
         return self.aliases.get(model, model)

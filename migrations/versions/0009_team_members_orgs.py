@@ -10,14 +10,14 @@ and made again with organization_id among their columns (on SQLite the table cop
 foreign key would drop them anyway).
 
 Revision ID: 0009_team_members_orgs
-Revises: 0007_response_id
+Revises: 0008_models
 Create Date: 2026-11-30 15:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = '0009_team_members_orgs'
-down_revision = '0007_response_id'
+down_revision = '0008_models'
 branch_labels = None
 depends_on = None
 

@@ -1,4 +1,5 @@
-"""Tables: keys, teams (with their members), organizations, users, spend logs, async jobs, deployments made through the API. Keys keep only a SHA-256 hash and a display prefix."""
+"""Tables: keys, teams (with their members), organizations, users, spend logs, async jobs, deployments made
+through the API, models added through the API. Keys keep only a SHA-256 hash and a display prefix."""
 
 from __future__ import annotations
 
@@ -188,3 +189,29 @@ class ManagedDeployment(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_managed_deployments_status", "status"),)
+
+
+class ProxyModel(Base):
+    """A model added through the API (POST /model/new), served beside config.yaml's model_list by
+    every gateway process. Secret values in `litellm_params` are stored encrypted (models/secrets.py)."""
+
+    __tablename__ = "proxy_models"
+
+    model_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(255))
+    litellm_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    updated_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ModelRevision(Base):
+    """One row whose `revision` grows with every change to proxy_models, in the same transaction:
+    each process polls it (one primary-key read) to learn that the model map changed."""
+
+    __tablename__ = "model_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
