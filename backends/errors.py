@@ -59,6 +59,12 @@ class ModelCrashed(WorkerCrashed):
         self.retry_after = retry_after
 
 
+class ModelRemoved(BackendError):
+    """The model was removed (POST /model/delete, a stopped deployment) while the request waited."""
+
+    retriable = False
+
+
 class NotSupported(BackendError):
     """The backend cannot do this operation (e.g. embeddings on a chat-only upstream)."""
 

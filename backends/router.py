@@ -4,6 +4,10 @@
 busy; those cooling down last), again for each retry, then the configured fallback model names.
 The caller (proxy/core/attempts.py) makes them in that order, moving on after a retriable failure,
 and reports each failure with `failed`, which cools a deployment down after too many.
+
+A name no group has may match a wildcard entry (`openai/*`, `*`; backends/wildcards.py): `group`
+makes its deployments on first use. Deployments and wildcard entries are added and removed at run
+time (POST /model/new, /api/v1/deploy); requests in flight keep the deployment they started on.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from . import errors
 from .base import Backend
+from .wildcards import Concrete, WildcardEntry
 
 
 @dataclass(eq=False)
@@ -34,6 +39,8 @@ class Deployment:
     cooldown_until: float = 0.0
     failures: deque[float] = field(default_factory=deque)
     last_error: str | None = None
+    errors: int = 0  # retriable failures ever (`failed`), for the metrics
+    cooldowns: int = 0  # cooldowns this process started
 
     def state(self, now: float) -> dict[str, Any]:
         return {
@@ -54,20 +61,26 @@ class RouterPolicy:
 
 class Router:
     def __init__(self, deployments: list[Deployment], policy: RouterPolicy,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 wildcards: list[WildcardEntry] | None = None):
         self.policy = policy
         self._clock = clock
         self._rng = rng or random.Random()
         self.groups: dict[str, list[Deployment]] = {}
+        self._by_id: dict[str, Deployment] = {}
         for d in deployments:
-            self.groups.setdefault(d.model_name, []).append(d)
-        self._by_id = {d.id: d for d in deployments}
+            self.add(d)
+        self.wildcards: list[WildcardEntry] = []
+        self._matched = Concrete()
+        for entry in wildcards or ():
+            self.add_wildcard(entry)
         # Told of every cooldown this router starts (proxy/cooldowns.py shares them through Redis).
         self.on_cooldown: Callable[[Deployment, float], None] | None = None
 
     def add(self, d: Deployment) -> None:
-        """A deployment made at run time (POST /api/v1/deploy) joins its model's group."""
+        """A deployment made at run time (POST /model/new, /api/v1/deploy) joins its model's group."""
         self.groups.setdefault(d.model_name, []).append(d)
+        self._by_id[d.id] = d
 
     def remove(self, d: Deployment) -> None:
         """A deployment stopped at run time leaves; a model with none left is no longer served."""
@@ -76,20 +89,61 @@ class Router:
             group.remove(d)
         if not group:
             self.groups.pop(d.model_name, None)
+        if self._by_id.get(d.id) is d:
+            del self._by_id[d.id]
+
+    def add_wildcard(self, entry: WildcardEntry) -> None:
+        self.wildcards.append(entry)
+        self.wildcards.sort(key=lambda e: -e.specificity)  # stable: equal ones keep model_list order
+        self._matched.clear()
+
+    def remove_wildcard(self, entry: WildcardEntry) -> None:
+        if entry in self.wildcards:
+            self.wildcards.remove(entry)
+        self._matched.clear()
 
     def names(self) -> list[str]:
-        return list(self.groups)
+        """Served names: every group's, then the wildcard patterns (as LiteLLM lists them)."""
+        return list(self.groups) + list(dict.fromkeys(e.pattern for e in self.wildcards))
+
+    def ids(self) -> set[str]:
+        return set(self._by_id) | {e.id for e in self.wildcards}
 
     def deployments(self) -> list[Deployment]:
         return [d for group in self.groups.values() for d in group]
 
+    def group(self, name: str) -> list[Deployment] | None:
+        """The deployments serving `name`: its group, else those of the most specific wildcard
+        entries it matches (made on first use), else None."""
+        group = self.groups.get(name)
+        if group is not None or not self.wildcards:
+            return group
+        group = self._matched.get(name)
+        if group is not None:
+            return group
+        found: list[Deployment] = []
+        best = -1
+        for entry in self.wildcards:  # most specific first: only the best-matching entries serve
+            if found and entry.specificity < best:
+                break
+            upstream = entry.upstream(name)
+            if upstream is None:
+                continue
+            d = Deployment(model_name=name, id=f"{entry.id}:{name}", backend=entry.make(upstream, name),
+                           upstream=upstream, weight=entry.weight, rpm=entry.rpm, tpm=entry.tpm,
+                           input_cost_per_token=entry.input_cost_per_token,
+                           output_cost_per_token=entry.output_cost_per_token)
+            best = entry.specificity
+            found.append(d)
+        return self._matched.put(name, found) if found else None
+
     def __contains__(self, name: str) -> bool:
-        return name in self.groups
+        return name in self.groups or (bool(self.wildcards) and self.group(name) is not None)
 
     def _order(self, name: str) -> list[Deployment]:
         """Deployments of one model in the order to try them: healthy first, cooling down last."""
         now = self._clock()
-        group = self.groups[name]
+        group = self.groups.get(name) or self.group(name) or []
         ready = [d for d in group if d.cooldown_until <= now]
         cooling = sorted((d for d in group if d.cooldown_until > now), key=lambda d: d.cooldown_until)
         if self.policy.strategy == "least-busy":
@@ -102,9 +156,11 @@ class Router:
     def attempts(self, name: str) -> list[Deployment]:
         """Every attempt for a request: retries over this model's deployments, then fallbacks."""
         order = self._order(name)
+        if not order:
+            raise errors.ModelRemoved(f"model '{name}' is no longer served")
         attempts = [order[i % len(order)] for i in range(1 + self.policy.num_retries)]
         for fallback in self.policy.fallbacks.get(name, []):
-            if fallback in self.groups and fallback != name:
+            if fallback != name and fallback in self:
                 attempts.extend(self._order(fallback)[:1])
         return attempts
 
@@ -113,11 +169,13 @@ class Router:
         once there are more than `allowed_fails`."""
         now = self._clock()
         d.last_error = exc.message
+        d.errors += 1
         d.failures.append(now)
         while d.failures and d.failures[0] < now - 60:
             d.failures.popleft()
         if len(d.failures) > self.policy.allowed_fails:
             d.cooldown_until = now + self.policy.cooldown_time
+            d.cooldowns += 1
             d.failures.clear()
             if self.on_cooldown is not None:
                 self.on_cooldown(d, self.policy.cooldown_time)

@@ -44,9 +44,10 @@ def keystile_config(upstream_url: str, scenario: Scenario) -> dict:
 
 
 def start_keystile(upstream_url: str, scenario: Scenario, workdir: Path, cpus: set[int] | None, db: Database,
-                   redis_url: str, servers: list[Server]) -> Keystile:
+                   redis_url: str, servers: list[Server], source: Path | None = None, name: str = "") -> Keystile:
     """`keystile db upgrade`, the scenario's seed, `keystile serve`; the server is appended to `servers`
-    as soon as it is spawned, so it is stopped whatever happens next."""
+    as soon as it is spawned, so it is stopped whatever happens next. `source`: a checkout whose
+    proxy/ and backends/ serve instead of this one's (on PYTHONPATH, ahead of the editable install)."""
     keystile = BIN / "keystile"
     if not keystile.exists():
         found = shutil.which("keystile")
@@ -61,12 +62,14 @@ def start_keystile(upstream_url: str, scenario: Scenario, workdir: Path, cpus: s
     env.update(KEYSTILE_MASTER_KEY=master_key, DATABASE_URL=db.url)
     if scenario.redis:
         env["REDIS_URL"] = redis_url
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     migrate = subprocess.run([str(keystile), "db", "upgrade"], env=env, cwd=workdir, capture_output=True, text=True)
     if migrate.returncode != 0:
         raise RuntimeError(f"keystile db upgrade failed:\n{migrate.stdout}{migrate.stderr}")
     setup = scenario.seed(db) if scenario.seed else {}
     port = free_port()
-    server = spawn(f"keystile-{scenario.name}", [str(keystile), "serve", "--config", str(config_path),
+    server = spawn(f"keystile-{name or scenario.name}", [str(keystile), "serve", "--config", str(config_path),
                                                  "--port", str(port)],
                    port=port, log_dir=workdir, env=env, cwd=workdir, cpus=cpus)
     servers.append(server)
@@ -81,22 +84,22 @@ def start_keystile(upstream_url: str, scenario: Scenario, workdir: Path, cpus: s
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"keystile ({scenario.name}) did not come up:\n{tail(server.log_path)}")
+            raise RuntimeError(f"keystile ({name or scenario.name}) did not come up:\n{tail(server.log_path)}")
         time.sleep(0.1)
     return Keystile(server, master_key, workdir, env, db, setup)
 
 
 def start_scenario(scenario: Scenario, target_name: str, upstream_url: str, workdir: Path, cpus: set[int] | None,
                    database_url: str | None, redis_url: str, servers: list[Server],
-                   databases: list[Database]) -> tuple[Keystile, Target]:
+                   databases: list[Database], source: Path | None = None) -> tuple[Keystile, Target]:
     """The scenario's Keystile, ready for the load: its own directory and database (appended to
     `databases` as soon as made, so it is dropped whatever happens next), started (start_keystile),
     prepared, and the target for it, with the Redis server and Postgres backends whose CPU is its own."""
-    ks_dir = workdir / scenario.name
+    ks_dir = workdir / target_name
     ks_dir.mkdir()
-    db = make_database(database_url, scenario.name, ks_dir)
+    db = make_database(database_url, target_name, ks_dir)
     databases.append(db)
-    ks = start_keystile(upstream_url, scenario, ks_dir, cpus, db, redis_url, servers)
+    ks = start_keystile(upstream_url, scenario, ks_dir, cpus, db, redis_url, servers, source, target_name)
     headers = scenario.prepare(ks)
     redis_pids = redis_server_pids(redis_url) if scenario.redis else []
     aux = (lambda db=db, fixed=redis_pids: fixed + pg_backend_pids(db)) \

@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--relay-client", choices=["aiohttp", "keystile"], default="aiohttp",
                    help="the relay's upstream client: aiohttp (default, the targets' baseline) or Keystile's own "
                         "(backends/http.py), which shows Keystile's overhead without the difference of the clients")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also measure the first scenario served by another checkout's code (e.g. `git archive main`"
+                        " unpacked in DIR), as target 'baseline', in the same alternation: a change against main")
     p.add_argument("--direct", action="store_true", help="also measure the upstream called directly")
     p.add_argument("--pin", action="store_true",
                    help="pin the server under test to CPU 0 and upstream + wrk to the other CPUs")
@@ -145,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(target)
                 print(f"started Keystile for '{scenario.name}' on {ks.db.kind} in {time.monotonic() - t0:.1f}s"
                       f"{''.join(f'; {k} {v}' for k, v in ks.setup.items() if k != 'key_limits')}", flush=True)
+            if args.baseline:
+                _, target = start_scenario(scenarios[0], "baseline", upstream.url, workdir, server_cpus,
+                                           args.database_url, args.redis_url, servers, databases,
+                                           source=args.baseline.resolve())
+                targets.append(target)
+                print(f"started Keystile for '{scenarios[0].name}' from {args.baseline} as 'baseline'", flush=True)
             if args.direct:
                 targets.append(Target("direct", upstream, {}))
             for t in targets:
@@ -228,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                         "concurrency": args.concurrency, "modes": args.modes, "scenarios": args.scenario,
                         "database": "postgres" if args.database_url else "sqlite",
                         "database_url": redact(args.database_url), "redis_url": redact(args.redis_url),
-                        "pinned": bool(server_cpus), "bodies": BODIES, "relay_client": args.relay_client}
+                        "pinned": bool(server_cpus), "bodies": BODIES, "relay_client": args.relay_client,
+                        "baseline": str(args.baseline) if args.baseline else None}
             if single:
                 settings["scenario"] = scenarios[0].name
             out.write_text(json.dumps({

@@ -12,7 +12,7 @@ from . import dialects
 from .admin import INFERENCE_ERRORS
 from .edge import handlers
 from .edge.asgi import Edge
-from .routes import health, keys, listing, models, principals, spend
+from .routes import health, keys, listing, members, metrics, model_admin, models, organizations, principals, spend
 from .services import Services
 from .settings import Settings, load_config
 
@@ -49,7 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/v1", responses=INFERENCE_ERRORS)
     app.include_router(health.router)
     app.include_router(listing.router)
-    for admin_router in (keys.router, principals.teams, principals.users, spend.router):
+    app.include_router(metrics.router)
+    for admin_router in (keys.router, principals.teams, members.router, principals.users, organizations.router,
+                         spend.router, model_admin.router):
         app.include_router(admin_router)
     return app
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Limits and budget of one key, user or team. `name` is e.g. `key:<hash>`, `user:<id>`, `team:<id>`."""
+    """Limits and budget of one key, user, team, team membership or organization. `name` is e.g.
+    `key:<hash>`, `user:<id>`, `team:<id>`, `member:<team_id>:<user_id>`, `org:<id>`."""
 
     name: str
     rpm: int | None = None
@@ -81,11 +83,17 @@ class Principal:
     key_id: str | None = None
     key_hash: str | None = None
     key_alias: str | None = None
+    key_name: str | None = None  # the key's display form, `sk-...abcd` (logs may show it; never the key)
     user_id: str | None = None
     team_id: str | None = None
+    organization_id: str | None = None  # the team's
+    user_role: str | None = None  # the user's (proxy_admin, internal_user, internal_user_viewer)
     key_type: str = "default"
-    # Allowed public model names (the tightest of key, user and team); None means every model.
+    # Allowed public model names (the tightest of key, user and team, access groups expanded,
+    # proxy/models/access.py); None means every model. Names with `*` are patterns (`openai/*`),
+    # also listed in `model_patterns`.
     models: frozenset[str] | None = None
+    model_patterns: tuple[str, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
     expires: datetime | None = None
     scopes: tuple[Scope, ...] = ()
@@ -100,12 +108,21 @@ class Principal:
         return self.is_master or (self.is_admin and self.key_type != "llm_api")
 
     @property
+    def may_self_serve(self) -> bool:
+        """An `internal_user`'s key may create, list, read and delete its user's own keys (LiteLLM's
+        self-serve), within its own limits; `internal_user_viewer` and llm_api keys may not."""
+        return self.may_administer or (self.key_hash is not None and self.user_id is not None
+                                       and self.user_role == "internal_user" and self.key_type != "llm_api")
+
+    @property
     def may_infer(self) -> bool:
         """Management keys may use the admin routes only."""
         return self.key_type != "management"
 
     def may_use(self, model: str) -> bool:
-        return self.models is None or model in self.models
+        if self.models is None or model in self.models:
+            return True
+        return any(fnmatchcase(model, p) for p in self.model_patterns)
 
     def resolve(self, model: str) -> str:
         return self.aliases.get(model, model)
@@ -143,7 +160,7 @@ class LimitExceeded(Exception):
 
     @property
     def scope_type(self) -> str:
-        """`key`, `user`, `team`, `model` (a key's per-model limit) or `deployment`."""
+        """`key`, `user`, `team`, `member`, `org`, `model` (a key's per-model limit) or `deployment`."""
         return "model" if ":model:" in self.scope else self.scope.split(":", 1)[0]
 
 

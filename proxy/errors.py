@@ -154,6 +154,8 @@ def from_backend(exc: be.BackendError) -> KeystileError:
             return RateLimited(exc.message or "model queue is full", code="queue_full", headers={"Retry-After": "1"})
         case be.UpstreamTimeout():
             return UpstreamTimedOut(exc.message or "upstream timed out")
+        case be.ModelRemoved():
+            return NotFound(exc.message)
         case be.NotSupported():
             return BadRequest(exc.message, code="unsupported")
         case be.UpstreamHTTPError() if 400 <= exc.status < 500 and exc.status not in (401, 403, 408, 429):

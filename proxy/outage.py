@@ -1,6 +1,7 @@
 """The database (or another dependency) being away, as background tasks see it: logged once when it
-goes and once when it is back, without a traceback, and writes that must not be lost retried with
-backoff until they succeed."""
+goes and once when it is back, without a traceback; loops that poll it (the key change feed, the
+model catalog, deployments), and writes that must not be lost retried with backoff until they
+succeed."""
 
 from __future__ import annotations
 
@@ -13,22 +14,22 @@ T = TypeVar("T")
 
 
 class Outage:
-    def __init__(self, log: logging.Logger, what: str):
-        self.log = log
-        self.what = what
-        self.down = False
+    def __init__(self, log: logging.Logger, what: str, doing: str = "reach the database",
+                 meanwhile: str = "retrying with backoff"):
+        self._log, self._what, self._doing, self._meanwhile = log, what, doing, meanwhile
+        self.failing = False
 
     def failed(self, exc: Exception) -> None:
-        if not self.down:
-            self.down = True
+        if not self.failing:
+            self.failing = True
             first = (str(exc).strip().splitlines() or [""])[0][:200]
-            self.log.warning("%s: the database is unreachable (%s: %s); retrying with backoff",
-                             self.what, type(exc).__name__, first)
+            self._log.error("%s: cannot %s (%s: %s); %s", self._what, self._doing, type(exc).__name__, first,
+                            self._meanwhile)
 
-    def succeeded(self) -> None:
-        if self.down:
-            self.down = False
-            self.log.warning("%s: the database is reachable again", self.what)
+    def ended(self) -> None:
+        if self.failing:
+            self.failing = False
+            self._log.warning("%s: database reachable again", self._what)
 
     async def persist(self, write: Callable[[], Awaitable[T]], *, max_delay: float,
                       give_up: Callable[[float], bool] = lambda delay: False) -> T | None:
@@ -38,12 +39,35 @@ class Outage:
         while True:
             try:
                 result = await write()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any driver error: the database is away
                 self.failed(exc)
                 if give_up(delay):
                     return None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
                 continue
-            self.succeeded()
+            self.ended()
             return result
+
+
+async def poll_every(interval: float, step: Callable[[], Awaitable[None]], outage: Outage,
+                     wake: asyncio.Event | None = None) -> None:
+    """Run `step` every `interval` seconds (or at once when `wake` is set), forever; a failing one is
+    the database being away."""
+    while True:
+        if wake is None:
+            await asyncio.sleep(interval)
+        else:
+            try:
+                await asyncio.wait_for(wake.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any driver error: the database is away
+            outage.failed(exc)
+            continue
+        outage.ended()

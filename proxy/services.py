@@ -13,8 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from backends.http import ClientPool
-from backends.registry import make_backend
-from backends.router import Deployment, Router, RouterPolicy
+from backends.router import Router
 
 from .accounting.budgets import BudgetResetter
 from .accounting.journal import Journal, default_directory
@@ -31,40 +30,13 @@ from .cooldowns import CooldownSync
 from .core import Gateway
 from .db.engine import Database
 from .limits import Limiter, make_limiter
-from .settings import ConfigError, FileConfig, KeystileSettings, ModelEntry, Settings
+from .models.build import build_router
+from .models.catalog import ModelCatalog
+from .models.secrets import Sealer
+from .observe import Observers
+from .settings import FileConfig, KeystileSettings, Settings
 
 log = logging.getLogger("keystile")
-
-
-def _price(entry: ModelEntry, field: str) -> float | None:
-    """A per-token price from model_info, else from litellm_params (where LiteLLM files often put it)."""
-    value = getattr(entry.model_info, field)
-    return value if value is not None else entry.litellm_params.extra_params().get(field)
-
-
-def build_router(config: FileConfig, options: KeystileSettings, pool: ClientPool) -> Router:
-    deployments = []
-    for i, entry in enumerate(config.model_list):
-        p = entry.litellm_params
-        try:
-            backend = make_backend(entry.model_name, p.model_dump(exclude_none=True), pool=pool,
-                                   timeout=options.request_timeout)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"model_list[{i}] (model_name: {entry.model_name}): {exc}") from exc
-        deployments.append(Deployment(
-            model_name=entry.model_name, id=entry.model_info.id or f"{entry.model_name}-{i}", backend=backend,
-            upstream=p.model, weight=p.weight, rpm=entry.rpm if entry.rpm is not None else p.rpm,
-            tpm=entry.tpm if entry.tpm is not None else p.tpm,
-            input_cost_per_token=_price(entry, "input_cost_per_token"),
-            output_cost_per_token=_price(entry, "output_cost_per_token"),
-        ))
-    fallbacks: dict[str, list[str]] = {}
-    for rule in options.fallbacks:
-        for name, targets in rule.items():
-            fallbacks.setdefault(name, []).extend(targets)
-    policy = RouterPolicy(num_retries=options.num_retries, allowed_fails=options.allowed_fails,
-                          cooldown_time=options.cooldown_time, fallbacks=fallbacks, strategy=options.routing_strategy)
-    return Router(deployments, policy)
 
 
 def check_deployments(config: FileConfig) -> None:
@@ -92,8 +64,10 @@ class Services:
     usage: UsageWriter
     budgets: BudgetResetter
     gateway: Gateway
+    models: ModelCatalog
     started: int
     cooldowns: CooldownSync | None = None  # deployment cooldowns shared through Redis
+    observers: Observers | None = None  # metrics, request logs, traces (proxy/observe)
 
     @classmethod
     async def start(cls, settings: Settings, config: FileConfig) -> Services:
@@ -104,15 +78,19 @@ class Services:
         db = Database(settings.database_url)
         redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
 
+        models = ModelCatalog(router, config, db, redis, Sealer(settings.keystile_salt_key or master or ""), pool,
+                              options.request_timeout, interval=options.model_poll_interval)
+
         async def load(token_hash: str):
             async with db.sessions() as session:
-                return await load_principal(session, token_hash=token_hash)
+                return await load_principal(session, token_hash=token_hash, groups=models.access_groups)
 
         async def load_jwt(claims):
             async with db.sessions() as session:
-                return await load_jwt_principal(session, claims=claims)
+                return await load_jwt_principal(session, claims=claims, groups=models.access_groups)
 
         cache = KeyCache(load, ttl=options.key_cache_ttl, negative_ttl=options.negative_cache_ttl, load_jwt=load_jwt)
+        models.on_groups_changed = lambda: cache.invalidate("all")
         limiter = make_limiter(settings.redis_url, lease_ttl=max(900.0, 2 * options.request_timeout))
         spend = SpendSync(db, limiter)
         changes = ChangeFeed(db, cache, on_spend=spend.changed)
@@ -132,7 +110,9 @@ class Services:
                        redis=redis, cache=cache, invalidator=invalidator, changes=changes, auth=auth, limiter=limiter,
                        spend=spend, prices=prices,
                        usage=usage, budgets=BudgetResetter(db, invalidator.publish), gateway=gateway,
-                       started=int(time.time()))
+                       models=models, started=int(time.time()))
+        services.observers = Observers.start(gateway, router, usage, options,
+                                             traces=bool(settings.otel_exporter_otlp_endpoint))
         await changes.start()
         await invalidator.start()
         services.budgets.start()
@@ -140,15 +120,19 @@ class Services:
         await services.cooldowns.start()
         for d in router.deployments():
             await d.backend.start()  # local workers load in the background; requests get 503 until ready
+        await models.start()  # the database's models join the map (and start their own backends)
         return services
 
     async def aclose(self) -> None:
+        await self.models.aclose()
         await asyncio.gather(*(d.backend.aclose() for d in self.router.deployments()), return_exceptions=True)
         await self.pool.aclose()
         if self.cooldowns is not None:
             await self.cooldowns.aclose()
         await self.budgets.aclose()
         await self.usage.aclose(timeout=10)
+        if self.observers is not None:
+            await self.observers.aclose()
         await self.limiter.aclose()
         await self.invalidator.aclose()
         await self.changes.aclose()

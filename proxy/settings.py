@@ -156,6 +156,15 @@ class KeystileSettings(BaseModel):
                                       description="model of requests that name none (/generate, /run); "
                                                   "default: the first in model_list")
     jobs: JobSettings = Field(default_factory=lambda: JobSettings())
+    metrics_token: str | None = Field(default=None, min_length=16, description=(
+        "bearer token that may read /metrics (besides the master key and admin keys); env "
+        "KEYSTILE_METRICS_TOKEN"))
+    log_requests: bool = Field(default=True, description="one JSON line per request on stdout; env KEYSTILE_LOG_REQUESTS")
+    log_prompts: bool = Field(default=False, description="put the prompt's text into each request's log line; env "
+                                                         "KEYSTILE_LOG_PROMPTS")
+    model_poll_interval: float = Field(default=0.5, gt=0, le=60, description=(
+        "seconds between looks at the database for models added, changed or removed through the API "
+        "on another instance (with Redis they arrive at once)"))
 
     trusted_proxies: list[str] = Field(default_factory=list, description=(
         "addresses or CIDR networks of reverse proxies (nginx) whose X-Forwarded-For is believed; "
@@ -208,6 +217,9 @@ class FileConfig(BaseModel):
 SERVER_LIMITS = ("max_request_bytes", "max_header_bytes", "header_timeout", "body_timeout")
 """The HTTP server's limits in keystile_settings that the environment may set too (KEYSTILE_<NAME>):
 they belong to where the gateway runs (behind nginx or not) more than to the model map."""
+FROM_ENVIRONMENT = (*SERVER_LIMITS, "metrics_token", "log_requests", "log_prompts")
+"""Every keystile_settings field the environment may set (KEYSTILE_<NAME>): the server limits, and
+the scrape token and log switches (proxy/observe), which belong to the deployment too."""
 
 
 class Settings(BaseSettings):
@@ -216,20 +228,28 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", env_file=".env", extra="ignore")
 
     keystile_master_key: str | None = None
+    keystile_salt_key: str | None = Field(default=None, description="encrypts the credentials of models added "
+                                          "through /model/new (default: the master key)")
     keystile_config: Path = Path("config.yaml")
     database_url: str = "sqlite+aiosqlite:///./keystile.db"
     redis_url: str | None = None
     keystile_trusted_proxies: str = Field(default="", description="comma-separated, added to keystile_settings.trusted_proxies")
-    # The server limits (SERVER_LIMITS): set and not empty, they win over config.yaml's keystile_settings.
+    # FROM_ENVIRONMENT (the server limits, the metrics token, the log switches): set and not empty,
+    # they win over config.yaml's keystile_settings.
     # Text here, checked by apply() against keystile_settings' own bounds, so a bad value is named.
     keystile_max_request_bytes: str = ""
     keystile_max_header_bytes: str = ""
     keystile_header_timeout: str = ""
     keystile_body_timeout: str = ""
+    keystile_metrics_token: str = ""
+    keystile_log_requests: str = ""
+    keystile_log_prompts: str = ""
+    otel_exporter_otlp_endpoint: str = Field(default="", description=(
+        "OpenTelemetry collector (OTLP over HTTP, e.g. http://collector:4318): set, each request is traced"))
 
     def apply(self, config: FileConfig) -> FileConfig:
-        """`config` with the server limits the environment sets put over its keystile_settings."""
-        given = {name: raw.strip() for name in SERVER_LIMITS if (raw := getattr(self, f"keystile_{name}")).strip()}
+        """`config` with the settings the environment sets (FROM_ENVIRONMENT) put over its keystile_settings."""
+        given = {name: raw.strip() for name in FROM_ENVIRONMENT if (raw := getattr(self, f"keystile_{name}")).strip()}
         if not given:
             return config
         try:
@@ -249,7 +269,8 @@ class Settings(BaseSettings):
         return list(dict.fromkeys(from_env + config.keystile_settings.trusted_proxies))
 
 
-def _resolve_env_refs(value: Any, where: str) -> Any:
+
+def resolve_env_refs(value: Any, where: str) -> Any:
     """Replace LiteLLM's `os.environ/VAR` strings with the variable's value."""
     if isinstance(value, str) and value.startswith("os.environ/"):
         var = value.removeprefix("os.environ/")
@@ -257,9 +278,9 @@ def _resolve_env_refs(value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: environment variable {var} is not set")
         return os.environ[var]
     if isinstance(value, dict):
-        return {k: _resolve_env_refs(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: resolve_env_refs(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_env_refs(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [resolve_env_refs(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -289,7 +310,7 @@ def load_config(path: Path) -> FileConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping with a model_list")
-    raw = _resolve_env_refs(raw, str(path))
+    raw = resolve_env_refs(raw, str(path))
     try:
         config = FileConfig.model_validate(raw)
     except ValidationError as exc:

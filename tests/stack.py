@@ -77,7 +77,7 @@ def stack_config(upstream: FakeUpstream) -> dict:
                                                           "api_base": upstream.base_url, "api_key": "upstream-secret"}}
     # smollm2 is the name the docs use; here it is the fake upstream's echo, so recipes run quickly.
     return {"model_list": [entry("echo", "echo-upstream"), entry("smollm2", "echo-smollm2"),
-                           entry("slow", "slowstream")],
+                           entry("slow", "slowstream"), entry("failing", "fail")],
             "keystile_settings": {"auth_failures_per_minute": 3}}
 
 

@@ -27,7 +27,8 @@ from proxy.accounting.writer import UsageWriter, is_data_error, safe
 from proxy.domain import UsageRecord
 from proxy.db.engine import Database
 from proxy.db.migrate import upgrade
-from proxy.db.models import Key, SpendLog, Team, User
+from proxy.accounting.budgets import reset_due_budgets
+from proxy.db.models import Key, Organization, SpendLog, Team, TeamMember, User
 from proxy.db.spend import global_spend, insert_usage, spend_logs, usage_report
 
 from .upstream import free_port
@@ -132,6 +133,37 @@ async def spends(db: Database, caller: Caller) -> tuple[float, float, float]:
         user = await s.scalar(select(User.spend).where(User.user_id == caller.user_id))
         team = await s.scalar(select(Team.spend).where(Team.team_id == caller.team_id))
     return key, user, team
+
+
+async def test_usage_charges_the_membership_and_the_organization_once(db: Database, caller: Caller):
+    """A record of a key with a user and a team adds its cost to the user's membership of the team
+    and to the team's organization too, once however often the batch is written; the organization's
+    budget window resets like a team's."""
+    org = f"{caller.tag}-org"
+    async with db.sessions() as s, s.begin():
+        s.add(Organization(organization_id=org, budget_duration="1d",
+                           budget_reset_at=datetime.now(timezone.utc) - timedelta(hours=1)))
+        await s.flush()
+        (await s.get(Team, caller.team_id)).organization_id = org
+        s.add(TeamMember(team_id=caller.team_id, user_id=caller.user_id, max_budget_in_team=1.0))
+    try:
+        records = [caller.rec(i, cost=0.25) for i in range(3)]
+        for _ in range(2):  # a batch written again (say, after a lost commit acknowledgement)
+            async with db.sessions() as s, s.begin():
+                await insert_usage(s, records=records)
+        async with db.sessions() as s:
+            member = await s.get(TeamMember, (caller.team_id, caller.user_id))
+            assert member.spend == pytest.approx(0.75)
+            assert (await s.get(Organization, org)).spend == pytest.approx(0.75)
+            changed = await reset_due_budgets(s, now=datetime.now(timezone.utc))  # only what is due anyway
+            assert ("org", org) in changed
+            assert (await s.get(Organization, org)).spend == 0
+    finally:
+        async with db.sessions() as s, s.begin():
+            await s.execute(delete(TeamMember).where(TeamMember.team_id == caller.team_id))
+            (await s.get(Team, caller.team_id)).organization_id = None
+            await s.flush()
+            await s.execute(delete(Organization).where(Organization.organization_id == org))
 
 
 # --- the writer ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from .test_keys import Admin, admin, server  # noqa: F401  (fixtures: a live server on SQLite and on Postgres)
 
-ADMIN_PREFIXES = ("/key/", "/team/", "/user/", "/spend/", "/global/", "/health")
+ADMIN_PREFIXES = ("/key/", "/team/", "/user/", "/spend/", "/global/", "/health", "/model/", "/v2/model/", "/model_group/")
 BIG = 10**20
 
 

@@ -10,6 +10,7 @@ import anthropic
 import httpx
 import pytest
 
+from .captured import CLAUDE_CODE_ANSWER, CLAUDE_CODE_BODY, CLAUDE_CODE_HEADERS, CLAUDE_CODE_PATH
 from .sse import events
 
 WEATHER = {"name": "get_weather", "description": "Weather for a place",
@@ -165,38 +166,11 @@ def test_claude_code_request(clients_gateway, upstream):
     """The body and headers Claude Code 2.1.197 sends (system as text blocks with cache_control, a
     mid-conversation system message, metadata, adaptive thinking, context_management, output_config,
     ?beta=true, anthropic-beta), a tool turn included."""
-    body = {
-        "model": "tools", "max_tokens": 32000, "temperature": 1, "stream": True,
-        "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.37; cc_entrypoint=cli;"},
-                   {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.",
-                    "cache_control": {"type": "ephemeral"}}],
-        "messages": [
-            {"role": "user", "content": [
-                {"type": "text", "text": "<system-reminder>context</system-reminder>"},
-                {"type": "text", "text": "list the files", "cache_control": {"type": "ephemeral"}}]},
-            {"role": "system", "content": "Available agent types for the Agent tool: ..."},
-            {"role": "assistant", "content": [
-                {"type": "thinking", "thinking": "I should run ls.", "signature": "sig"},
-                {"type": "tool_use", "id": "toolu_01", "name": "Bash", "input": {"command": "ls"}}]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "toolu_01", "content": "README.md", "is_error": False}]}],
-        "tools": [{"name": "Bash", "description": "Run a command",
-                   "input_schema": {"type": "object", "properties": {"command": {"type": "string"}},
-                                    "required": ["command"], "additionalProperties": False,
-                                    "$schema": "http://json-schema.org/draft-07/schema#"},
-                   "cache_control": {"type": "ephemeral"}}],
-        "metadata": {"user_id": '{"device_id":"0e36","account_uuid":"","session_id":"5327"}'},
-        "thinking": {"type": "adaptive"}, "output_config": {"effort": "high"},
-        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
-    }
-    headers = _headers(clients_gateway, **{
-        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
-                          "mid-conversation-system-2026-04-07,effort-2025-11-24",
-        "anthropic-dangerous-direct-browser-access": "true", "x-app": "cli",
-        "user-agent": "claude-cli/2.1.197 (external, sdk-cli)"})
-    got = events(clients_gateway.url + "/v1/messages?beta=true", body, headers)
+    body = {"model": "tools", **CLAUDE_CODE_BODY}
+    headers = {**_headers(clients_gateway), **CLAUDE_CODE_HEADERS}
+    got = events(clients_gateway.url + CLAUDE_CODE_PATH, body, headers)
     text = "".join(d["delta"].get("text", "") for n, d in got if n == "content_block_delta")
-    assert text == "the tool said: README.md" and got[-1][0] == "message_stop"
+    assert text == CLAUDE_CODE_ANSWER and got[-1][0] == "message_stop"
     sent = upstream.requests[-1]
     assert sent["messages"][0]["content"].endswith("official CLI for Claude.")
     assert sent["messages"][1] == {"role": "user", "content": "<system-reminder>context</system-reminder>\nlist the files"}

@@ -148,6 +148,25 @@ def test_teams_and_users(server):
     assert "404" in failure(cli(server, "teams", "show", "cli-team"))
 
 
+def test_team_members(server):
+    js(server, "teams", "create", "--id", "cli-crew")
+    added = js(server, "teams", "add-member", "cli-crew", "cli-carol", "--role", "admin", "--budget", "2")
+    assert added["members_with_roles"] == [{"role": "admin", "user_id": "cli-carol", "user_email": None}]
+    assert added["updated_team_memberships"][0]["max_budget_in_team"] == 2
+    assert "cli-dave added to team cli-crew" in ok(server, "teams", "add-member", "cli-crew", "cli-dave")
+    assert js(server, "teams", "update-member", "cli-crew", "cli-dave", "--budget", "0")["max_budget_in_team"] == 0
+    key = js(server, "keys", "create", "--user", "cli-dave", "--team", "cli-crew")["key"]
+    assert chat(server, key) == 429  # a member budget of 0
+    assert js(server, "teams", "update-member", "cli-crew", "cli-dave", "--no-budget")["max_budget_in_team"] is None
+    assert chat(server, key) == 200
+    assert "nothing to change" in failure(cli(server, "teams", "update-member", "cli-crew", "cli-dave"), 2)
+    assert "--yes" in failure(cli(server, "teams", "remove-member", "cli-crew", "cli-dave"))
+    assert "Removed cli-dave" in ok(server, "teams", "remove-member", "cli-crew", "cli-dave", "--yes")
+    assert chat(server, key) == 401  # the member's keys of the team went with the membership
+    assert "404" in failure(cli(server, "teams", "update-member", "cli-crew", "cli-dave", "--role", "admin"))
+    js(server, "teams", "delete", "cli-crew", "--yes")
+
+
 def test_failures_are_one_line(server):
     line = failure(cli(server, "keys", "list", url=f"http://127.0.0.1:{free_port()}"), 1)
     assert "cannot reach the gateway" in line

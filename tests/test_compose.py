@@ -18,7 +18,11 @@ SERVICES = COMPOSE["services"]
 
 # Read by the code, but not settings of a deployment (with where they are read, so that this list
 # fails when the code stops reading them).
-NOT_DEPLOYMENT = {"COLUMNS": "proxy/cli/output.py"}  # the terminal width for the CLI's tables
+NOT_DEPLOYMENT = {
+    "COLUMNS": "proxy/cli/output.py",  # the terminal width for the CLI's tables
+    # Set by `keystile serve --workers N` for its workers' metrics; compose runs one worker a container.
+    "PROMETHEUS_MULTIPROC_DIR": "proxy/cli/__init__.py",
+}
 
 _READS = [
     re.compile(r"""os\.environ\.get\(\s*["']([A-Z][A-Z0-9_]*)["']"""),

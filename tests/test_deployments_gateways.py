@@ -79,8 +79,8 @@ def test_a_database_outage_while_a_deployment_starts_is_survived(tmp_path, datab
             database.proxy.restore()
         assert wait_status(ks, deployment_id, "active", timeout=30)["status"] == "active"
         logs = ks.logs()
-        assert logs.count("deployments: the database is unreachable") == 1, logs[-3000:]
-        assert "deployments: the database is reachable again" in logs
+        assert logs.count("deployments: cannot reach the database") == 1, logs[-3000:]
+        assert "deployments: database reachable again" in logs
         assert "Traceback" not in logs
         stopped = httpx.post(f"{ks.url}/api/v1/deployments/{deployment_id}/stop",
                              headers={"Authorization": f"Bearer {ks.master_key}"}).json()

@@ -10,6 +10,9 @@ A page's fenced blocks run in order, as a reader would paste them into one shell
   drives them (chat stream, autocomplete with a suffix, embeddings) with its key and CA;
 - ```bash docker: docker cannot run here; its `docker compose` commands must name services and
   profiles docker-compose.yml has, and its other lines run;
+- ```bash claude-code / ```bash codex: run, then the requests that client sends replayed with the
+  settings the block left (Claude Code's variables; Codex's ~/.codex/config.toml and its env_key)
+  over HTTPS with the CA the client would use (tests/captured.py has the requests);
 - ```text and unlabelled blocks are output or illustration and are not run.
 An `<!-- expect: TEXT -->` line after a block requires TEXT in its output. The stack's address, CA
 and instances replace the defaults the pages use (localhost:8443, nginx/certs/ca.crt). Each page
@@ -19,6 +22,7 @@ there)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -32,6 +36,8 @@ import httpx
 import pytest
 import yaml
 
+from .captured import (CLAUDE_CODE_ANSWER, CLAUDE_CODE_BODY, CLAUDE_CODE_HEADERS, CLAUDE_CODE_PATH, CODEX_ANSWER,
+                       CODEX_BODY, CODEX_HEADERS)
 from .stack import ROOT, Stack, require_tool
 
 DOCS = ROOT / "docs"
@@ -60,7 +66,7 @@ def blocks(page: str) -> list[Block]:
 
 def test_pages_exist_and_every_block_is_known():
     assert {"clients.md", "continue.md", "security.md", "models.md", "operations.md"} <= set(PAGES)
-    known = {("bash", ""), ("bash", "docker"), ("python", ""), ("js", ""), ("yaml", "config"),
+    known = {("bash", ""), ("bash", "docker"), ("bash", "claude-code"), ("bash", "codex"), ("python", ""), ("js", ""), ("yaml", "config"),
              ("yaml", "continue"), ("text", "")}
     for page in PAGES:
         for b in blocks(page):
@@ -102,6 +108,10 @@ class Reader:
             script.write_text(f"set -euo pipefail\n{code}\nexport -p > {shlex.quote(str(self.env_file))}\n")
             out = self._exec(["bash", str(script)], b)
             self.env = _exported(self.env_file.read_text())
+            if b.tag == "claude-code":
+                out += replay_claude_code(self.env)
+            elif b.tag == "codex":
+                out += replay_codex(self.env)
             return out
         if b.lang == "python":
             script = self.dir / f"block-{self.count}.py"
@@ -200,6 +210,58 @@ def drive_continue(code: str, env: dict[str, str]) -> str:
                 assert len(r.json()["data"]) == 2
         out.append(f"{model['name']}: ok")
     return "\n".join(out)
+
+
+def _path(env: dict[str, str], value: str) -> str:
+    """A path as the client resolves it: relative to the directory it was started in."""
+    return value if os.path.isabs(value) else str(Path(env["HOME"]) / value)
+
+
+def replay_claude_code(env: dict[str, str]) -> str:
+    """Claude Code's requests with its variables: ANTHROPIC_BASE_URL (the gateway root), the key as
+    Bearer (ANTHROPIC_AUTH_TOKEN) or x-api-key (ANTHROPIC_API_KEY), its two models, Node's CA."""
+    base = env["ANTHROPIC_BASE_URL"].rstrip("/")
+    assert base.startswith("https://") and not base.endswith("/v1"), base
+    auth = {"Authorization": f"Bearer {env['ANTHROPIC_AUTH_TOKEN']}"} if env.get("ANTHROPIC_AUTH_TOKEN") \
+        else {"x-api-key": env["ANTHROPIC_API_KEY"]}
+    tls = ssl.create_default_context(cafile=_path(env, env["NODE_EXTRA_CA_CERTS"]))
+    headers = {**CLAUDE_CODE_HEADERS, **auth}
+    with httpx.Client(base_url=base, verify=tls, timeout=60, headers=headers) as c:
+        body = {**CLAUDE_CODE_BODY, "model": env["ANTHROPIC_MODEL"]}
+        with c.stream("POST", CLAUDE_CODE_PATH, json=body) as r:
+            assert r.status_code == 200, r.read()
+            lines = list(r.iter_lines())
+        text = "".join(json.loads(line[6:])["delta"].get("text", "") for line in lines
+                       if line.startswith("data: ") and '"content_block_delta"' in line)
+        assert text == CLAUDE_CODE_ANSWER and "event: message_stop" in lines, lines
+        small = c.post(CLAUDE_CODE_PATH, json={"model": env["ANTHROPIC_SMALL_FAST_MODEL"], "max_tokens": 512,
+                                               "messages": [{"role": "user", "content": "quota"}]})
+        assert small.status_code == 200 and small.json()["type"] == "message", small.text
+        counted = c.post("/v1/messages/count_tokens?beta=true",
+                         json={k: body[k] for k in ("model", "system", "messages", "tools")})
+        assert counted.status_code == 200 and counted.json()["input_tokens"] > 10, counted.text
+    return "Claude Code: ok"
+
+
+def replay_codex(env: dict[str, str]) -> str:
+    """Codex CLI's request with ~/.codex/config.toml: its model and provider (base_url, env_key,
+    wire_api), the key from the env_key variable, the CA from CODEX_CA_CERTIFICATE or SSL_CERT_FILE."""
+    import tomllib
+
+    config = tomllib.loads((Path(env["HOME"]) / ".codex" / "config.toml").read_text())
+    provider = config["model_providers"][config["model_provider"]]
+    assert provider["wire_api"] == "responses" and provider["base_url"].startswith("https://"), provider
+    ca = env.get("CODEX_CA_CERTIFICATE") or env["SSL_CERT_FILE"]
+    tls = ssl.create_default_context(cafile=_path(env, ca))
+    headers = {**CODEX_HEADERS, "Authorization": f"Bearer {env[provider['env_key']]}"}
+    with httpx.Client(base_url=provider["base_url"].rstrip("/"), verify=tls, timeout=60, headers=headers) as c:
+        with c.stream("POST", "/responses", json={**CODEX_BODY, "model": config["model"]}) as r:
+            assert r.status_code == 200, r.read()
+            data = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert data[-1]["type"] == "response.completed", data[-1]
+    text = "".join(d["delta"] for d in data if d["type"] == "response.output_text.delta")
+    assert text == CODEX_ANSWER, text
+    return "Codex CLI: ok"
 
 
 def check_docker_commands(code: str) -> str:

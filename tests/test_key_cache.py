@@ -123,6 +123,19 @@ async def test_user_and_team_invalidation_drop_their_keys_only():
     assert len(cache) == 0
 
 
+async def test_organization_invalidation_drops_the_keys_of_its_teams_only():
+    store = Store()
+    store.rows = {"a": Principal(key_hash="a", team_id="t1", organization_id="o1"),
+                  "b": Principal(key_hash="b", team_id="t2", organization_id="o2"),
+                  "c": Principal(key_hash="c")}
+    cache = KeyCache(store.load, ttl=30, clock=Clock())
+    await cache.get("a"), await cache.get("b"), await cache.get("c")
+    cache.invalidate("org", "o1")
+    assert len(cache) == 2 and store.calls == 3
+    await cache.get("a")
+    assert store.calls == 4
+
+
 async def test_keys_seen_before_are_not_hashed_again_and_the_map_stays_bounded(monkeypatch):
     from starlette.requests import Request
 

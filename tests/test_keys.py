@@ -264,7 +264,8 @@ def test_blocked_key_stops_on_a_second_gateway_within_a_second(tmp_path, upstrea
 def test_revocation_reaches_a_second_gateway_within_a_second_without_redis(tmp_path, upstream, kind, request):
     """Two gateways share a database and no Redis. A key cached in the second one used to be
     served from its stale entry once or twice more after an idle gap; now the change feed drops it
-    within a second, for a block, a delete, an expiry and a blocked user alike."""
+    within a second, for a block, a delete, an expiry, a blocked user, a member's budget in a team
+    and a blocked organization alike."""
     from datetime import UTC, datetime, timedelta
 
     url = request.getfixturevalue("pg_url") if kind == "postgres" else f"sqlite+aiosqlite:///{tmp_path}/shared.db"
@@ -273,17 +274,26 @@ def test_revocation_reaches_a_second_gateway_within_a_second_without_redis(tmp_p
         admin, other = Admin(a), Admin(b)
         user = f"revoked-{kind}-{time.time_ns()}"
         admin.ok("/user/new", {"user_id": user, "auto_create_key": False})
+        team = admin.ok("/team/new", {"members_with_roles": [{"role": "user", "user_id": user}]})["team_id"]
+        org = admin.ok("/organization/new", {})["organization_id"]
+        org_team = admin.ok("/team/new", {"organization_id": org})["team_id"]
         keys = [admin.ok("/key/generate", {})["key"] for _ in range(3)] + \
-            [admin.ok("/key/generate", {"user_id": user})["key"]]
-        assert [other.chat(k) for k in keys] == [200] * 4  # now cached in the second gateway
+            [admin.ok("/key/generate", {"user_id": user})["key"],
+             admin.ok("/key/generate", {"user_id": user, "team_id": team})["key"],
+             admin.ok("/key/generate", {"team_id": org_team})["key"]]
+        assert [other.chat(k) for k in keys] == [200] * 6  # now cached in the second gateway
         time.sleep(2.5)  # an idle gap: the old cache served its stale entry while reloading after one
-        blocked, deleted, expired, users = keys
+        blocked, deleted, expired, users, member, in_org = keys
+        admin.ok("/team/member_update", {"team_id": team, "user_id": user, "max_budget_in_team": 0})
+        admin.ok("/organization/update", {"organization_id": org, "blocked": True})
+        time.sleep(1.0)
+        assert [other.chat(k) for k in (member, in_org)] == [429, 403]
         admin.ok("/key/block", {"key": blocked})
         admin.ok("/key/delete", {"keys": [deleted]})
         admin.ok("/key/update", {"key": expired, "expires": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()})
         admin.ok("/user/update", {"user_id": user, "blocked": True})
         time.sleep(1.0)
-        assert [other.chat(k) for k in keys] == [403, 401, 401, 403]
+        assert [other.chat(k) for k in keys[:4]] == [403, 401, 401, 403]
         admin.ok("/key/unblock", {"key": blocked})
         time.sleep(1.0)
         assert other.chat(blocked) == 200

@@ -81,3 +81,30 @@ def test_teams_keep_their_change_triggers_after_the_alias_constraint_goes(url):
                       {"t": team})
         return c.execute(text("SELECT count(*) FROM auth_changes WHERE kind = 'team'")).scalar_one()
     assert _inspect(url, two_teams) == 2
+
+
+def test_memberships_and_organizations_feed_the_change_table_but_spend_does_not(url):
+    """0009: a membership change is a change of its team, an organization's is kind 'org'; the
+    usage writer's spend accrual on either fires nothing (or every batch would empty the caches)."""
+    upgrade(url)
+
+    def changes(c):
+        c.execute(text("INSERT INTO organizations (organization_id, models, spend, metadata, blocked, created_at, "
+                       "updated_at) VALUES ('o', '[]', 0, '{}', false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        c.execute(text("INSERT INTO teams (team_id, organization_id, models, spend, metadata, blocked, created_at, "
+                       "updated_at) VALUES ('t', 'o', '[]', 0, '{}', false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        c.execute(text("INSERT INTO users (user_id, user_role, models, spend, metadata, blocked, created_at, "
+                       "updated_at) VALUES ('u', 'internal_user', '[]', 0, '{}', false, CURRENT_TIMESTAMP, "
+                       "CURRENT_TIMESTAMP)"))
+        c.execute(text("INSERT INTO team_members (team_id, user_id, role, spend, created_at) "
+                       "VALUES ('t', 'u', 'user', 0, CURRENT_TIMESTAMP)"))
+        before = c.execute(text("SELECT count(*) FROM auth_changes")).scalar_one()
+        c.execute(text("UPDATE team_members SET spend = spend + 1"))
+        c.execute(text("UPDATE organizations SET spend = spend + 1"))
+        assert c.execute(text("SELECT count(*) FROM auth_changes")).scalar_one() == before
+        c.execute(text("UPDATE team_members SET max_budget_in_team = 2"))
+        c.execute(text("UPDATE organizations SET max_budget = 3"))
+        c.execute(text("UPDATE teams SET organization_id = NULL"))
+        return c.execute(text("SELECT kind, op, ident FROM auth_changes ORDER BY id")).all()[-3:]
+    assert [tuple(r) for r in _inspect(url, changes)] == [("team", "update", "t"), ("org", "update", "o"),
+                                                          ("team", "update", "t")]

@@ -8,12 +8,11 @@ import httpx
 import openai
 import pytest
 
+from .captured import CODEX_ANSWER, CODEX_BODY, CODEX_HEADERS, CODEX_PATCH
 from .sse import events
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a place", "strict": False,
            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}
-PATCH = {"type": "custom", "name": "apply_patch", "description": "Apply a patch to files",
-         "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}
 
 
 @pytest.fixture
@@ -37,7 +36,7 @@ def test_create_with_instructions(client, upstream):
 
 
 def test_function_and_custom_tools(client, upstream):
-    r = client.responses.create(model="tools", input=[{"role": "user", "content": "Paris?"}], tools=[WEATHER, PATCH],
+    r = client.responses.create(model="tools", input=[{"role": "user", "content": "Paris?"}], tools=[WEATHER, CODEX_PATCH],
                                 tool_choice="auto", parallel_tool_calls=False)
     assert [o.type for o in r.output] == ["message", "function_call"]
     call = r.output[1]
@@ -50,7 +49,7 @@ def test_function_and_custom_tools(client, upstream):
     assert "start: /.+/" in sent["tools"][1]["function"]["description"]
     assert sent["tool_choice"] == "auto" and sent["parallel_tool_calls"] is False
     # A custom tool offered first is called as one: its `input` comes back as the item's string.
-    r = client.responses.create(model="toolsilent", input="fix it", tools=[PATCH])
+    r = client.responses.create(model="toolsilent", input="fix it", tools=[CODEX_PATCH])
     assert [o.type for o in r.output] == ["custom_tool_call"]
     assert r.output[0].name == "apply_patch" and r.output[0].input == '{"q":"fix it"}'
 
@@ -99,7 +98,7 @@ def test_sdk_stream_helper(client):
         final = stream.get_final_response()
     assert text == "Let me look that up." and final.output_text == text
     assert final.output[1].type == "function_call" and final.output[1].arguments == '{"q":"Paris?"}'
-    with client.responses.stream(model="toolsilent", input="fix it", tools=[PATCH]) as stream:
+    with client.responses.stream(model="toolsilent", input="fix it", tools=[CODEX_PATCH]) as stream:
         kinds = [e.type for e in stream]
         final = stream.get_final_response()
     assert "response.custom_tool_call_input.done" in kinds
@@ -137,31 +136,10 @@ def test_websocket_upgrade_refused_at_once(clients_gateway):
 def test_codex_cli_request(clients_gateway, upstream):
     """The body Codex CLI sends (wire_api = "responses"): stateless, streaming, instructions, a
     developer message, function and custom tools, reasoning, include, prompt_cache_key, text."""
-    shell = {"type": "function", "name": "shell", "description": "Runs a shell command", "strict": False,
-             "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}},
-                                                             "workdir": {"type": "string"}},
-                            "required": ["command"], "additionalProperties": False}}
-    body = {
-        "model": "tools", "instructions": "You are Codex, a coding agent.", "stream": True, "store": False,
-        "input": [
-            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "<permissions>"}]},
-            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "<environment_context>"}]},
-            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "run the tests"}]},
-            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "plan"}], "encrypted_content": None},
-            {"type": "function_call", "name": "shell", "arguments": '{"command":["pytest"]}', "call_id": "call_9"},
-            {"type": "function_call_output", "call_id": "call_9", "output": "2 passed"},
-            {"type": "custom_tool_call", "name": "apply_patch", "input": "*** Begin Patch", "call_id": "call_10"},
-            {"type": "custom_tool_call_output", "call_id": "call_10", "output": "Done!"},
-        ],
-        "tools": [shell, PATCH, {"type": "web_search"}], "tool_choice": "auto", "parallel_tool_calls": False,
-        "reasoning": {"effort": "medium", "summary": "auto"}, "include": ["reasoning.encrypted_content"],
-        "prompt_cache_key": "019a-session", "text": {"verbosity": "medium"},
-    }
-    got = events(clients_gateway.url + "/v1/responses", body, {
-        **_auth(clients_gateway), "OpenAI-Beta": "responses=experimental", "originator": "codex_cli_rs",
-        "session_id": "019a-session", "Accept": "text/event-stream"})
+    body = {"model": "tools", **CODEX_BODY}
+    got = events(clients_gateway.url + "/v1/responses", body, {**_auth(clients_gateway), **CODEX_HEADERS})
     assert got[-1][0] == "response.completed"
-    assert "".join(d["delta"] for n, d in got if n == "response.output_text.delta") == "the tool said: Done!"
+    assert "".join(d["delta"] for n, d in got if n == "response.output_text.delta") == CODEX_ANSWER
     sent = upstream.requests[-1]
     assert [m["role"] for m in sent["messages"]] == ["system", "system", "user", "user", "assistant", "tool",
                                                      "assistant", "tool"]

@@ -193,6 +193,44 @@ async def test_streams_arrive_chunk_by_chunk_through_nginx(stack: Stack):
     assert all(later > earlier for earlier, later in zip(arrivals, arrivals[1:])), arrivals
 
 
+async def test_metrics_of_both_instances_add_up_to_the_requests_sent(stack: Stack):
+    """Each instance exposes its own figures (Prometheus scrapes each); summed over both they count
+    every request sent through nginx: answered, streamed, refused by a limit shared through Redis,
+    unknown model, failed upstream."""
+    from .test_observe import scrape, total
+
+    def both() -> list[dict]:
+        return [scrape(stack.instance_url(i), stack.master_key) for i in (1, 2)]
+
+    def delta(name: str, **match) -> float:
+        return sum(total(a, name, **match) - total(b, name, **match) for a, b in zip(after, before))
+
+    limited = await stack.key(rpm_limit=3)
+    before = both()
+    sent: dict[str, int] = {}
+    async with stack.client("127.0.0.14") as c:
+        async def post(key: str, body: dict) -> None:
+            r = await c.post("/v1/chat/completions", json=body, headers=bearer(key))
+            sent[str(r.status_code)] = sent.get(str(r.status_code), 0) + 1
+
+        for _ in range(6):
+            await post(stack.master_key, CHAT)
+            await post(stack.master_key, {**CHAT, "stream": True})
+        for _ in range(5):
+            await post(limited, CHAT)
+        await post(stack.master_key, {**CHAT, "model": "nope"})
+        await post(stack.master_key, {**CHAT, "model": "failing"})
+    after = both()
+    assert sent == {"200": 15, "429": 2, "404": 1, "502": 1}, sent
+    for status, n in sent.items():
+        assert delta("keystile_requests_total", status=status) == n, status
+    assert delta("keystile_time_to_first_token_seconds_count") == 6
+    assert delta("keystile_limit_refusals_total", kind="rpm", scope="key") == 2
+    assert delta("keystile_upstream_errors_total", model="failing") == 3  # num_retries 2: three attempts
+    # nginx spread the requests over both instances.
+    assert all(total(a, "keystile_requests_total") > total(b, "keystile_requests_total") for a, b in zip(after, before))
+
+
 async def _load(stack: Stack, key: str, source: str, seconds: float, ids: set[str], workers: int = 4) -> list[int]:
     statuses: list[int] = []
     deadline = time.monotonic() + seconds

@@ -2,14 +2,14 @@
 never taken over and one of a dead (or cut off) gateway is, within the lease
 
 Revision ID: 0010_jobs_lease
-Revises: 0007_response_id
+Revises: 0009_team_members_orgs
 Create Date: 2026-11-30 15:10:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = '0010_jobs_lease'
-down_revision = '0007_response_id'
+down_revision = '0009_team_members_orgs'
 branch_labels = None
 depends_on = None
 

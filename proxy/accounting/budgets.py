@@ -1,4 +1,4 @@
-"""Budget windows in the database: when a key's, user's or team's `budget_reset_at` has passed,
+"""Budget windows in the database: when a key's, user's, team's or organization's `budget_reset_at` has passed,
 its `spend` goes back to 0 and the next reset is set (same phase, whole durations later).
 
 The limiter rolls its own counters at the same instants (limits/specs.py); this keeps what
@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.engine import Database
-from ..db.models import Key, Team, User
+from ..db.models import Key, Organization, Team, User
 from ..durations import parse_duration, utcnow
 from ..limits import next_reset
 
@@ -27,7 +27,8 @@ CHECK_INTERVAL_S = 10.0
 async def reset_due_budgets(session: AsyncSession, *, now: datetime) -> list[tuple[str, str]]:
     """Reset every budget whose window has ended; returns (kind, id) of what changed."""
     changed: list[tuple[str, str]] = []
-    for kind, model, ident in (("key", Key, "token_hash"), ("user", User, "user_id"), ("team", Team, "team_id")):
+    for kind, model, ident in (("key", Key, "token_hash"), ("user", User, "user_id"), ("team", Team, "team_id"),
+                               ("org", Organization, "organization_id")):
         rows = (await session.execute(select(model).where(model.budget_duration.is_not(None),
                                                           model.budget_reset_at <= now))).scalars().all()
         for row in rows:

@@ -22,6 +22,7 @@ from backends.registry import LOCAL_PROVIDERS
 log = logging.getLogger("keystile")
 
 LITELLM_COST_MAP = "model_prices_and_context_window_backup.json"
+MAX_RESOLVED = 4096
 
 
 class CostOverrides(Protocol):
@@ -145,6 +146,8 @@ class PriceMap:
         key = (upstream, inp, out)
         resolved = self._resolved.get(key)
         if resolved is None:
+            if len(self._resolved) >= MAX_RESOLVED:  # names matched by wildcards are unbounded
+                self._resolved.clear()
             provider = upstream.partition("/")[0]
             base = (None if provider in self._local else self.lookup(upstream)) or Price()
             resolved = self._resolved[key] = Price(

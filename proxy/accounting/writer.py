@@ -164,6 +164,11 @@ class UsageWriter:
         """Records waiting to be written."""
         return len(self._buffer)
 
+    @property
+    def oldest(self) -> UsageRecord | None:
+        """The oldest record waiting to be written."""
+        return self._buffer[0] if self._buffer else None
+
     def start(self) -> None:
         """Start the background task (call on the running event loop, e.g. in the app's lifespan)."""
         if self._task is None:

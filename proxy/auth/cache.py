@@ -37,8 +37,8 @@ from ..errors import Unavailable
 log = logging.getLogger("keystile")
 
 Loaded = Principal | Refusal | None
-Subject = Literal["key", "user", "team", "all"]
-"""What an invalidation is about: one key, every key of a user or team, or everything."""
+Subject = Literal["key", "user", "team", "org", "all"]
+"""What an invalidation is about: one key, every key of a user, team or organization, or everything."""
 
 
 @dataclass(slots=True)
@@ -219,7 +219,7 @@ class KeyCache:
                       and e.value.key_hash == ident]:
                 del self._entries[h]
         else:
-            attr = "user_id" if kind == "user" else "team_id"
+            attr = {"user": "user_id", "team": "team_id", "org": "organization_id"}[kind]
             for h in [h for h, e in self._entries.items()
                       if not isinstance(e.value, Principal) or getattr(e.value, attr) == ident]:
                 del self._entries[h]

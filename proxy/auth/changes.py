@@ -1,9 +1,10 @@
-"""The change feed: every gateway process learns of key, user and team changes within a second,
-with or without Redis, from one cheap indexed query every half second (not one reload per cached
-key: with 300 active keys that was 529 database transactions a second).
+"""The change feed: every gateway process learns of key, user, team (with its members) and
+organization changes within a second, with or without Redis, from one cheap indexed query every
+half second (not one reload per cached key: with 300 active keys that was 529 database
+transactions a second).
 
 Database triggers append a row to `auth_changes` for every insert, delete and relevant update of
-keys, users and teams (migrations/versions/0003). Each process reads the rows after the last id
+keys, users, teams, team members and organizations (migrations/versions/0003, 0009). Each process reads the rows after the last id
 it has applied and drops the cache entries they touch; created keys' hashes join the cache's
 `may_exist` set, deleted ones leave it.
 
@@ -28,6 +29,7 @@ from datetime import timedelta
 from ..db.engine import Database
 from ..db.keys import changes_after, key_hashes, last_change, prune_changes
 from ..durations import utcnow
+from ..outage import Outage, poll_every
 from .cache import KeyCache
 
 SPEND = "spend"
@@ -49,7 +51,8 @@ class ChangeFeed:
         self._horizon: int | None = None  # every id up to here is applied or given up on
         self._seen: set[int] = set()  # applied ids above the horizon
         self._missing: dict[int, int] = {}  # unseen id below the highest seen -> polls left to wait for it
-        self._failing = False
+        self._outage = Outage(log, "key change feed", "read changes",
+                              "cached keys stay as they are until the database is back")
         self._pruned_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self.applied = 0  # changes applied so far (for tests and metrics)
@@ -60,8 +63,11 @@ class ChangeFeed:
         try:
             await self._begin()
         except Exception as exc:  # noqa: BLE001 - started later by the poll loop
-            self._fail(exc)
-        self._task = asyncio.create_task(self._run(), name="keystile-change-feed")
+            self._outage.failed(exc)
+        # A failed poll keeps the horizon: the next one reads every change committed meanwhile, spend
+        # sets included (resynchronising from the newest id would skip them; a reset budget would stay spent).
+        self._task = asyncio.create_task(poll_every(self.interval, self._step, self._outage),
+                                         name="keystile-change-feed")
 
     async def _begin(self) -> None:
         async with self._db.sessions() as session:
@@ -70,31 +76,13 @@ class ChangeFeed:
         self._cache.exists(hashes)
         self._horizon, self._seen, self._missing = horizon, set(), {}
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                if self._horizon is None:
-                    await self._begin()
-                    self._cache.invalidate("all")  # whatever was cached meanwhile was not watched
-                else:
-                    await self.poll()
-                await self._prune()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any driver error: the database is away
-                self._fail(exc)
-                continue
-            if self._failing:
-                self._failing = False
-                log.warning("key change feed: database reachable again")
-
-    def _fail(self, exc: Exception) -> None:
-        if not self._failing:
-            self._failing = True
-            log.error("key change feed: cannot read changes (%s: %s); cached keys stay as they are until the "
-                      "database is back", type(exc).__name__, str(exc).split("\n", 1)[0])
-            self._horizon = None  # resynchronise from scratch once it is back
+    async def _step(self) -> None:
+        if self._horizon is None:
+            await self._begin()
+            self._cache.invalidate("all")  # whatever was cached meanwhile was not watched
+        else:
+            await self.poll()
+        await self._prune()
 
     async def poll(self) -> int:
         """Apply the changes committed since the last poll; returns how many."""
@@ -126,7 +114,7 @@ class ChangeFeed:
                 elif op != SPEND:
                     self._cache.exists((ident,))
                 self._cache.invalidate("key", ident)
-            elif kind in ("user", "team"):
+            elif kind in ("user", "team", "org"):
                 self._cache.invalidate(kind, ident)  # type: ignore[arg-type]
 
     def _advance(self) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -83,6 +85,11 @@ def serve(
     # Keystile's own log lines (writer outages, Redis fallbacks, ...) go out like uvicorn's.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["keystile"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # The workers' metrics add up (prometheus-client's multiprocess mode, proxy/observe/metrics.py),
+        # in a directory of this run's own.
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="keystile-metrics-")
     options = file_config.keystile_settings
     limits = ServerLimits(max_header_bytes=options.max_header_bytes, header_timeout=options.header_timeout,
                           body_timeout=options.body_timeout)
@@ -92,6 +99,8 @@ def serve(
                 http=http_protocol(limits), log_level=log_level, access_log=access_log,
                 timeout_graceful_shutdown=30, log_config=log_config, proxy_headers=bool(trusted),
                 forwarded_allow_ips=trusted or None)
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @db_app.command("upgrade")

@@ -10,7 +10,8 @@ import typer
 from .client import BLOCK, PAGES, TEAM_OPTIONS, USER_OPTIONS, YES, Gateway, Role, command, confirm, fail, fields
 from .output import KEY_COLUMNS, TEAM_COLUMNS, USER_COLUMNS, emit, out, page_footer, record, rows_table, secret
 
-teams_app = typer.Typer(help="Teams: create, list, show, update, delete.", no_args_is_help=True)
+teams_app = typer.Typer(help="Teams: create, list, show, update, delete; add, update and remove members.",
+                        no_args_is_help=True)
 users_app = typer.Typer(help="Users: create, list, show, update, delete.", no_args_is_help=True)
 
 TeamId = Annotated[str, typer.Argument(metavar="TEAM_ID")]
@@ -84,6 +85,47 @@ def delete_team(gw: Gateway, opts: dict[str, Any],
                 team_ids: Annotated[list[str], typer.Argument(metavar="TEAM_ID")]) -> None:
     """Delete teams and their keys; asks first unless --yes."""
     _delete(gw, "team", team_ids, opts["yes"])
+
+
+TeamRole = Annotated[str | None, typer.Option("--role", help="admin (may manage the team's members and keys) or user")]
+MemberBudget = Annotated[float | None, typer.Option("--budget", help="max_budget_in_team (USD) for the member's keys")]
+
+
+def _member(gw: Gateway, path: str, body: dict[str, Any], title: str) -> None:
+    data = gw.post(path, body)
+    emit(gw, data, lambda: record(title, data))
+
+
+@command(teams_app, "add-member")
+def add_member(gw: Gateway, team_id: TeamId, user_id: UserId, role: TeamRole = "user",
+               budget: MemberBudget = None) -> None:
+    """Add a user to a team (a user that does not exist yet is made)."""
+    body: dict[str, Any] = {"team_id": team_id, "member": {"role": role, "user_id": user_id}}
+    _member(gw, "/team/member_add", {**body, "max_budget_in_team": budget} if budget is not None else body,
+            f"{user_id} added to team {team_id}")
+
+
+@command(teams_app, "update-member")
+def update_member(gw: Gateway, team_id: TeamId, user_id: UserId, role: TeamRole = None, budget: MemberBudget = None,
+                  no_budget: Annotated[bool, typer.Option("--no-budget", help="remove the member's cap")] = False
+                  ) -> None:
+    """Change a member's role or max_budget_in_team."""
+    body: dict[str, Any] = {"team_id": team_id, "user_id": user_id}
+    if role is not None:
+        body["role"] = role
+    if budget is not None or no_budget:
+        body["max_budget_in_team"] = None if no_budget else budget
+    if len(body) == 2:
+        fail("nothing to change: pass --role, --budget or --no-budget", 2)
+    _member(gw, "/team/member_update", body, f"member {user_id} of team {team_id} updated")
+
+
+@command(teams_app, "remove-member", YES)
+def remove_member(gw: Gateway, opts: dict[str, Any], team_id: TeamId, user_id: UserId) -> None:
+    """Remove a member from a team, with the member's keys of that team; asks first unless --yes."""
+    confirm(opts["yes"], f"{user_id}'s membership of team {team_id} and their keys of that team")
+    data = gw.post("/team/member_delete", {"team_id": team_id, "user_id": user_id})
+    emit(gw, data, lambda: out.print(f"Removed {user_id} from team {team_id}."))
 
 
 # --- users ----------------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ STREAMS: dict[Operation, Callable[[Backend, dict], AsyncGenerator[Chunk, None]]]
 }
 
 
+MAX_KNOWN = 4096  # deployments whose limits are kept worked out
+
+
 def deployment_limits(d: Deployment) -> Limits | None:
     """A deployment's own rpm/tpm as the limiter takes them, or None when it has neither."""
     if d.rpm is None and d.tpm is None:
@@ -51,14 +54,18 @@ class Attempts:
     def __init__(self, router: Router, limiter: Limiter):
         self.router = router
         self.limiter = limiter
-        self._limits = {d.id: deployment_limits(d) for d in router.deployments()}
+        # Per deployment object: one replaced at run time (POST /model/update) keeps its id but is a
+        # new object, whose limits are worked out again.
+        self._limits: dict[Deployment, Limits | None] = {}
 
     def _limits_of(self, d: Deployment) -> Limits | None:
-        """`d`'s own limits, worked out once (also for a deployment added at run time, /api/v1/deploy)."""
+        """`d`'s own limits, worked out once (also for a deployment added at run time)."""
         try:
-            return self._limits[d.id]
+            return self._limits[d]
         except KeyError:
-            limits = self._limits[d.id] = deployment_limits(d)
+            if len(self._limits) >= MAX_KNOWN:  # bounded: names matched by wildcards come and go
+                self._limits.clear()
+            limits = self._limits[d] = deployment_limits(d)
             return limits
 
     async def _lease(self, d: Deployment, tokens: int) -> Lease | None:

@@ -59,10 +59,17 @@ class Call:
     streamed: bool = False
     finished: bool = False
     response_id: str | None = None
+    # For the observers (proxy/observe): the body asked, when admission ended, and the kind and
+    # scope type of the limit that refused the call (rpm, key), if one did.
+    body: dict | None = None
+    admitted: float | None = None
+    refused_by: tuple[str, str] | None = None
 
     def fail(self, exc: BaseException) -> None:
         """The call ended with `exc`: a client that went away is a 499, anything else the status
         and type of its error envelope."""
+        if isinstance(exc, LimitExceeded):
+            self.refused_by = (exc.kind, exc.scope_type)
         if isinstance(exc, Exception) and not isinstance(exc, Disconnected):
             err = as_keystile(exc)
             self.status, self.error_type = err.status, err.type
@@ -94,6 +101,10 @@ class Gateway:
         self.prices = prices
         self.usage = usage
         self.attempts = Attempts(router, limiter)
+        # Told of every usage record with its call (metrics, traces, request logs: proxy/observe).
+        self.observe: Callable[[UsageRecord, Call], None] | None = None
+        self.calls_open = 0  # calls between their start and their usage record
+        self.streams_open = 0  # of which streams that have started
         # Request ids: a random per-process prefix and a counter (unique without a syscall each).
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count()
@@ -102,6 +113,7 @@ class Gateway:
         return f"{self._id_prefix}{next(self._ids):x}"
 
     def _call(self, principal: Principal, route: str, request_id: str = "") -> Call:
+        self.calls_open += 1
         return Call(principal, route, request_id or self.new_request_id())
 
     def resolve_model(self, principal: Principal, requested: str) -> str:
@@ -124,7 +136,7 @@ class Gateway:
         except KeystileError:
             return False
         names = [name, *(n for n in self.router.policy.fallbacks.get(name, []) if n in self.router)]
-        return all(wire in getattr(d.backend, "relays", ()) for n in names for d in self.router.groups[n])
+        return all(wire in getattr(d.backend, "relays", ()) for n in names for d in self.router.group(n) or ())
 
     async def count_prompt(self, principal: Principal, body: dict) -> int:
         """The prompt tokens of an OpenAI-shaped chat body for the model it names (a token-count
@@ -133,9 +145,12 @@ class Gateway:
         check_caller(principal)
         name = self.resolve_model(principal, str(body.get("model") or ""))
         text = prompt_text(body)
+        group = self.router.group(name)
         try:
-            tokens = await asyncio.wait_for(self.router.groups[name][0].backend.tokenize(text), COUNT_TIMEOUT_S)
-        except (BackendError, asyncio.TimeoutError):
+            if not group:
+                raise NotFound(f"model '{name}' is no longer served")
+            tokens = await asyncio.wait_for(group[0].backend.tokenize(text), COUNT_TIMEOUT_S)
+        except (BackendError, asyncio.TimeoutError, NotFound):
             return estimate_prompt_tokens(body)
         return len(tokens) + MESSAGE_OVERHEAD * len(body.get("messages") or ())
 
@@ -154,12 +169,13 @@ class Gateway:
         Raises the gateway's errors (errors.py), LimitExceeded, BackendError, or Disconnected when
         `disconnected()` returned first; the call is settled and recorded in every case."""
         call = self._call(principal, request.route, request.request_id)
-        body = request.body
+        call.body = body = request.body
         try:
             check_caller(principal)
             call.model = str(body.get("model") or "")
             call.model = name = self.resolve_model(principal, call.model)
             lease = await self._admit(call, name, body)
+            call.admitted = time.perf_counter()
         except BaseException as exc:
             call.fail(exc)
             self._record(call)
@@ -185,7 +201,7 @@ class Gateway:
         completion = requested_completion_tokens(body)
         limits, budgets = request_limits(call.principal, name, now=time.time())
         max_cost = max((self.prices.max_cost(d.upstream, call.prompt_estimate, completion, d)
-                        for d in self.router.groups[name]), default=0.0) if budgets else 0.0
+                        for d in self.router.group(name) or ()), default=0.0) if budgets else 0.0
         return await self.limiter.acquire(limits, budgets, tokens=call.prompt_estimate + (completion or 0),
                                           max_cost=max_cost)
 
@@ -207,6 +223,7 @@ class Gateway:
                 raise _with_lease_headers(exc, lease) from exc
             raise
         call.deployment = started.deployment
+        self.streams_open += 1
         relayed: list[bytes] = []
 
         async def finish() -> None:
@@ -273,11 +290,17 @@ class Gateway:
 
     def _record(self, call: Call, cost: float = 0.0) -> None:
         p, usage = call.principal, call.usage
-        self.usage.record(UsageRecord(
+        self.calls_open -= 1
+        if call.deployment is not None and call.streamed:
+            self.streams_open -= 1
+        rec = UsageRecord(
             request_id=call.request_id, created_at=call.created_at, model=call.model, route=call.route,
             status=call.status, key_hash=p.key_hash, user_id=p.user_id, team_id=p.team_id,
             deployment=call.deployment.id if call.deployment else None,
             prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
             cost=cost, latency_ms=call.elapsed_ms(), ttft_ms=call.ttft_ms, error_type=call.error_type,
             streamed=call.streamed, response_id=call.response_id,
-        ))
+        )
+        self.usage.record(rec)
+        if self.observe is not None:
+            self.observe(rec, call)

@@ -3,32 +3,48 @@ triggers: see migrations/versions/0003): keyword-only functions taking a session
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import AuthChange, Key, Team, User
+from .models import AuthChange, Key, Organization, Team, TeamMember, User
 
 
-async def key_with_owners(session: AsyncSession, *, token_hash: str) -> tuple[Key, User | None, Team | None] | None:
-    """The key whose current or previous secret hashes to `token_hash`, with its user and team."""
-    stmt = (select(Key, User, Team)
+@dataclass(frozen=True, slots=True)
+class Owners:
+    """What a key (or a JWT caller) answers to: its user, its team, the user's membership of that
+    team and the team's organization (None where there is none)."""
+
+    user: User | None = None
+    team: Team | None = None
+    member: TeamMember | None = None
+    org: Organization | None = None
+
+
+async def key_with_owners(session: AsyncSession, *, token_hash: str) -> tuple[Key, Owners] | None:
+    """The key whose current or previous secret hashes to `token_hash`, with its owners (one query)."""
+    stmt = (select(Key, User, Team, TeamMember, Organization)
             .outerjoin(User, User.user_id == Key.user_id)
             .outerjoin(Team, Team.team_id == Key.team_id)
+            .outerjoin(TeamMember, and_(TeamMember.team_id == Key.team_id, TeamMember.user_id == Key.user_id))
+            .outerjoin(Organization, Organization.organization_id == Team.organization_id)
             .where(or_(Key.token_hash == token_hash, Key.previous_hash == token_hash)))
     row = (await session.execute(stmt)).first()
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else (row[0], Owners(row[1], row[2], row[3], row[4]))
 
 
-async def user_and_team(session: AsyncSession, *, user_id: str | None, team_id: str | None
-                        ) -> tuple[User | None, Team | None]:
-    """A user and a team by id (the user's own team when `team_id` is None); None where missing."""
+async def user_and_team(session: AsyncSession, *, user_id: str | None, team_id: str | None) -> Owners:
+    """A user and a team by id (the user's own team when `team_id` is None), with the membership
+    and organization; None where missing."""
     user = await session.get(User, user_id) if user_id is not None else None
     team_id = team_id or (user.team_id if user is not None else None)
     team = await session.get(Team, team_id) if team_id is not None else None
-    return user, team
+    member = await session.get(TeamMember, (team_id, user_id)) if team is not None and user is not None else None
+    org = await session.get(Organization, team.organization_id) if team is not None and team.organization_id else None
+    return Owners(user, team, member, org)
 
 
 async def key_hashes(session: AsyncSession) -> list[str]:

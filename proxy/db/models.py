@@ -1,11 +1,12 @@
-"""Tables: keys, teams, users, spend logs, async jobs, deployments made through the API. Keys keep only a SHA-256 hash and a display prefix."""
+"""Tables: keys, teams (with their members), organizations, users, spend logs, async jobs, deployments made
+through the API, models added through the API. Keys keep only a SHA-256 hash and a display prefix."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, func
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, PrimaryKeyConstraint, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..durations import utcnow
@@ -33,11 +34,39 @@ class LimitsMixin:
                                                  server_default=func.now())
 
 
+class Organization(LimitsMixin, Base):
+    """A level above teams (LiteLLM's): its models bound its teams' models, its budget and limits
+    apply to every key of its teams."""
+
+    __tablename__ = "organizations"
+
+    organization_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_alias: Mapped[str | None] = mapped_column(String(255))
+
+
 class Team(LimitsMixin, Base):
     __tablename__ = "teams"
 
     team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     team_alias: Mapped[str | None] = mapped_column(String(255))  # not unique, as in LiteLLM
+    organization_id: Mapped[str | None] = mapped_column(
+        ForeignKey("organizations.organization_id", name="fk_teams_organization_id"), index=True)
+
+
+class TeamMember(Base):
+    """A user's membership of a team (LiteLLM's members_with_roles): `admin` members may manage
+    the team's members; `max_budget_in_team` caps what the user's keys of this team may spend
+    (`spend`: what they have spent), on top of the team's own budget."""
+
+    __tablename__ = "team_members"
+    __table_args__ = (PrimaryKeyConstraint("team_id", "user_id"), Index("ix_team_members_user", "user_id"))
+
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.team_id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16), default="user")  # admin | user
+    max_budget_in_team: Mapped[float | None] = mapped_column(Float)
+    spend: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
 
 
 class User(LimitsMixin, Base):
@@ -78,9 +107,9 @@ class AuthChange(Base):
     __table_args__ = (Index("ix_auth_changes_time", "changed_at"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(8))  # key | user | team
+    kind: Mapped[str] = mapped_column(String(8))  # key | user | team | org
     op: Mapped[str] = mapped_column(String(8))  # insert | update | delete
-    ident: Mapped[str | None] = mapped_column(String(64))  # token_hash | user_id | team_id
+    ident: Mapped[str | None] = mapped_column(String(64))  # token_hash | user_id | team_id | organization_id
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -161,3 +190,29 @@ class ManagedDeployment(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_managed_deployments_status", "status"),)
+
+
+class ProxyModel(Base):
+    """A model added through the API (POST /model/new), served beside config.yaml's model_list by
+    every gateway process. Secret values in `litellm_params` are stored encrypted (models/secrets.py)."""
+
+    __tablename__ = "proxy_models"
+
+    model_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(255))
+    litellm_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    updated_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ModelRevision(Base):
+    """One row whose `revision` grows with every change to proxy_models, in the same transaction:
+    each process polls it (one primary-key read) to learn that the model map changed."""
+
+    __tablename__ = "model_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)

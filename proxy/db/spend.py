@@ -14,14 +14,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import String
 
 from ..domain import UsageRecord
-from .models import Key, SpendLog, Team, User
+from .models import Key, Organization, SpendLog, Team, TeamMember, User
 
 INT32_MAX = 2**31 - 1
 ROWS_PER_STATEMENT = 100  # rows per INSERT of a usage batch (see _insert_rows)
@@ -160,11 +160,12 @@ async def _insert_rows(session: AsyncSession, table: Table, records: Sequence[Us
 
 async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord], maybe_stored: bool = True) -> int:
     """Insert spend_logs rows and add their cost to the spend of their key, user and team, in the
-    caller's transaction. Idempotent by request_id: unless the caller knows the records are new
+    caller's transaction (and to the spend of the user's membership of the team, and of the team's
+    organization). Idempotent by request_id: unless the caller knows the records are new
     (`maybe_stored=False`: the writer's first attempt at a batch of fresh request ids), rows already
     stored (say, by a retry after a commit whose acknowledgement was lost) are looked up and
-    skipped, and their cost is not added again. Updates run in a fixed order (keys, users, teams;
-    ids sorted) so concurrent writers from several workers can't deadlock. Returns how many rows
+    skipped, and their cost is not added again. Updates run in a fixed order (keys, users, teams,
+    memberships, organizations; ids sorted) so concurrent writers from several workers can't deadlock. Returns how many rows
     were new."""
     table = _table()
     unique = {rec.request_id: rec for rec in reversed(records)}  # the first of duplicates wins
@@ -177,6 +178,7 @@ async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord],
     stored = await _insert_rows(session, table, list(unique.values()))
     inserted = [rec for rid, rec in unique.items() if rid in stored]  # a fresh batch may repeat a stored id
     spend: dict[str, defaultdict[str, float]] = {c: defaultdict(float) for c in ("key_hash", "user_id", "team_id")}
+    members: defaultdict[tuple[str, str], float] = defaultdict(float)
     last_used: dict[str, datetime] = {}
     for rec in inserted:
         cost = _clean(rec.cost, None)
@@ -189,6 +191,8 @@ async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord],
             owner = getattr(rec, column)
             if owner is not None and cost:
                 spend[column][owner] += cost
+        if rec.team_id is not None and rec.user_id is not None and cost:
+            members[(rec.team_id, rec.user_id)] += cost
     targets: list[tuple[str, ColumnElement[bool], Any]] = [
         # A key rotated since the request still gets the charge through its previous hash.
         ("key_hash", or_(Key.__table__.c.token_hash == bindparam("b_id"),
@@ -205,7 +209,26 @@ async def insert_usage(session: AsyncSession, *, records: Sequence[UsageRecord],
                 values["last_used_at"] = bindparam("b_last")
             rows = [{"b_id": k, "b_amount": sums[k], "b_last": last_used.get(k)} for k in sorted(sums)]
             await session.execute(update(target).where(match).values(**values), rows)
+    await _add_member_and_org_spend(session, members, spend["team_id"])
     return len(inserted)
+
+
+async def _add_member_and_org_spend(session: AsyncSession, members: dict[tuple[str, str], float],
+                                    teams: dict[str, float]) -> None:
+    """Memberships' spend by (team, user), organizations' through their teams."""
+    if members:
+        member = TeamMember.__table__
+        await session.execute(
+            update(member).where(and_(member.c.team_id == bindparam("b_team"), member.c.user_id == bindparam("b_user")))
+            .values(spend=member.c.spend + bindparam("b_amount")),
+            [{"b_team": t, "b_user": u, "b_amount": members[(t, u)]} for t, u in sorted(members)])
+    if teams:
+        org, team = Organization.__table__, Team.__table__
+        owner = select(team.c.organization_id).where(team.c.team_id == bindparam("b_id")).scalar_subquery()
+        await session.execute(
+            update(org).where(org.c.organization_id == owner)
+            .values(spend=org.c.spend + bindparam("b_amount"), updated_at=org.c.updated_at),
+            [{"b_id": t, "b_amount": teams[t]} for t in sorted(teams)])
 
 
 def _window(stmt: Any, start: datetime | None, end: datetime | None) -> Any:

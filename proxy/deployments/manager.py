@@ -121,14 +121,14 @@ class Deployments:
             await asyncio.sleep(delay)
             try:
                 await self.follow("deployed through another gateway process: starting it here")
-                self.outage.succeeded()
+                self.outage.ended()
                 delay = FOLLOW_S
             except Exception as exc:  # the database is away: what runs keeps running
                 self.outage.failed(exc)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
     async def create(self, api_name: str, *, model_id: str | None, api_base: str | None, params: dict) -> ManagedDeployment:
-        if api_name in self.router:
+        if api_name in self.router.groups:  # an exact name (a wildcard entry would match any)
             raise Conflict(f"a model named '{api_name}' is served already; pick another api_name", param="api_name")
         now = utcnow()
         row = ManagedDeployment(id=str(uuid.uuid4()), api_name=api_name, model_id=model_id, api_base=api_base,

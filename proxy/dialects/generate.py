@@ -101,10 +101,10 @@ class Generate(Dialect):
 
     def info(self, gateway: Gateway, principal: Principal, requested: str | None) -> dict:
         name = gateway.resolve_model(principal, requested or self.default_model)
-        deployments = gateway.router.groups[name]
+        deployments = gateway.router.group(name) or []
         ready = [d for d in deployments if _ready(d)]
         if not ready:
-            state = deployments[0].backend.status().get("state", "loading")
+            state = deployments[0].backend.status().get("state", "loading") if deployments else "removed"
             raise Unavailable(f"model {name!r} is not loaded ({state}), retry shortly", headers={"Retry-After": "5"})
         d = ready[0]
         found = d.backend.describe()
@@ -116,7 +116,7 @@ class Generate(Dialect):
 
     def overview(self, gateway: Gateway, principal: Principal) -> dict:
         models = [m for m in gateway.router.groups if principal.may_use(m)]
-        loading = [m for m in models if not any(_ready(d) for d in gateway.router.groups[m])]
+        loading = [m for m in models if not any(_ready(d) for d in gateway.router.groups.get(m, ()))]
         return {
             "service": "Keystile", "version": "0.1.0", "checkpoint": self.default_model,
             "status": "loading" if self.default_model in loading else "running",

@@ -133,7 +133,7 @@ class JobRunner:
         while not self._closing:
             try:
                 job = await self.store.claim(self.id)
-                self.outage.succeeded()
+                self.outage.ended()
             except Exception as exc:  # the database is away: try again shortly
                 self.outage.failed(exc)
                 job = None
@@ -194,7 +194,7 @@ class JobRunner:
                 if loop.time() >= next_orphans and not self._closing:
                     next_orphans = loop.time() + self.lease_s / 3
                     await self._requeue_orphans()
-                self.outage.succeeded()
+                self.outage.ended()
             except Exception as exc:
                 self.outage.failed(exc)
 
@@ -209,7 +209,7 @@ class JobRunner:
             await asyncio.sleep(every)
             try:
                 await self.store.expire(self.settings.keep_finished_s)
-                self.outage.succeeded()
+                self.outage.ended()
             except Exception as exc:
                 self.outage.failed(exc)
 

@@ -13,6 +13,7 @@ from .base import merge_limits
 from .windows import next_reset, parse_duration
 
 NO_LIMITS = Limits()
+MAX_PLANS = 256
 
 
 def request_limits(principal: Principal, model: str, *, now: float) -> tuple[Limits, list[BudgetSpec]]:
@@ -20,13 +21,15 @@ def request_limits(principal: Principal, model: str, *, now: float) -> tuple[Lim
     base.normalize), and the budgets of those scopes at `now`.
 
     Everything but the budget windows is fixed for a principal, so it is worked out once per model
-    and kept on the principal (the models are those the router serves, so the memo stays small).
+    and kept on the principal (for at most MAX_PLANS models: wildcard entries serve any name).
     A principal without limits of its own (the master key, a JWT) shares one empty answer."""
     if not principal.scopes and not principal.model_rpm and not principal.model_tpm:
         return NO_LIMITS, []
     plan = principal.limit_plans.get(model)
     if plan is None:
-        plan = principal.limit_plans[model] = _plan(principal, model)
+        plan = _plan(principal, model)
+        if len(principal.limit_plans) < MAX_PLANS:  # names matched by wildcards are not a small set
+            principal.limit_plans[model] = plan
     budgeted = plan.budgeted
     return plan.limits, [budget_spec(s, now) for s in budgeted] if budgeted else []  # type: ignore[misc]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from .fields import (LIST_MAX, Count, Duration, Id, Instant, KeyRef, Metadata, ModelName, Models, Money, Name,
                      Strict, text)
@@ -73,10 +73,60 @@ class KeyRegenerate(Strict):
 
 class TeamFields(_Limits):
     team_alias: Name | None = None
+    organization_id: Id | None = Field(default=None, description="the team's models and budget must fit within "
+                                                                 "its organization's")
+
+
+TeamRole = Literal["admin", "user"]
+
+
+class _UserRef(Strict):
+    """A user by user_id or user_email."""
+
+    user_id: Id | None = None
+    user_email: Email | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> "_UserRef":
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("send user_id or user_email")
+        return self
+
+
+class Member(_UserRef):
+    """A team member (a user that does not exist yet is made)."""
+
+    role: TeamRole = Field(default="user", description="admin: may manage the team's members and keys")
 
 
 class TeamNew(TeamFields):
     team_id: Id | None = None
+    members_with_roles: list[Member] | None = Field(default=None, max_length=LIST_MAX)
+
+
+class TeamMemberAdd(Strict):
+    team_id: Id
+    member: list[Member] = Field(min_length=1, max_length=LIST_MAX,
+                                 description="a list of members, or one member (an object) as LiteLLM's docs send it")
+    max_budget_in_team: Money | None = Field(default=None, description="caps the member's keys of this team (USD)")
+
+    @field_validator("member", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, dict) else value
+
+
+class MemberRef(_UserRef):
+    team_id: Id
+
+
+class TeamMemberUpdate(MemberRef):
+    role: TeamRole | None = None
+    max_budget_in_team: Money | None = Field(default=None, description="null removes the member's cap")
+
+
+class TeamMemberDelete(MemberRef):
+    pass
 
 
 class TeamUpdate(TeamFields):
@@ -108,6 +158,22 @@ class UserUpdate(UserFields):
 
 class UserDelete(Strict):
     user_ids: list[Id] = Field(min_length=1, max_length=LIST_MAX)
+
+
+class OrganizationFields(_Limits):
+    organization_alias: Name | None = None
+
+
+class OrganizationNew(OrganizationFields):
+    organization_id: Id | None = None
+
+
+class OrganizationUpdate(OrganizationFields):
+    organization_id: Id
+
+
+class OrganizationDelete(Strict):
+    organization_ids: list[Id] = Field(min_length=1, max_length=LIST_MAX)
 
 
 class HealthRestart(Strict):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .admin import KeyType, UserRole
+from .admin import KeyType, TeamRole, UserRole
 from .fields import Answer, Timestamp
 
 
@@ -64,9 +64,46 @@ class DeletedKeys(Answer):
     deleted_keys: list[str] = Field(description="hashes of the deleted keys")
 
 
+class TeamMemberInfo(Answer):
+    """One of a team's `members_with_roles`."""
+
+    role: TeamRole
+    user_id: str
+    user_email: str | None
+
+
+class TeamMembership(Answer):
+    """A member's budget within a team."""
+
+    team_id: str
+    user_id: str
+    role: TeamRole
+    max_budget_in_team: float | None
+    spend: float = Field(description="USD spent by the member's keys of this team")
+
+
 class TeamInfo(_Limits):
     team_id: str
     team_alias: str | None
+    organization_id: str | None
+    members_with_roles: list[TeamMemberInfo]
+
+
+class TeamMemberUpdated(Answer):
+    team_id: str
+    user_id: str
+    user_email: str | None
+    role: TeamRole
+    max_budget_in_team: float | None
+
+
+class OrganizationInfo(_Limits):
+    organization_id: str
+    organization_alias: str | None
+
+
+class OrganizationWithTeams(OrganizationInfo):
+    teams: list[TeamInfo]
 
 
 class UserInfo(_Limits):
@@ -74,6 +111,11 @@ class UserInfo(_Limits):
     user_email: str | None
     user_role: UserRole
     team_id: str | None
+
+
+class TeamMemberAdded(TeamInfo):
+    updated_users: list[UserInfo]
+    updated_team_memberships: list[TeamMembership]
 
 
 class NewUser(UserInfo):
@@ -87,12 +129,14 @@ class TeamInfoAnswer(Answer):
     team_id: str
     team_info: TeamInfo
     keys: list[KeyInfo]
+    team_memberships: list[TeamMembership]
 
 
 class UserInfoAnswer(Answer):
     user_id: str
     user_info: UserInfo
     keys: list[KeyInfo]
+    teams: list[TeamInfo] = Field(description="the teams the user is a member of (and its own team_id's)")
 
 
 class TeamList(Answer):

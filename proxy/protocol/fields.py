@@ -54,7 +54,7 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _bounded(value: dict[str, Any]) -> dict[str, Any]:
+def bounded(value: dict[str, Any]) -> dict[str, Any]:
     if _depth(value) > METADATA_MAX_DEPTH:
         raise ValueError(f"nested deeper than {METADATA_MAX_DEPTH} levels")
     try:
@@ -68,7 +68,7 @@ def _bounded(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-Metadata = Annotated[dict[str, Any], AfterValidator(_bounded), Field(
+Metadata = Annotated[dict[str, Any], AfterValidator(bounded), Field(
     description=f"free-form JSON object (at most {METADATA_MAX_DEPTH} levels deep, {METADATA_MAX_BYTES} bytes)")]
 
 

@@ -58,7 +58,7 @@ async def health(request: Request, services: ServicesDep, model: ModelName | Non
     if model is None:
         deployments = services.router.deployments()
     elif model in services.router:
-        deployments = services.router.groups[model]
+        deployments = services.router.group(model) or []
     else:
         raise NotFound(f"model '{model}' does not exist or is not served here")
     results = await asyncio.gather(*(d.backend.health() for d in deployments), return_exceptions=True)
@@ -79,6 +79,6 @@ async def health(request: Request, services: ServicesDep, model: ModelName | Non
 async def restart(_: Admin, body: HealthRestart, services: ServicesDep) -> dict:
     if body.model not in services.router:
         raise NotFound(f"model '{body.model}' does not exist or is not served here")
-    restarted = [d.id for d in services.router.groups[body.model]
+    restarted = [d.id for d in services.router.group(body.model) or ()
                  if d.backend.retry()]
     return {"model": body.model, "restarted": restarted, "local_models": local_models(services)}

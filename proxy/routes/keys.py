@@ -1,4 +1,8 @@
-"""/key/*: LiteLLM's key management routes. The raw key appears once, in the answer that creates it."""
+"""/key/*: LiteLLM's key management routes. The raw key appears once, in the answer that creates it.
+
+/key/generate, /key/list, /key/info and /key/delete also serve self-service keys (an
+internal_user's key, see self_serve.py): for its own user's keys only. Another user's key is a
+403 (an unknown one a 404, for every caller, as in LiteLLM)."""
 
 from __future__ import annotations
 
@@ -16,12 +20,14 @@ from ..auth import spend
 from ..auth.secrets import display_name, hash_key, new_key, to_hash
 from ..db.keys import get_key, list_rows
 from ..db.models import Key, Team, User
+from ..domain import Principal
 from ..durations import after
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..protocol.admin import KeyBlock, KeyDelete, KeyFields, KeyGenerate, KeyRegenerate, KeyUpdate
 from ..protocol.answers import DeletedKeys, KeyInfo, KeyInfoAnswer, KeyList, NewKey
 from ..protocol.fields import Id, KeyRef, Name
 from ..services import Services, ServicesDep
+from .self_serve import bounded, for_team, may_touch, team_admin_of
 
 router = APIRouter(prefix="/key", tags=["keys"], route_class=AdminRoute, responses=ERRORS)
 
@@ -47,13 +53,18 @@ async def _load(session, key_or_hash: str) -> Key:
     return key
 
 
-async def ensure_user(session, user_id: str | None) -> None:
-    """A key may name a user that has no row yet (LiteLLM accepts it): the row is made, with no
-    limits of its own, in the caller's transaction."""
-    if user_id is not None and await session.get(User, user_id) is None:
-        session.add(User(user_id=user_id, user_role="internal_user", models=[], metadata_={}, spend=0.0,
-                         blocked=False))
+async def ensure_user(session, user_id: str | None, user_email: str | None = None) -> User | None:
+    """A key (or a team member) may name a user that has no row yet (LiteLLM accepts it): the row
+    is made, with no limits of its own, in the caller's transaction."""
+    if user_id is None:
+        return None
+    user = await session.get(User, user_id)
+    if user is None:
+        user = User(user_id=user_id, user_email=user_email, user_role="internal_user", models=[], metadata_={},
+                    spend=0.0, blocked=False)
+        session.add(user)
         await session.flush()
+    return user
 
 
 async def check_alias(session, alias: str | None) -> None:
@@ -75,13 +86,30 @@ def new_key_answer(secret: str, key: Key) -> dict:
     return {"key": secret, "token_id": key.token_hash, **key_info(key)}
 
 
-@router.post("/generate", summary="Create a virtual key", response_model=NewKey, responses=CONFLICT)
-async def generate(body: KeyGenerate, services: ServicesDep, _: Admin) -> dict:
+def self_serving(caller: Principal) -> bool:
+    """Whether the caller is limited to its own user's keys (403 if it may not manage keys at all)."""
+    if caller.may_administer:
+        return False
+    if not caller.may_self_serve:
+        raise Forbidden("this route needs the master key, an admin key or an internal_user's key", code="admin_only")
+    return True
+
+
+@router.post("/generate", summary="Create a virtual key (an internal_user's key: for its own user, within its "
+             "own limits)", response_model=NewKey, responses=CONFLICT)
+async def generate(body: KeyGenerate, services: ServicesDep, caller: AnyCaller) -> dict:
+    fields = key_fields(body)
     async with sessions(services) as session:
-        await require(session, Team, body.team_id, "team_id")
+        if self_serving(caller):
+            if await team_admin_of(session, caller, body.team_id):
+                fields = await for_team(session, caller, body, fields)
+            else:
+                own = await _load(session, caller.key_hash)  # type: ignore[arg-type] - a self-serving caller is a key
+                fields = bounded(caller, body, fields, own, await session.get(User, caller.user_id))
+        await require(session, Team, fields.get("team_id"), "team_id")
         await check_alias(session, body.key_alias)
-        await ensure_user(session, body.user_id)
-        secret, key = make_key(key_fields(body))
+        await ensure_user(session, fields.get("user_id"))
+        secret, key = make_key(fields)
         session.add(key)
         await commit(session, "key")
     await services.invalidator.publish("key", key.token_hash)
@@ -106,8 +134,10 @@ async def update(body: KeyUpdate, services: ServicesDep, _: Admin) -> dict:
         return key_info(key)
 
 
-@router.post("/delete", summary="Delete keys by key/hash or alias", response_model=DeletedKeys, responses=NOT_FOUND)
-async def delete_keys(body: KeyDelete, services: ServicesDep, _: Admin) -> dict:
+@router.post("/delete", summary="Delete keys by key/hash or alias (an internal_user's key: its own user's)",
+             response_model=DeletedKeys, responses=NOT_FOUND)
+async def delete_keys(body: KeyDelete, services: ServicesDep, caller: AnyCaller) -> dict:
+    own_only = self_serving(caller)
     if not body.keys and not body.key_aliases:
         raise BadRequest("send 'keys' or 'key_aliases'", param="keys")
     hashes = [to_hash(k) for k in body.keys or []]
@@ -118,6 +148,10 @@ async def delete_keys(body: KeyDelete, services: ServicesDep, _: Admin) -> dict:
         missing = (set(hashes) - {k.token_hash for k in found}) | (aliases - {k.key_alias for k in found})
         if missing:
             raise NotFound(f"{len(missing)} of the keys were not found; nothing was deleted", code="key_not_found")
+        for key in found if own_only else ():
+            if not await may_touch(session, caller, key):
+                raise Forbidden("a key may only delete its own user's keys (or its admin team's); nothing was deleted",
+                                code="admin_only")
         await session.execute(delete(Key).where(Key.id.in_([k.id for k in found])))
         await session.commit()
     for key in found:
@@ -133,16 +167,24 @@ async def info(services: ServicesDep, caller: AnyCaller, key: KeyRef | None = No
         raise BadRequest("pass ?key=", param="key")
     async with sessions(services) as session:
         row = await _load(session, target)  # an unknown key is a 404 for every caller, as in LiteLLM
-        if not caller.may_administer and row.token_hash != caller.key_hash:
-            raise Forbidden("a key may only read its own info", code="admin_only")
+        if not caller.may_administer and row.token_hash != caller.key_hash and not (
+                caller.may_self_serve and await may_touch(session, caller, row)):
+            raise Forbidden("a key may only read its own info (an internal_user's key: its user's keys, a team "
+                            "admin's: its team's)", code="admin_only")
         return {"key": row.token_hash, "info": key_info(row)}
 
 
-@router.get("/list", summary="Keys, paginated, filtered by user, team or alias", response_model=KeyList)
-async def list_keys(services: ServicesDep, _: Admin, page: Page = 1, size: Size = 50, user_id: Id | None = None,
-                    team_id: Id | None = None, key_alias: Name | None = None,
+@router.get("/list", summary="Keys, paginated, filtered by user, team or alias (an internal_user's key: its "
+            "own user's)", response_model=KeyList)
+async def list_keys(services: ServicesDep, caller: AnyCaller, page: Page = 1, size: Size = 50,
+                    user_id: Id | None = None, team_id: Id | None = None, key_alias: Name | None = None,
                     return_full_object: bool = False) -> dict:
     async with sessions(services) as session:
+        if self_serving(caller) and not await team_admin_of(session, caller, team_id):
+            if user_id not in (None, caller.user_id):
+                raise Forbidden("a key may only list its own user's keys (or its admin team's)", code="admin_only",
+                                param="user_id")
+            user_id = caller.user_id
         rows, total = await list_rows(session, Key, filters={"user_id": user_id, "team_id": team_id,
                                                              "key_alias": key_alias}, page=page, size=size)
     keys = [key_info(k) if return_full_object else k.token_hash for k in rows]
