@@ -162,15 +162,19 @@ class PriceMap:
         p = self.price(upstream, overrides)
         return max(0, prompt_tokens) * p.input_cost_per_token + max(0, completion_tokens) * p.output_cost_per_token
 
+    def completion_allowance(self, upstream: str, max_completion_tokens: int | None,
+                             overrides: CostOverrides | None = None) -> int:
+        """The completion tokens a request is assumed to use at most: `max_completion_tokens` (the
+        request's `max_tokens` / `max_completion_tokens`), else the model's output limit from the
+        map, else `default_max_completion_tokens`. A stream is cut there (core/cutoff.py)."""
+        if max_completion_tokens is not None:
+            return max(0, max_completion_tokens)
+        return self.price(upstream, overrides).max_output_tokens or self._default_max_completion
+
     def max_cost(self, upstream: str, prompt_tokens_estimate: int, max_completion_tokens: int | None,
                  overrides: CostOverrides | None = None) -> float:
-        """The most a request can cost, to reserve against a budget before it runs. The completion
-        is assumed to use `max_completion_tokens` (the request's `max_tokens` /
-        `max_completion_tokens`), else the model's output limit from the map, else
-        `default_max_completion_tokens`."""
+        """The most a request can cost, to reserve against a budget before it runs: the prompt
+        estimate and `completion_allowance` completion tokens."""
         p = self.price(upstream, overrides)
-        completion = max_completion_tokens
-        if completion is None:
-            completion = p.max_output_tokens or self._default_max_completion
-        return (max(0, prompt_tokens_estimate) * p.input_cost_per_token
-                + max(0, completion) * p.output_cost_per_token)
+        completion = self.completion_allowance(upstream, max_completion_tokens, overrides)
+        return max(0, prompt_tokens_estimate) * p.input_cost_per_token + completion * p.output_cost_per_token

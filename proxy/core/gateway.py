@@ -32,6 +32,7 @@ from ..errors import Forbidden, KeystileError, NotFound, as_keystile
 from ..limits import Lease, Limiter, request_limits
 from .attempts import Attempts, Started
 from .cancel import Disconnected, Watch, unless_disconnected
+from .cutoff import Cutoff
 from .estimates import MESSAGE_OVERHEAD, estimate_prompt_tokens, prompt_text, requested_completion_tokens, streamed_text
 from .values import RELAYED, STREAMABLE, Answer, Inference, Operation, Stream
 
@@ -51,6 +52,7 @@ class Call:
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     model: str = ""
     prompt_estimate: int = 0
+    max_completion: int | None = None
     deployment: Deployment | None = None
     usage: Usage | None = None
     status: int = 200
@@ -198,7 +200,7 @@ class Gateway:
 
     async def _admit(self, call: Call, name: str, body: dict) -> Lease:
         call.prompt_estimate = estimate_prompt_tokens(body)
-        completion = requested_completion_tokens(body)
+        call.max_completion = completion = requested_completion_tokens(body)
         limits, budgets = request_limits(call.principal, name, now=time.time())
         max_cost = max((self.prices.max_cost(d.upstream, call.prompt_estimate, completion, d)
                         for d in self.router.group(name) or ()), default=0.0) if budgets else 0.0
@@ -222,9 +224,14 @@ class Gateway:
             if isinstance(exc, AFTER_ADMISSION):
                 raise _with_lease_headers(exc, lease) from exc
             raise
-        call.deployment = started.deployment
+        call.deployment = d = started.deployment
         self.streams_open += 1
         relayed: list[bytes] = []
+        # The completion tokens admission reserved: the request's max_tokens, else (with a budget) what
+        # the budget hold assumed. An upstream that ignores max_tokens is cut there (cutoff.py).
+        reserved = call.max_completion if call.max_completion is not None else \
+            self.prices.completion_allowance(d.upstream, None, d) if lease.budgets else None
+        cutoff = Cutoff(reserved, call.prompt_estimate) if reserved is not None and operation not in RELAYED else None
 
         async def finish() -> None:
             """Once, however the stream ends (also when it is closed without having been read)."""
@@ -245,9 +252,9 @@ class Gateway:
                 call.fail(Disconnected())  # closed before it was read: nobody took the answer
                 await finish()
 
-        return Stream(self._relay(call, started, relayed, finish), lease.headers(), abandoned)
+        return Stream(self._relay(call, started, relayed, cutoff, finish), lease.headers(), abandoned)
 
-    async def _relay(self, call: Call, started: Started, relayed: list[bytes],
+    async def _relay(self, call: Call, started: Started, relayed: list[bytes], cutoff: Cutoff | None,
                      finish: Callable[[], Awaitable[None]]) -> AsyncGenerator[Chunk, None]:
         try:
             first = started.first
@@ -255,15 +262,20 @@ class Gateway:
                 return
             call.ttft_ms = call.elapsed_ms()
             call.response_id = chunk_id(first.data)
-            if first.usage is not None:
-                call.usage = first.usage
-            relayed.append(first.data)
-            yield first
-            async for chunk in started.stream:
-                if chunk.usage is not None:
-                    call.usage = chunk.usage
-                relayed.append(chunk.data)
-                yield chunk
+            chunk, rest = first, started.stream.__anext__
+            while True:
+                ending = cutoff.see(chunk) if cutoff is not None else None
+                for out in (chunk,) if ending is None else ending:
+                    if out.usage is not None:
+                        call.usage = out.usage
+                    relayed.append(out.data)
+                    yield out
+                if ending is not None:
+                    return  # the reserved tokens are used up: `finish` closes the upstream
+                try:
+                    chunk = await rest()
+                except StopAsyncIteration:
+                    return
         except BaseException as exc:
             call.fail(exc)
             raise
