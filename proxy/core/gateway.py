@@ -97,8 +97,13 @@ def check_caller(principal: Principal) -> None:
 
 
 class Gateway:
-    def __init__(self, router: Router, limiter: Limiter, prices: PriceMap, usage: UsageWriter):
+    def __init__(self, router: Router, limiter: Limiter, prices: PriceMap, usage: UsageWriter, *,
+                 stream_keepalive: float = 0.0):
+        """`stream_keepalive`: seconds a caller serving a stream over a connection that proxies may
+        time out lets it wait for its first chunk before committing the answer with keep-alives
+        (0: never; the core itself does not wait on it)."""
         self.router = router
+        self.stream_keepalive = stream_keepalive
         self.limiter = limiter
         self.prices = prices
         self.usage = usage

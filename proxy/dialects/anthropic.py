@@ -36,6 +36,8 @@ FORWARDED = ("anthropic-version", "anthropic-beta")
 _TYPE = re.compile(rb'"type"\s*:\s*"([a-z_]+)"')
 PING_S = 5.0
 """Seconds of silence in a stream after which a `ping` event is sent."""
+PING: Event = (b"ping", b'{"type":"ping"}')
+"""Anthropic's keep-alive event (its SDK skips it, also before `message_start`)."""
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
@@ -237,12 +239,12 @@ class Anthropic(Dialect):
             "id": _message_id(), "type": "message", "role": "assistant", "model": _model(request), "content": [],
             "stop_reason": None, "stop_sequence": None,
             "usage": _usage(estimate_prompt_tokens(request.body), 0, 0)}})
-        yield _event(b"ping", {"type": "ping"})
+        yield PING
         blocks = _Blocks()
         reader = ChunkReader()
         async for chunk in with_heartbeat(stream, PING_S):
             if chunk is None:
-                yield _event(b"ping", {"type": "ping"})
+                yield PING
                 continue
             for delta in reader.read(chunk):
                 for event in blocks.add(delta):
@@ -258,6 +260,9 @@ class Anthropic(Dialect):
 
     def stream_error(self, err: KeystileError) -> Event:
         return b"error", self.error(err)
+
+    def keepalive(self) -> Event:
+        return PING
 
     def error(self, err: KeystileError) -> bytes:
         raw = getattr(err, "raw", None)  # a relayed upstream's own error: unchanged
@@ -287,11 +292,15 @@ class Anthropic(Dialect):
         forwarded = {k: v for k in FORWARDED if (v := incoming.headers.get(k))}
         request = Inference({**body, "extra_headers": forwarded}, stream=body.get("stream") is True,
                             route=incoming.path, request_id=incoming.request_id)
-        result = await gateway.call(principal, "messages", request, disconnected=incoming.disconnected)
-        if isinstance(result, Stream):
-            return Reply(headers=result.headers, media_type=b"text/event-stream", events=_relayed(result),
-                         close=result.aclose)
-        return Reply(headers=result.headers, body=result.body)
+        return await self.respond(gateway, principal, "messages", request, incoming, _relay_reply)
+
+
+def _relay_reply(result: Answer | Stream) -> Reply:
+    """A relayed answer or stream as it came."""
+    if isinstance(result, Stream):
+        return Reply(headers=result.headers, media_type=b"text/event-stream", events=_relayed(result),
+                     close=result.aclose)
+    return Reply(headers=result.headers, body=result.body)
 
 
 async def _relayed(stream: Stream) -> AsyncGenerator[Event, None]:
