@@ -33,12 +33,13 @@ def _messages_path(base: str) -> str:
 
 
 def usage_of(usage: Any) -> Usage | None:
-    """Anthropic's usage object: input counts cache reads and writes too (they are prompt tokens)."""
+    """Anthropic's usage object: the prompt counts cache reads and writes too (they are prompt
+    tokens, priced apart: `cache_read_input_tokens`, `cache_creation_input_tokens`)."""
     if not isinstance(usage, dict):
         return None
-    prompt = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens",
-                                                   "cache_creation_input_tokens"))
-    return Usage(prompt, int(usage.get("output_tokens") or 0))
+    read, created = int(usage.get("cache_read_input_tokens") or 0), int(usage.get("cache_creation_input_tokens") or 0)
+    return Usage(int(usage.get("input_tokens") or 0) + read + created, int(usage.get("output_tokens") or 0),
+                 read, created)
 
 
 def _error(status: int, body: bytes, retry_after: str | None) -> errors.UpstreamHTTPError:
@@ -99,7 +100,7 @@ class AnthropicBackend(LiteLLMBackend):
 
     async def messages_stream(self, body: dict) -> AsyncIterator[Chunk]:
         head, payload = self._request({**body, "stream": True})
-        prompt = 0
+        start = Usage()
         try:
             async with await self._pool.get(self._base).open(head, payload, self._stream_timeout) as resp:
                 if resp.status >= 400:
@@ -111,9 +112,11 @@ class AnthropicBackend(LiteLLMBackend):
                         parsed = orjson.loads(data)
                         found = usage_of((parsed.get("message") or parsed).get("usage"))
                         if found is not None and parsed["type"] == "message_start":
-                            prompt = found.prompt_tokens
-                        elif found is not None:
-                            usage = Usage(found.prompt_tokens or prompt, found.completion_tokens)
+                            start = found
+                        elif found is not None:  # message_delta: the final counts, the prompt's if it says
+                            usage = found if found.prompt_tokens else \
+                                Usage(start.prompt_tokens, found.completion_tokens, start.cache_read_tokens,
+                                      start.cache_creation_tokens)
                     yield Chunk(data, usage)
         except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} stopped sending") from exc

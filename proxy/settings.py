@@ -245,12 +245,12 @@ class Settings(BaseSettings):
     keystile_max_header_bytes: str = ""
     keystile_header_timeout: str = ""
     keystile_body_timeout: str = ""
+    keystile_stream_keepalive: str = ""
     keystile_metrics_token: str = ""
     keystile_log_requests: str = ""
     keystile_log_prompts: str = ""
     otel_exporter_otlp_endpoint: str = Field(default="", description=(
         "OpenTelemetry collector (OTLP over HTTP, e.g. http://collector:4318): set, each request is traced"))
-    keystile_stream_keepalive: str = ""
 
     def apply(self, config: FileConfig) -> FileConfig:
         """`config` with the settings the environment sets (FROM_ENVIRONMENT) put over its keystile_settings."""

@@ -5,7 +5,8 @@ core must bound, chosen by the requested model name:
   and usage saying so; JSON answers alike.
 - `prefill-<s>`: a long prefill: nothing at all for `s` seconds, then a short answer (3 chunks).
 - `prefillfail-<s>`: nothing for `s` seconds, then a 500.
-- `cached*`: reports cache reads as OpenAI does (`usage.prompt_tokens_details.cached_tokens`).
+- `cached*` and `gpt-4o*` (a model whose cache price litellm's price map knows): report cache
+  reads as OpenAI does (`usage.prompt_tokens_details.cached_tokens`).
 - `stopword*`: writes "alpha beta STOP gamma delta" whatever `stop` says (the gateway applies
   stop sequences on the translated Anthropic path itself).
 
@@ -56,7 +57,7 @@ class RunawayUpstream(Served):
                 return Response(orjson.dumps({"error": {"message": "upstream fell over", "type": "server_error"}}),
                                 status_code=500, media_type="application/json")
         words = _words(model)
-        usage = CACHED_USAGE if model.startswith("cached") else \
+        usage = CACHED_USAGE if model.startswith(("cached", "gpt-4o")) else \
             {"prompt_tokens": 9, "completion_tokens": len(words), "total_tokens": 9 + len(words)}
         if body.get("stream"):
             return StreamingResponse(self._stream(body, model, chat, words, usage), media_type="text/event-stream")

@@ -44,6 +44,10 @@ class Price:
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
     max_output_tokens: int | None = None
+    cache_read_input_token_cost: float | None = None
+    """A prompt token read from the provider's cache (None: priced as any prompt token)."""
+    cache_creation_input_token_cost: float | None = None
+    """A prompt token written to the provider's cache (None: priced as any prompt token)."""
 
 
 def _number(value: Any) -> float:
@@ -56,7 +60,13 @@ def _entry(spec: Mapping[str, Any]) -> tuple[str, Price]:
         input_cost_per_token=_number(spec.get("input_cost_per_token")),
         output_cost_per_token=_number(spec.get("output_cost_per_token")),
         max_output_tokens=limit if isinstance(limit, int) and limit > 0 else None,
+        cache_read_input_token_cost=_optional(spec.get("cache_read_input_token_cost")),
+        cache_creation_input_token_cost=_optional(spec.get("cache_creation_input_token_cost")),
     )
+
+
+def _optional(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) and value >= 0 else None
 
 
 def bundled_map_path() -> Path | None:
@@ -150,17 +160,31 @@ class PriceMap:
                 self._resolved.clear()
             provider = upstream.partition("/")[0]
             base = (None if provider in self._local else self.lookup(upstream)) or Price()
+            # The map's cache prices go with its input price: a configured input price has none.
             resolved = self._resolved[key] = Price(
                 input_cost_per_token=base.input_cost_per_token if inp is None else float(inp),
                 output_cost_per_token=base.output_cost_per_token if out is None else float(out),
-                max_output_tokens=base.max_output_tokens)
+                max_output_tokens=base.max_output_tokens,
+                cache_read_input_token_cost=base.cache_read_input_token_cost if inp is None else None,
+                cache_creation_input_token_cost=base.cache_creation_input_token_cost if inp is None else None)
         return resolved
 
     def cost(self, upstream: str, prompt_tokens: int, completion_tokens: int,
-             overrides: CostOverrides | None = None) -> float:
-        """USD for a finished request: prompt x input price + completion x output price."""
+             overrides: CostOverrides | None = None, *, cache_read_tokens: int = 0,
+             cache_creation_tokens: int = 0) -> float:
+        """USD for a finished request: prompt x input price + completion x output price, where the
+        prompt tokens read from / written to the provider's cache (part of `prompt_tokens`) are at
+        the map's cache prices when it has them."""
         p = self.price(upstream, overrides)
-        return max(0, prompt_tokens) * p.input_cost_per_token + max(0, completion_tokens) * p.output_cost_per_token
+        prompt = max(0, prompt_tokens)
+        total = max(0, completion_tokens) * p.output_cost_per_token
+        for tokens, price in ((cache_read_tokens, p.cache_read_input_token_cost),
+                              (cache_creation_tokens, p.cache_creation_input_token_cost)):
+            if price is not None and tokens > 0:
+                tokens = min(tokens, prompt)
+                prompt -= tokens
+                total += tokens * price
+        return total + prompt * p.input_cost_per_token
 
     def completion_allowance(self, upstream: str, max_completion_tokens: int | None,
                              overrides: CostOverrides | None = None) -> int:

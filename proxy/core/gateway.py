@@ -301,7 +301,9 @@ class Gateway:
 
     async def _settle(self, call: Call, lease: Lease) -> None:
         usage, d = call.usage, call.deployment
-        cost = self.prices.cost(d.upstream, usage.prompt_tokens, usage.completion_tokens, d) if usage and d else 0.0
+        cost = self.prices.cost(d.upstream, usage.prompt_tokens, usage.completion_tokens, d,
+                                cache_read_tokens=usage.cache_read_tokens,
+                                cache_creation_tokens=usage.cache_creation_tokens) if usage and d else 0.0
         await self.limiter.release(lease, tokens_used=usage.total_tokens if usage else 0, cost=cost)
         self._record(call, cost)
 
@@ -317,6 +319,8 @@ class Gateway:
             prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
             cost=cost, latency_ms=call.elapsed_ms(), ttft_ms=call.ttft_ms, error_type=call.error_type,
             streamed=call.streamed, response_id=call.response_id,
+            cache_read_tokens=usage.cache_read_tokens if usage else 0,
+            cache_creation_tokens=usage.cache_creation_tokens if usage else 0,
         )
         self.usage.record(rec)
         if self.observe is not None:
