@@ -1,6 +1,6 @@
 """`anthropic/…` deployments: chat, completions and embeddings through the litellm SDK (translated,
 as every other provider), and Anthropic's own Messages API relayed as it is (`messages`,
-`messages_stream`): the client's body with only `model` set to the upstream's name, its
+`messages_stream`, `count_tokens`): the client's body with only `model` set to the upstream's name, its
 `anthropic-version` and `anthropic-beta` headers, the answer's bytes and the upstream's errors
 unchanged (Claude Code's recovery reads their wording). Usage is read from the answer
 (`usage`) and from the stream (`message_start`, then `message_delta`)."""
@@ -70,7 +70,7 @@ class AnthropicBackend(LiteLLMBackend):
         self._relay_timeout = timeout
         self._stream_timeout = stream_timeout or timeout
 
-    def _request(self, body: dict) -> tuple[bytes, bytes]:
+    def _request(self, body: dict, path: str = "") -> tuple[bytes, bytes]:
         forwarded = body.get("extra_headers") or {}
         headers = {"Content-Type": "application/json", "anthropic-version": DEFAULT_VERSION}
         headers.update({k: v for k, v in forwarded.items() if k in FORWARDED and v})
@@ -78,10 +78,17 @@ class AnthropicBackend(LiteLLMBackend):
             headers["x-api-key"] = self._key
         payload = orjson.dumps({**{k: v for k, v in body.items() if k != "extra_headers"},
                                 "model": self.upstream_model})
-        return self._pool.get(self._base).request_head("POST", self._path, headers), payload
+        return self._pool.get(self._base).request_head("POST", self._path + path, headers), payload
 
     async def messages(self, body: dict) -> Completion:
-        head, payload = self._request(body)
+        return await self._exchange(body)
+
+    async def count_tokens(self, body: dict) -> Completion:
+        """`POST /v1/messages/count_tokens`, relayed like `messages` (`{"input_tokens": n}` back)."""
+        return await self._exchange(body, "/count_tokens")
+
+    async def _exchange(self, body: dict, path: str = "") -> Completion:
+        head, payload = self._request(body, path)
         try:
             status, data, retry_after = await self._pool.get(self._base).exchange(head, payload, self._relay_timeout)
         except Timeout as exc:

@@ -161,6 +161,15 @@ class Gateway:
             return estimate_prompt_tokens(body)
         return len(tokens) + MESSAGE_OVERHEAD * len(body.get("messages") or ())
 
+    async def relay_count(self, principal: Principal, body: dict) -> bytes:
+        """Anthropic's token count of a Messages body for a model whose deployments take Anthropic's
+        format (`relays(..., "anthropic")`): the upstream's answer as it is (retries and fallbacks as
+        for any call; like `count_prompt`, nothing is limited or recorded)."""
+        check_caller(principal)
+        name = self.resolve_model(principal, str(body.get("model") or ""))
+        _, result = await self.attempts.call(name, "count_tokens", body, 0)
+        return result.body
+
     def reject(self, principal: Principal, route: str, exc: BaseException, *, model: str = "",
                request_id: str = "") -> None:
         """Record a request that failed before it reached `call` (body unreadable, malformed or
@@ -257,7 +266,8 @@ class Gateway:
                 call.fail(Disconnected())  # closed before it was read: nobody took the answer
                 await finish()
 
-        return Stream(self._relay(call, started, relayed, cutoff, finish), lease.headers(), abandoned)
+        return Stream(self._relay(call, started, relayed, cutoff, finish), lease.headers(), abandoned,
+                      lambda: call.usage)
 
     async def _relay(self, call: Call, started: Started, relayed: list[bytes], cutoff: Cutoff | None,
                      finish: Callable[[], Awaitable[None]]) -> AsyncGenerator[Chunk, None]:
