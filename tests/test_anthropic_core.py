@@ -11,8 +11,7 @@ import anthropic
 import orjson
 import pytest
 
-from .anthropic_upstream import FakeAnthropic
-from .runaway_upstream import STOPWORD_TEXT, RunawayUpstream
+from .runaway_upstream import STOPWORD_TEXT
 from .servers import Keystile
 from .test_local_model import local  # noqa: F401  (the fixture: a gateway serving SmolLM2)
 
@@ -20,23 +19,11 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def claude_up():
-    with FakeAnthropic() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def words_up():
-    with RunawayUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory, claude_up, words_up):
+def gateway(tmp_path_factory, fake_anthropic, runaway):
     config = {"model_list": [
         {"model_name": "haiku", "litellm_params": {"model": "anthropic/claude-haiku-4-5",
-                                                   "api_base": claude_up.base_url, "api_key": "upstream-key"}},
-        {"model_name": "words", "litellm_params": {"model": "openai/stopword", "api_base": words_up.base_url,
+                                                   "api_base": fake_anthropic.base_url, "api_key": "upstream-key"}},
+        {"model_name": "words", "litellm_params": {"model": "openai/stopword", "api_base": runaway.base_url,
                                                    "api_key": "k"}}]}
     with Keystile(tmp_path_factory.mktemp("anthropic-core"), config) as server:
         yield server
@@ -47,10 +34,10 @@ def client(gateway):
     return anthropic.Anthropic(base_url=gateway.url, api_key=gateway.master_key, max_retries=0)
 
 
-def test_count_tokens_is_relayed_to_anthropic(client, claude_up):
+def test_count_tokens_is_relayed_to_anthropic(client, fake_anthropic):
     counted = client.messages.count_tokens(model="haiku", system="Be brief.", messages=HI,
                                            extra_headers={"anthropic-beta": "token-counting-2024-11-01"})
-    sent, headers = claude_up.requests[-1], claude_up.headers[-1]
+    sent, headers = fake_anthropic.requests[-1], fake_anthropic.headers[-1]
     assert sent == {"model": "claude-haiku-4-5", "system": "Be brief.", "messages": HI}
     assert counted.input_tokens == len(orjson.dumps(sent)) // 4  # the fake's count, not the gateway's estimate
     assert headers["anthropic-version"] == "2023-06-01" and headers["anthropic-beta"] == "token-counting-2024-11-01"
@@ -62,9 +49,9 @@ def test_count_tokens_is_relayed_to_anthropic(client, claude_up):
     (["gamma", "ta ST"], "alpha be", "ta ST"),  # across two chunks, and before a later one
     (["zzz", "delta!"], STOPWORD_TEXT, None),  # "delta" was held back as a possible start, then sent
 ])
-def test_stop_sequence_on_the_translated_path(client, words_up, stops, text, matched):
+def test_stop_sequence_on_the_translated_path(client, runaway, stops, text, matched):
     m = client.messages.create(model="words", max_tokens=50, stop_sequences=stops, messages=HI)
-    assert "stop" not in words_up.requests[-1]  # applied by the gateway
+    assert "stop" not in runaway.requests[-1]  # applied by the gateway
     with client.messages.stream(model="words", max_tokens=50, stop_sequences=stops, messages=HI) as s:
         streamed = "".join(s.text_stream)
         final = s.get_final_message()

@@ -14,17 +14,10 @@ import httpx
 import openai
 import pytest
 
-from .runaway_upstream import RunawayUpstream
 from .servers import Keystile
 
 P_OUT = 1e-3
 MAX_TOKENS = 10
-
-
-@pytest.fixture(scope="module")
-def runaway():
-    with RunawayUpstream() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,6 @@ KEEPALIVE = 0.5
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
-@pytest.fixture(scope="module")
-def slow():
-    with RunawayUpstream() as fake:
-        yield fake
-
-
 def _config(slow: RunawayUpstream, **settings) -> dict:
     def entry(public: str, target: str) -> dict:
         return {"model_name": public, "litellm_params": {"model": f"openai/{target}", "api_base": slow.base_url,
@@ -40,8 +34,8 @@ def _config(slow: RunawayUpstream, **settings) -> dict:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, slow):
-    with Keystile(tmp_path_factory.mktemp("keepalive"), _config(slow, stream_keepalive=KEEPALIVE)) as server:
+def gateway(tmp_path_factory, runaway):
+    with Keystile(tmp_path_factory.mktemp("keepalive"), _config(runaway, stream_keepalive=KEEPALIVE)) as server:
         yield server
 
 
@@ -111,7 +105,7 @@ def test_anthropic_pings_before_message_start(gateway):
         assert "".join(s.text_stream) == "one two three"
 
 
-def test_keepalive_set_from_the_environment(tmp_path, slow):
-    with Keystile(tmp_path, _config(slow, stream_keepalive=30), env={"KEYSTILE_STREAM_KEEPALIVE": "0.3"}) as gw:
+def test_keepalive_set_from_the_environment(tmp_path, runaway):
+    with Keystile(tmp_path, _config(runaway, stream_keepalive=30), env={"KEYSTILE_STREAM_KEEPALIVE": "0.3"}) as gw:
         status, head, lines = _raw(gw, "/v1/chat/completions", {"model": "slow", **CHAT})
     assert status == 200 and head < 1.0 and lines.count(": keep-alive") >= 5

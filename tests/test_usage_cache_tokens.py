@@ -15,31 +15,19 @@ import pytest
 
 from proxy.accounting.prices import PriceMap
 
-from .anthropic_upstream import CACHE_WRITE, USAGE, FakeAnthropic
-from .runaway_upstream import CACHED_USAGE, RunawayUpstream
+from .anthropic_upstream import CACHE_WRITE, USAGE
+from .runaway_upstream import CACHED_USAGE
 from .servers import Keystile
 
 
-@pytest.fixture(scope="module")
-def openai_up():
-    with RunawayUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def claude_up():
-    with FakeAnthropic() as fake:
-        yield fake
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def gateway(request, tmp_path_factory, openai_up, claude_up):
+def gateway(request, tmp_path_factory, runaway, fake_anthropic):
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     config = {"model_list": [
-        {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": openai_up.base_url,
+        {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_base": runaway.base_url,
                                                  "api_key": "k"}},
         {"model_name": "haiku", "litellm_params": {"model": "anthropic/claude-haiku-4-5",
-                                                   "api_base": claude_up.base_url, "api_key": "k"}}]}
+                                                   "api_base": fake_anthropic.base_url, "api_key": "k"}}]}
     with Keystile(tmp_path_factory.mktemp(f"cache-{request.param}"), config, database_url=url) as server:
         yield server
 
