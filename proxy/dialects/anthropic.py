@@ -25,7 +25,7 @@ import orjson
 
 from backends.base import Chunk, Usage
 
-from ..core import Answer, Gateway, Inference, Operation, Stream
+from ..core import Answer, Gateway, Inference, Operation, Stream, unless_disconnected
 from ..core.estimates import estimate_prompt_tokens
 from ..domain import Principal
 from ..errors import BadRequest, KeystileError
@@ -247,14 +247,17 @@ class Anthropic(Dialect):
         stream = await gateway.call(principal, operation, request, disconnected=incoming.disconnected)
         assert isinstance(stream, Stream)
         reader = _Reader(request.stops)
-        try:
+
+        async def collect() -> None:
             async for chunk in stream:
                 for _ in reader.read(chunk):
                     pass
                 if reader.matched is not None:
-                    break
+                    return
             for _ in reader.end():
                 pass
+        try:
+            await unless_disconnected(incoming.disconnected, collect())
         finally:
             await stream.aclose()
         return Reply(headers=stream.headers, body=_message(request, reader.text, reader.chat.result.tool_calls,
