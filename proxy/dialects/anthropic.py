@@ -238,11 +238,10 @@ class Anthropic(Dialect):
         return _message(request, r.text, r.tool_calls, STOP_REASONS.get(r.finish_reason or "stop", "end_turn"), None,
                         _usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens))
 
-    async def reply(self, gateway: Gateway, principal: Principal, operation: Operation, request: Inference,
-                    incoming: Incoming, events: Callable[[Stream], AsyncGenerator[Event, None]],
-                    render: Callable[[Answer], bytes]) -> Reply:
+    async def respond(self, gateway: Gateway, principal: Principal, operation: Operation, request: Inference,
+                      incoming: Incoming, reply: Callable[[Answer | Stream], Reply]) -> Reply:
         if not isinstance(request, MessagesCall) or request.client_streams or not request.stops:
-            return await super().reply(gateway, principal, operation, request, incoming, events, render)
+            return await super().respond(gateway, principal, operation, request, incoming, reply)
         # JSON with stop sequences: read the core's stream until one matches, answer the message.
         stream = await gateway.call(principal, operation, request, disconnected=incoming.disconnected)
         assert isinstance(stream, Stream)
