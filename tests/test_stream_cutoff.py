@@ -1,7 +1,7 @@
-"""Budgets against an upstream that ignores `max_tokens` (issue 11): a stream is cut at the
-completion tokens its admission reserved and ends as a model that reached its limit does, in each
-dialect's terms; the call is charged what was relayed, so concurrent streams cannot spend past a
-budget. A real Keystile in front of tests/runaway_upstream.py, driven by the openai and anthropic
+"""Budgets against an upstream that ignores `max_tokens` (issue 11): a stream whose tokens a budget
+or a tpm limit counts is cut at the completion tokens its admission reserved and ends as a model
+that reached its limit does, in each dialect's terms; the call is charged what was relayed, so
+concurrent streams cannot spend past a budget. A real Keystile in front of tests/runaway_upstream.py, driven by the openai and anthropic
 SDKs and httpx."""
 
 from __future__ import annotations
@@ -31,8 +31,16 @@ def gateway(tmp_path_factory, runaway):
         yield server
 
 
-def _oai(gw: Keystile, key: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key or gw.master_key, max_retries=0)
+@pytest.fixture(scope="module")
+def limited(gateway) -> str:
+    """A key with a tpm limit: its calls' tokens are counted, so their streams are cut."""
+    r = httpx.post(gateway.url + "/key/generate", json={"tpm_limit": 1_000_000},
+                   headers={"Authorization": f"Bearer {gateway.master_key}"}, timeout=10)
+    return r.json()["key"]
+
+
+def _oai(gw: Keystile, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
 
 
 def _logs(gw: Keystile, **params) -> list[dict]:
@@ -45,8 +53,8 @@ def _logs(gw: Keystile, **params) -> list[dict]:
         time.sleep(0.2)
 
 
-def test_chat_stream_is_cut_at_max_tokens(gateway, runaway):
-    stream = _oai(gateway).chat.completions.create(
+def test_chat_stream_is_cut_at_max_tokens(gateway, runaway, limited):
+    stream = _oai(gateway, limited).chat.completions.create(
         model="runaway", max_tokens=MAX_TOKENS, stream=True, stream_options={"include_usage": True},
         messages=[{"role": "user", "content": "count"}])
     chunks = list(stream)
@@ -60,14 +68,14 @@ def test_chat_stream_is_cut_at_max_tokens(gateway, runaway):
     assert row["completion_tokens"] == MAX_TOKENS and row["cost"] == pytest.approx(MAX_TOKENS * P_OUT)
 
 
-def test_completions_stream_is_cut_at_max_tokens(gateway):
-    chunks = list(_oai(gateway).completions.create(model="runaway", prompt="count", max_tokens=4, stream=True))
+def test_completions_stream_is_cut_at_max_tokens(gateway, limited):
+    chunks = list(_oai(gateway, limited).completions.create(model="runaway", prompt="count", max_tokens=4, stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == " w1 w2 w3 w4"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
 
-def test_anthropic_stream_ends_with_max_tokens(gateway):
-    client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.master_key, max_retries=0)
+def test_anthropic_stream_ends_with_max_tokens(gateway, limited):
+    client = anthropic.Anthropic(base_url=gateway.url, api_key=limited, max_retries=0)
     with client.messages.stream(model="runaway", max_tokens=MAX_TOKENS,
                                 messages=[{"role": "user", "content": "count"}]) as s:
         text = "".join(s.text_stream)
@@ -76,11 +84,19 @@ def test_anthropic_stream_ends_with_max_tokens(gateway):
     assert final.stop_reason == "max_tokens" and final.usage.output_tokens == MAX_TOKENS
 
 
-def test_responses_stream_ends_incomplete(gateway):
-    with _oai(gateway).responses.stream(model="runaway", input="count", max_output_tokens=MAX_TOKENS) as s:
+def test_responses_stream_ends_incomplete(gateway, limited):
+    with _oai(gateway, limited).responses.stream(model="runaway", input="count", max_output_tokens=MAX_TOKENS) as s:
         final = [e for e in s][-1].response  # the SDK keeps a final response for response.completed only
     assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
     assert final.usage.output_tokens == MAX_TOKENS and len(final.output_text) <= 4 * MAX_TOKENS
+
+
+def test_uncounted_stream_is_relayed_as_the_upstream_sends_it(gateway):
+    """Nothing counts the master key's tokens: its chunks are not parsed, the upstream's usage is charged."""
+    chunks = list(_oai(gateway, gateway.master_key).chat.completions.create(
+        model="runaway", max_tokens=MAX_TOKENS, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "count"}]))
+    assert chunks[-1].usage.completion_tokens == 100
 
 
 async def _stream(client: httpx.AsyncClient, url: str, key: str) -> int:

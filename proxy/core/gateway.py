@@ -241,11 +241,15 @@ class Gateway:
         call.deployment = d = started.deployment
         self.streams_open += 1
         relayed: list[bytes] = []
-        # The completion tokens admission reserved: the request's max_tokens, else (with a budget) what
-        # the budget hold assumed. An upstream that ignores max_tokens is cut there (cutoff.py).
-        reserved = call.max_completion if call.max_completion is not None else \
-            self.prices.completion_allowance(d.upstream, None, d) if lease.budgets else None
-        cutoff = Cutoff(reserved, call.prompt_estimate) if reserved is not None and operation not in RELAYED else None
+        # Where a budget or a tpm limit counts this call's tokens, an upstream that ignores max_tokens is
+        # cut at what admission reserved: the request's max_tokens, else (with a budget) what the budget
+        # hold assumed (cutoff.py). Calls nothing counts are not parsed chunk by chunk.
+        reserved = None
+        if operation not in RELAYED and (lease.budgets or d.tpm is not None
+                                         or any(spec.tpm is not None for spec in lease.limits)):
+            reserved = call.max_completion if call.max_completion is not None else \
+                self.prices.completion_allowance(d.upstream, None, d) if lease.budgets else None
+        cutoff = Cutoff(reserved, call.prompt_estimate) if reserved is not None else None
 
         async def finish() -> None:
             """Once, however the stream ends (also when it is closed without having been read)."""

@@ -227,7 +227,7 @@ class Dialect:
             return reply(await work)
         call = asyncio.ensure_future(work)
         try:
-            await asyncio.wait((call,), timeout=wait)
+            await _first_of(call, wait)
         except BaseException:
             await _cancel(call)
             raise
@@ -252,6 +252,23 @@ class Dialect:
             await _cancel(call)
             if not call.cancelled() and call.exception() is None and isinstance(call.result(), Stream):
                 await call.result().aclose()
+
+async def _first_of(call: asyncio.Future, timeout: float) -> None:
+    """Wait until `call` is done or `timeout` passed (asyncio.wait without its sets: on every stream)."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+    call.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        call.remove_done_callback(wake)
+
 
 async def _cancel(call: asyncio.Future) -> None:
     """End a call still running (the core settles it as a client gone) and wait for its settlement."""
