@@ -12,8 +12,10 @@ _MAX_CRASH_RETRY) or at once through `retry()`.
 
 With `idle_timeout` (seconds) the worker is stopped after that long without a request, freeing its
 memory (state `idle`); the next request starts it again and waits for it to load, within its
-timeout, or gets ModelLoading (a 503 with Retry-After) when the model would not fit in the memory
-available now.
+timeout, or gets ModelLoading (a 503 with Retry-After) when the model would not fit: when its
+footprint (the worker's resident memory measured before it was stopped; before any load, the GGUF
+file and a fifth more) plus `min_free_memory_mb` (memory to leave to everything else, default 0)
+exceeds what /proc/meminfo calls available now.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class LlamaCppBackend:
         crash_limit: int = 3,
         crash_retry: float = 60.0,
         idle_timeout: float | None = None,
+        min_free_memory_mb: int = 0,
         **extra: Any,
     ):
         self.public_name = public_name
@@ -94,6 +97,8 @@ class LlamaCppBackend:
         self._failed_until: float | None = None  # loop time of the next attempt while failed
         self._retry_now = asyncio.Event()
         self.idle_timeout = float(idle_timeout) if idle_timeout else None
+        self.min_free_memory = max(0, int(min_free_memory_mb)) << 20
+        self._footprint: int | None = None  # bytes the loaded worker held when it was last stopped for idleness
         self._idle = False  # the worker was stopped for idleness; the next request starts it
         self._in_flight = 0
         self._last_used = 0.0  # loop time the last request ended
@@ -148,6 +153,7 @@ class LlamaCppBackend:
                 if (self._idle or self._in_flight or worker is None or not worker.ready
                         or loop.time() - self._last_used < self.idle_timeout):
                     continue
+                self._footprint = _proc_bytes(f"/proc/{worker.pid}/status", "VmRSS:") or self._footprint
                 self._idle = True  # from here a request waits for _wake (no await since the check)
                 log.info("model %r idle for %.0fs: stopping its worker", self.public_name, self.idle_timeout)
                 await self._stop_worker()
@@ -163,14 +169,22 @@ class LlamaCppBackend:
         async with self._lifecycle():
             if not self._idle:
                 return
-            needed, free = _memory_needed(self.model_path), _memory_available()
-            if needed is not None and free is not None and needed > free:
-                raise errors.ModelLoading(f"model {self.public_name!r} is unloaded (idle) and would not fit in "
-                                          f"memory now: needs ~{needed >> 20} MiB, {free >> 20} MiB available")
+            self._check_fits()
             log.info("model %r requested while idle: starting its worker", self.public_name)
             self._idle = False
             await self.start()
         await self.wait_ready(self.request_timeout)
+
+    def _check_fits(self) -> None:
+        """ModelLoading (503, Retry-After) when starting the worker would leave less than
+        `min_free_memory_mb` available."""
+        needed = self._footprint or _file_footprint(self.model_path)
+        free = _proc_bytes("/proc/meminfo", "MemAvailable:")
+        if needed is None or free is None or needed + self.min_free_memory <= free:
+            return
+        reserve = f" and min_free_memory_mb {self.min_free_memory >> 20} MiB kept free" if self.min_free_memory else ""
+        raise errors.ModelLoading(f"model {self.public_name!r} is unloaded (idle) and would not fit in memory now: "
+                                  f"needs ~{needed >> 20} MiB{reserve}, {free >> 20} MiB available; retry later")
 
     async def _ready_worker(self) -> WorkerProcess:
         """The live worker, started again first if it was stopped for idleness."""
@@ -476,20 +490,21 @@ class LlamaCppBackend:
         return f"model {self.public_name!r} gave no answer within {self.request_timeout:g}s"
 
 
-def _memory_available() -> int | None:
-    """Bytes of memory available now (Linux MemAvailable), or None where unknown."""
+def _proc_bytes(path: str, field: str) -> int | None:
+    """A `Field:  <n> kB` line of a /proc file (Linux) in bytes, or None where unknown."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         return None
     return None
 
 
-def _memory_needed(path: str) -> int | None:
-    """What loading a GGUF file takes, roughly: the file and a fifth more (context, buffers)."""
+def _file_footprint(path: str) -> int | None:
+    """What loading a GGUF file takes before it was ever measured, roughly: the file and a fifth
+    more (context, buffers)."""
     try:
         return os.path.getsize(path) * 6 // 5
     except OSError:

@@ -29,10 +29,12 @@ def create(gw: Gateway,
            model: Annotated[str | None, typer.Option(help="with --api-base: the server's model name")] = None,
            n_ctx: Annotated[int | None, typer.Option(help="context length")] = None,
            idle_timeout: Annotated[float | None, typer.Option(help="seconds idle before the worker stops")] = None,
+           min_free_memory_mb: Annotated[int | None, typer.Option(
+               help="with --idle-timeout: memory to leave available when the worker starts again")] = None,
            ) -> None:
     """Deploy a model: keystile deploy create --name my-model --model-id /models/x.gguf"""
     body = {"api_name": api_name, "model_id": model_id, "api_base": api_base, "model": model, "n_ctx": n_ctx,
-            "idle_timeout": idle_timeout}
+            "idle_timeout": idle_timeout, "min_free_memory_mb": min_free_memory_mb}
     created = gw.post("/api/v1/deploy", {k: v for k, v in body.items() if v is not None})
     emit(gw, created, lambda: record("deployment queued", created))
 

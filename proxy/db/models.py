@@ -148,7 +148,7 @@ class SpendLog(Base):
 
 class Job(Base):
     """An async job (POST /run): its chat request, who may see it, and how it went. `runner` names
-    the gateway process that claimed it; a job moves IN_QUEUE -> IN_PROGRESS -> one end state
+    the gateway process that claimed it and holds it while its `heartbeat_at` is recent; a job moves IN_QUEUE -> IN_PROGRESS -> one end state
     (COMPLETED, FAILED, CANCELLED), each move a guarded UPDATE, so it ends once."""
 
     __tablename__ = "jobs"
@@ -165,6 +165,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the runner's lease, renewed
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),

@@ -2,9 +2,17 @@
 OpenAI-compatible server, added to the model map under `api_name` and kept in the database.
 
 queued -> starting (added to the map; requests get 503 while it loads) -> active, or failed with
-the reason; stopped by POST .../stop (removed from the map, worker ended). At startup every
-deployment not stopped or failed is started again. A watcher follows each one's state and writes
-what happens to its log (read by the log stream)."""
+the reason; stopped by POST .../stop (removed from the map, worker ended). A watcher follows each
+one's state and writes what happens to its log (read by the log stream).
+
+The database is the truth every gateway process follows: each process polls the deployments table
+every FOLLOW_S seconds and starts here what is live there and not yet here (at startup: every live
+deployment), and ends here what was stopped or failed through any process. So under
+`keystile serve --workers N` (or several gateways on one database) every process serves every
+deployment from a worker of its own, like the local models of config.yaml: a local deployment
+costs N times its memory. State changes are guarded updates (`WHERE status IN ...`), so a process
+still loading cannot bring a stopped deployment back. The database being away is logged once; the
+poll backs off and the watchers' writes wait for it, while what runs keeps serving."""
 
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 
 from backends.base import Backend
 from backends.http import ClientPool
@@ -27,12 +35,15 @@ from ..db.engine import Database
 from ..db.models import ManagedDeployment
 from ..durations import utcnow
 from ..errors import BadRequest, Conflict
+from ..outage import Outage
 
 log = logging.getLogger("keystile.deployments")
 
 QUEUED, STARTING, ACTIVE, FAILED, STOPPED = "queued", "starting", "active", "failed", "stopped"
 LIVE = (QUEUED, STARTING, ACTIVE)
 LOAD_TIMEOUT_S = 600.0
+FOLLOW_S = 1.0  # how often each process looks for deployments started or stopped through another
+MAX_BACKOFF_S = 10.0
 
 
 @dataclass
@@ -71,16 +82,50 @@ class Deployments:
         self.request_timeout = request_timeout
         self.live: dict[str, Live] = {}
         self.logs: dict[str, Log] = {}
+        self._changing = asyncio.Lock()  # one of: following the table, creating, stopping
+        self._follower: asyncio.Task | None = None
+        self.outage = Outage(log, "deployments")
 
-    async def restore(self) -> None:
-        async with self.db.sessions() as session:
-            rows = (await session.scalars(select(ManagedDeployment).where(ManagedDeployment.status.in_(LIVE)))).all()
-        for row in rows:
-            self.log(row.id).write("gateway started: restoring this deployment")
+    async def start(self) -> None:
+        """Start every live deployment, then follow the table."""
+        await self.follow("gateway started: restoring this deployment")
+        self._follower = asyncio.create_task(self._follow(), name="deployments-follower")
+
+    async def follow(self, why: str) -> None:
+        """Make this process run what the table says is live: start what is missing here, end what
+        was stopped or failed elsewhere."""
+        async with self._changing:
+            async with self.db.sessions() as session:
+                rows = (await session.scalars(select(ManagedDeployment).where(or_(
+                    ManagedDeployment.status.in_(LIVE), ManagedDeployment.id.in_(list(self.live)))))).all()
+            wanted = {row.id: row for row in rows if row.status in LIVE}
+            for row in wanted.values():
+                if row.id not in self.live:
+                    self.log(row.id).write(why)
+                    log.info("deployment '%s' (%s): %s", row.api_name, row.id, why)
+                    try:
+                        self._launch(row, self._backend(row))
+                    except (ValueError, TypeError) as exc:
+                        await self._settle(row, FAILED, f"cannot be started: {exc}")
+            for deployment_id in [d for d in self.live if d not in wanted]:
+                live = self.live.pop(deployment_id)
+                row = next((r for r in rows if r.id == deployment_id), None)
+                why = f"deployment {row.status if row else 'deleted'} through another gateway process: ending it here"
+                self.log(deployment_id).write(why)
+                log.info("deployment '%s' (%s): %s", live.row.api_name, deployment_id, why)
+                await self._end(live)
+
+    async def _follow(self) -> None:
+        delay = FOLLOW_S
+        while True:
+            await asyncio.sleep(delay)
             try:
-                self._launch(row, self._backend(row))
-            except (ValueError, TypeError) as exc:
-                await self._set(row, FAILED, f"cannot be restored: {exc}")
+                await self.follow("deployed through another gateway process: starting it here")
+                self.outage.ended()
+                delay = FOLLOW_S
+            except Exception as exc:  # the database is away: what runs keeps running
+                self.outage.failed(exc)
+                delay = min(delay * 2, MAX_BACKOFF_S)
 
     async def create(self, api_name: str, *, model_id: str | None, api_base: str | None, params: dict) -> ManagedDeployment:
         if api_name in self.router.groups:  # an exact name (a wildcard entry would match any)
@@ -92,11 +137,16 @@ class Deployments:
             backend = self._backend(row)
         except (ValueError, TypeError) as exc:
             raise BadRequest(str(exc), param="model_id" if model_id else "api_base", code="deployment_error") from exc
-        async with self.db.sessions() as session:
+        async with self._changing, self.db.sessions() as session:
+            taken = await session.scalar(select(ManagedDeployment.id).where(  # made through another process
+                ManagedDeployment.api_name == api_name, ManagedDeployment.status.in_(LIVE)).limit(1))
+            if taken is not None:
+                raise Conflict(f"a model named '{api_name}' is deployed already; pick another api_name",
+                               param="api_name")
             session.add(row)
             await session.commit()
-        self.log(row.id).write(f"deployment queued: {model_id or api_base} as '{api_name}'")
-        self._launch(row, backend)
+            self.log(row.id).write(f"deployment queued: {model_id or api_base} as '{api_name}'")
+            self._launch(row, backend)
         return row
 
     async def get(self, deployment_id: str) -> ManagedDeployment | None:
@@ -109,12 +159,13 @@ class Deployments:
                                                .order_by(ManagedDeployment.created_at))).all())
 
     async def stop(self, row: ManagedDeployment) -> ManagedDeployment:
-        live = self.live.pop(row.id, None)
-        if live is not None:
-            await self._end(live)
-        if row.status in LIVE:
-            await self._set(row, STOPPED, None)
-            self.log(row.id).write("deployment stopped")
+        """Stopped in the database first (the other processes end it within FOLLOW_S), then here."""
+        async with self._changing:
+            if await self._move(row, STOPPED, None, LIVE):
+                self.log(row.id).write("deployment stopped")
+            live = self.live.pop(row.id, None)
+            if live is not None:
+                await self._end(live)
         return row
 
     def log(self, deployment_id: str) -> Log:
@@ -126,6 +177,9 @@ class Deployments:
 
     async def aclose(self) -> None:
         """Shutdown: workers end, the rows keep their state (restored at the next start)."""
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
         for live in list(self.live.values()):
             await self._end(live)
         self.live.clear()
@@ -150,28 +204,27 @@ class Deployments:
 
     async def _watch(self, live: Live) -> None:
         row, backend, out = live.row, live.backend, self.log(live.row.id)
+        loop = asyncio.get_running_loop()
         try:
-            await self._set(row, STARTING, None)
             out.write("starting " + (f"a llama.cpp worker for {row.model_id}" if row.model_id else
                                      f"a connection to {row.api_base}"))
             await backend.start()
             self.router.add(live.deployment)
+            await self._settle(row, STARTING, None, (QUEUED, ACTIVE))  # waits while the database is away
             last: dict = {}
-            deadline = asyncio.get_running_loop().time() + LOAD_TIMEOUT_S
+            loaded = False
+            deadline = loop.time() + LOAD_TIMEOUT_S
             while True:
                 status = backend.status()
                 state = status.get("state")
                 if status != last:
                     out.write(f"worker {state}" + "".join(f", {k}: {v}" for k, v in status.items() if k != "state"))
-                if state in ("ready", "idle") and row.status != ACTIVE:
-                    await self._set(row, ACTIVE, None)
+                if state in ("ready", "idle") and not loaded:
+                    loaded = True
+                    await self._settle(row, ACTIVE, None, (QUEUED, STARTING))
                     out.write(f"deployment active: serving model '{row.api_name}' on /v1")
-                elif state == "failed" or (row.status != ACTIVE and asyncio.get_running_loop().time() > deadline):
-                    reason = status.get("error") or f"not loaded within {LOAD_TIMEOUT_S:.0f} s"
-                    await self._set(row, FAILED, str(reason))
-                    out.write(f"deployment failed: {reason}")
-                    self.live.pop(row.id, None)
-                    await self._end(live, watcher=False)
+                elif state == "failed" or (not loaded and loop.time() > deadline):
+                    await self._fail(live, str(status.get("error") or f"not loaded within {LOAD_TIMEOUT_S:.0f} s"))
                     return
                 last = status
                 await asyncio.sleep(0.5)
@@ -179,10 +232,14 @@ class Deployments:
             raise
         except Exception as exc:  # starting it failed: say why, leave nothing behind
             log.exception("deployment %s failed", row.id)
-            await self._set(row, FAILED, f"{type(exc).__name__}: {exc}")
-            out.write(f"deployment failed: {exc}")
-            self.live.pop(row.id, None)
-            await self._end(live, watcher=False)
+            await self._fail(live, f"{type(exc).__name__}: {exc}")
+
+    async def _fail(self, live: Live, reason: str) -> None:
+        await self._settle(live.row, FAILED, reason, LIVE)
+        self.log(live.row.id).write(f"deployment failed: {reason}")
+        if self.live.get(live.row.id) is live:
+            del self.live[live.row.id]
+        await self._end(live, watcher=False)
 
     async def _end(self, live: Live, *, watcher: bool = True) -> None:
         if watcher and live.watcher is not None:
@@ -192,8 +249,22 @@ class Deployments:
         self.router.remove(live.deployment)
         await live.backend.aclose()
 
-    async def _set(self, row: ManagedDeployment, status: str, error: str | None) -> None:
-        row.status, row.error, row.updated_at = status, error, utcnow()
+    async def _settle(self, row: ManagedDeployment, status: str, error: str | None,
+                      sources: tuple[str, ...] = LIVE) -> bool:
+        """`_move`, waiting for the database while it is away (a watcher's write must not be lost,
+        nor kill the watcher)."""
+        return bool(await self.outage.persist(lambda: self._move(row, status, error, sources), max_delay=MAX_BACKOFF_S))
+
+    async def _move(self, row: ManagedDeployment, status: str, error: str | None, sources: tuple[str, ...]) -> bool:
+        """The row to `status` if it is in one of `sources` now (False if not: stopped or failed
+        meanwhile, maybe through another process)."""
+        now = utcnow()
         async with self.db.sessions() as session:
-            await session.merge(row)
+            result = await session.execute(update(ManagedDeployment).where(
+                ManagedDeployment.id == row.id, ManagedDeployment.status.in_(sources))
+                .values(status=status, error=error, updated_at=now))
             await session.commit()
+        if result.rowcount != 1:
+            return False
+        row.status, row.error, row.updated_at = status, error, now
+        return True

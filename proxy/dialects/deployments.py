@@ -48,6 +48,8 @@ class DeployRequest(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
     idle_timeout: float | None = Field(default=None, gt=0, description="seconds without requests before the "
                                        "worker is stopped; the next request starts it again")
+    min_free_memory_mb: StrictInt | None = Field(default=None, ge=0, description="with idle_timeout: memory that "
+                                                 "must stay available when the idle worker is started again")
     user_id: StrictStr | None = None
     ssh_config: dict[str, Any] | None = None
 
@@ -101,7 +103,7 @@ class DeploymentsDialect(Dialect):
 
     async def start(self, services) -> None:
         self.manager = Deployments(services.db, services.router, services.pool, services.options.request_timeout)
-        await self.manager.restore()
+        await self.manager.start()
 
     async def aclose(self) -> None:
         if self.manager is not None:

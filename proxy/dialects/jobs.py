@@ -102,8 +102,7 @@ class Jobs(Dialect):
         self.cache = services.cache
         self.default_model = default_model(services)
         self.store = JobStore(services.db)
-        self.runner = JobRunner(self.store, services.gateway, self._principal_of, self.settings,
-                                orphan_after_s=options.request_timeout + 60)
+        self.runner = JobRunner(self.store, services.gateway, self._principal_of, self.settings)
         await self.runner.start()
 
     async def aclose(self) -> None:

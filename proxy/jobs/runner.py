@@ -2,10 +2,17 @@
 same limits, same usage record (under the route that queued the job).
 
 `workers` tasks each claim the oldest queued job from the database, run it, and store its end.
+While jobs run, a heartbeat renews their lease every second (store.py) and finds the ones this
+process no longer holds: cancelled through another gateway, or taken over after the lease lapsed;
+their generation is stopped (a stream closed early is billed for the tokens it produced).
+
 At shutdown the pool stops claiming and lets running jobs finish (up to `drain_s`); queued jobs
-stay in the database and run after the next start. A job still running when the drain times out,
-or orphaned by a process that died, goes back to the queue (its partial call was recorded, so such
-a job is billed for both runs)."""
+stay in the database and run after the next start. A job still running when the drain times out
+goes back to the queue; so does one whose runner died (at once when it was a process of this host,
+else when its lease lapses) — execution is at least once. Billing is exactly once: every run of a
+job records its usage under the same request id (`job-<id>`), and the usage writer stores a request
+id once, so the first run that settles is the one billed (a run cut at shutdown is billed for what
+it generated and its re-run is not; a run lost in a crash recorded nothing, and its re-run is)."""
 
 from __future__ import annotations
 
@@ -18,17 +25,20 @@ import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-import orjson
-
-from ..core import Answer, Gateway, Inference
+from ..core import Gateway, Inference, Stream
+from ..core.estimates import streamed_text
 from ..db.models import Job
 from ..domain import Principal
 from ..durations import utcnow
 from ..errors import as_keystile
+from ..outage import Outage
 from ..settings import JobSettings
 from .store import DONE, FAILED, JobStore
 
 log = logging.getLogger("keystile.jobs")
+
+BEAT_S = 1.0  # a running job's lease is renewed, and a cancel through another gateway noticed, this often
+LEASE_S = 15.0  # a running job whose heartbeat is older than this is queued again
 
 PrincipalOf = Callable[[Job], Awaitable[Principal]]
 HOST = socket.gethostname()[:40]
@@ -51,41 +61,40 @@ def _dead_here(runner: str) -> bool:
     return False
 
 
-def answer_text(answer: Answer) -> str:
-    """The generated text of an OpenAI chat (or text) completion body."""
-    choices = orjson.loads(answer.body).get("choices") or [{}]
-    first = choices[0]
-    return (first.get("message") or {}).get("content") or first.get("text") or ""
+def usage_id(job_id: str) -> str:
+    """The request id every run of a job records its usage under (so it is billed once)."""
+    return f"job-{job_id}"
 
 
 class JobRunner:
     def __init__(self, store: JobStore, gateway: Gateway, principal_of: PrincipalOf, settings: JobSettings, *,
-                 orphan_after_s: float, drain_s: float = 20.0):
+                 drain_s: float = 20.0, lease_s: float = LEASE_S):
         self.store = store
         self.gateway = gateway
         self.principal_of = principal_of
         self.settings = settings
-        self.orphan_after_s = orphan_after_s
         self.drain_s = drain_s
+        self.lease_s = lease_s
         self.id = f"{HOST}:{os.getpid()}:{secrets.token_hex(3)}"
         self._wake = asyncio.Event()
         self._closing = False
         self._tasks: list[asyncio.Task] = []
         self._running: dict[str, asyncio.Task] = {}
         self._ended: dict[str, asyncio.Event] = {}
-        self._db_down = False
+        self.outage = Outage(log, "jobs")
 
     async def start(self) -> None:
         await self._requeue_orphans()
         self._tasks = [asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self.settings.workers)]
+        self._tasks.append(asyncio.create_task(self._beat(), name="job-heartbeat"))
         self._tasks.append(asyncio.create_task(self._sweep(), name="job-sweeper"))
 
     async def _requeue_orphans(self) -> None:
         """Jobs left running by a process that is gone: on this host, one whose pid no longer runs
-        (at once); on another host, any that has run longer than a call may."""
+        (at once); on any host, one whose lease lapsed."""
         dead = [r for r in await self.store.runners() if r != self.id and _dead_here(r)]
         n = await self.store.requeue(runners=dead) if dead else 0
-        n += await self.store.requeue(started_before=utcnow() - timedelta(seconds=self.orphan_after_s))
+        n += await self.store.requeue(silent_since=utcnow() - timedelta(seconds=self.lease_s))
         if n:
             log.warning("requeued %d jobs left running by a gateway process that stopped", n)
 
@@ -105,9 +114,8 @@ class JobRunner:
     async def aclose(self) -> None:
         self._closing = True
         self._wake.set()
-        workers, sweeper = self._tasks[:-1], self._tasks[-1:]
-        for task in sweeper:
-            task.cancel()
+        workers, background = self._tasks[:-2], self._tasks[-2:]
+        background[-1].cancel()  # the sweeper; the heartbeat keeps the running jobs' lease while they drain
         _, late = await asyncio.wait(workers, timeout=self.drain_s) if workers else (set(), set())
         if late:  # calls still running: stop them and put their jobs back in the queue
             stuck, calls = list(self._running), list(self._running.values())
@@ -117,15 +125,17 @@ class JobRunner:
             await self.store.requeue(runners=[self.id], ids=stuck)
             log.warning("shutdown: %d running jobs did not finish within %.0f s and were requeued",
                         len(stuck), self.drain_s)
-        await asyncio.gather(*sweeper, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
 
     async def _work(self) -> None:
         while not self._closing:
             try:
                 job = await self.store.claim(self.id)
-                self._reachable()
+                self.outage.ended()
             except Exception as exc:  # the database is away: try again shortly
-                self._unreachable(exc)
+                self.outage.failed(exc)
                 job = None
             if job is None:
                 self._wake.clear()
@@ -143,49 +153,55 @@ class JobRunner:
                     event.set()
 
     async def _run(self, job: Job) -> None:
+        """One run, streamed through the core so that a run stopped early (cancelled, drained) is
+        settled with the tokens it produced."""
         try:
             principal = await self.principal_of(job)
-            answer = await self.gateway.call(principal, "chat", Inference(dict(job.request), route=job.route))
-            assert isinstance(answer, Answer)
-            output = {"status": "success", "output": answer_text(answer), "model": job.model}
-            if answer.usage is not None:
-                output["usage"] = {"prompt_tokens": answer.usage.prompt_tokens,
-                                   "completion_tokens": answer.usage.completion_tokens}
-            await self._store(lambda: self.store.finish(job.id, DONE, output=output))
+            stream = await self.gateway.call(principal, "chat", Inference(
+                dict(job.request), stream=True, route=job.route, request_id=usage_id(job.id)))
+            assert isinstance(stream, Stream)
+            relayed: list[bytes] = []
+            usage = None
+            try:
+                async for chunk in stream:
+                    usage = chunk.usage or usage
+                    if not chunk.usage_only:
+                        relayed.append(chunk.data)
+            finally:
+                await stream.aclose()
+            output = {"status": "success", "output": streamed_text(relayed), "model": job.model}
+            if usage is not None:
+                output["usage"] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+            await self._store(lambda: self.store.finish(job.id, self.id, DONE, output=output))
         except asyncio.CancelledError:
-            if not self._closing:  # POST /cancel stopped it (and marked it CANCELLED)
-                await asyncio.shield(self._store(lambda: self.store.cancel(job.id)))
+            pass  # shutdown (the job is requeued), or the job is no longer ours (cancelled, taken over)
         except Exception as exc:
             error = as_keystile(exc).message[:2000]
-            await self._store(lambda: self.store.finish(job.id, FAILED, error=error))
+            await self._store(lambda: self.store.finish(job.id, self.id, FAILED, error=error))
+
+    async def _beat(self) -> None:
+        """Every BEAT_S: renew the running jobs' lease and stop the ones no longer ours; every
+        third of a lease, requeue the jobs of runners that are gone."""
+        loop = asyncio.get_running_loop()
+        next_orphans = loop.time() + self.lease_s / 3
+        while True:
+            await asyncio.sleep(BEAT_S)
+            try:
+                held = list(self._running)
+                for job_id in await self.store.beat(self.id, held) if held else ():
+                    log.info("job %s was cancelled or taken over elsewhere: stopping it here", job_id)
+                    self.cancel(job_id)
+                if loop.time() >= next_orphans and not self._closing:
+                    next_orphans = loop.time() + self.lease_s / 3
+                    await self._requeue_orphans()
+                self.outage.ended()
+            except Exception as exc:
+                self.outage.failed(exc)
 
     async def _store(self, write: Callable[[], Awaitable[bool]]) -> None:
         """A job's end written, however long the database is away (else the job would run again);
         at shutdown, given up after a few tries (the job is then requeued as an orphan)."""
-        delay = 0.5
-        while True:
-            try:
-                await write()
-                self._reachable()
-                return
-            except Exception as exc:
-                self._unreachable(exc)
-                if self._closing and delay >= 4:
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def _unreachable(self, exc: Exception) -> None:
-        """Logged once per outage, without a traceback."""
-        if not self._db_down:
-            self._db_down = True
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            log.warning("jobs: the database is unreachable (%s: %s); retrying", type(exc).__name__, first)
-
-    def _reachable(self) -> None:
-        if self._db_down:
-            self._db_down = False
-            log.warning("jobs: the database is reachable again")
+        await self.outage.persist(write, max_delay=5.0, give_up=lambda delay: self._closing and delay >= 4)
 
     async def _sweep(self) -> None:
         every = min(60.0, max(1.0, self.settings.keep_finished_s / 4))
@@ -193,9 +209,8 @@ class JobRunner:
             await asyncio.sleep(every)
             try:
                 await self.store.expire(self.settings.keep_finished_s)
-                await self._requeue_orphans()
-                self._reachable()
+                self.outage.ended()
             except Exception as exc:
-                self._unreachable(exc)
+                self.outage.failed(exc)
 
 

@@ -1,11 +1,16 @@
 """The jobs table's queries. Every change of state is one guarded UPDATE (`WHERE status = ...`),
-so of two processes (or a cancel racing a finish) exactly one wins and a job ends once."""
+so of two processes (or a cancel racing a finish) exactly one wins and a job ends once.
+
+A running job is leased to its runner: `heartbeat_at` is renewed every second while it runs, a
+job whose heartbeat is older than the lease goes back to the queue, and a runner ends a job only
+while it still holds it (`runner = me`), so a runner that lost its lease (cut off from the
+database) cannot overwrite the end of the run that took over."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 
 from ..db.engine import Database
 from ..db.models import Job
@@ -42,15 +47,34 @@ class JobStore:
                 if job_id is None:
                     return None
                 taken = await session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
-                                              .values(status=RUNNING, runner=runner, started_at=utcnow()))
+                                              .values(status=RUNNING, runner=runner, started_at=utcnow(),
+                                                      heartbeat_at=utcnow()))
                 await session.commit()
                 if taken.rowcount == 1:
                     return await session.get(Job, job_id, populate_existing=True)
         return None
 
-    async def finish(self, job_id: str, status: str, *, output: dict | None = None, error: str | None = None) -> bool:
-        """A running job's end; False if it had ended already (cancelled meanwhile)."""
-        return await self._move(job_id, (RUNNING,), status=status, output=output, error=error, finished_at=utcnow())
+    async def finish(self, job_id: str, runner: str, status: str, *, output: dict | None = None,
+                     error: str | None = None) -> bool:
+        """A running job's end, written by the runner holding it; False if it had ended already
+        (cancelled meanwhile) or was taken over by another runner."""
+        async with self.db.sessions() as session:
+            result = await session.execute(
+                update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.runner == runner)
+                .values(status=status, output=output, error=error, finished_at=utcnow()))
+            await session.commit()
+            return result.rowcount == 1
+
+    async def beat(self, runner: str, held: list[str]) -> list[str]:
+        """Renew the lease of the jobs `runner` runs; the ones of `held` it no longer holds
+        (cancelled through another gateway, or requeued after its lease lapsed)."""
+        async with self.db.sessions() as session:
+            await session.execute(update(Job).where(Job.runner == runner, Job.status == RUNNING)
+                                  .values(heartbeat_at=utcnow()))
+            still = set(await session.scalars(select(Job.id).where(
+                Job.id.in_(held), Job.status == RUNNING, Job.runner == runner)))
+            await session.commit()
+        return [job_id for job_id in held if job_id not in still]
 
     async def cancel(self, job_id: str) -> bool:
         return await self._move(job_id, (QUEUED, RUNNING), status=CANCELLED, finished_at=utcnow())
@@ -61,19 +85,22 @@ class JobStore:
             return [r for r in (await session.scalars(select(Job.runner).where(Job.status == RUNNING).distinct()))
                     if r is not None]
 
-    async def requeue(self, *, runners: list[str] | None = None, started_before: datetime | None = None,
+    async def requeue(self, *, runners: list[str] | None = None, silent_since: datetime | None = None,
                       ids: list[str] | None = None) -> int:
         """Running jobs back in the queue: those of the runners named (one shutting down, or ones
-        that died), those started before a time (orphans of another host), or the ones named."""
+        that died), those whose lease lapsed (no heartbeat since `silent_since`: their runner died
+        or lost the database), or the ones named."""
         query = update(Job).where(Job.status == RUNNING)
         if runners is not None:
             query = query.where(Job.runner.in_(runners))
-        if started_before is not None:
-            query = query.where(Job.started_at < started_before)
+        if silent_since is not None:
+            query = query.where(or_(Job.heartbeat_at < silent_since,
+                                    Job.heartbeat_at.is_(None) & (Job.started_at < silent_since)))
         if ids is not None:
             query = query.where(Job.id.in_(ids))
         async with self.db.sessions() as session:
-            result = await session.execute(query.values(status=QUEUED, runner=None, started_at=None))
+            result = await session.execute(query.values(status=QUEUED, runner=None, started_at=None,
+                                                                     heartbeat_at=None))
             await session.commit()
             return result.rowcount
 
