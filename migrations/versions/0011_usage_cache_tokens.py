@@ -2,15 +2,15 @@
 or wrote to its prompt cache (OpenAI's prompt_tokens_details.cached_tokens, Anthropic's
 cache_read_input_tokens / cache_creation_input_tokens); rows written before have 0.
 
-Revision ID: 0007_usage_cache_tokens
-Revises: 0009_team_members_orgs
+Revision ID: 0011_usage_cache_tokens
+Revises: 0010_jobs_lease
 Create Date: 2026-11-30 15:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007_usage_cache_tokens'
-down_revision = '0009_team_members_orgs'
+revision = '0011_usage_cache_tokens'
+down_revision = '0010_jobs_lease'
 branch_labels = None
 depends_on = None
 
