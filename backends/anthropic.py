@@ -1,6 +1,6 @@
 """`anthropic/…` deployments: chat, completions and embeddings through the litellm SDK (translated,
 as every other provider), and Anthropic's own Messages API relayed as it is (`messages`,
-`messages_stream`): the client's body with only `model` set to the upstream's name, its
+`messages_stream`, `count_tokens`): the client's body with only `model` set to the upstream's name, its
 `anthropic-version` and `anthropic-beta` headers, the answer's bytes and the upstream's errors
 unchanged (Claude Code's recovery reads their wording). Usage is read from the answer
 (`usage`) and from the stream (`message_start`, then `message_delta`)."""
@@ -33,12 +33,13 @@ def _messages_path(base: str) -> str:
 
 
 def usage_of(usage: Any) -> Usage | None:
-    """Anthropic's usage object: input counts cache reads and writes too (they are prompt tokens)."""
+    """Anthropic's usage object: the prompt counts cache reads and writes too (they are prompt
+    tokens, priced apart: `cache_read_input_tokens`, `cache_creation_input_tokens`)."""
     if not isinstance(usage, dict):
         return None
-    prompt = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens",
-                                                   "cache_creation_input_tokens"))
-    return Usage(prompt, int(usage.get("output_tokens") or 0))
+    read, created = int(usage.get("cache_read_input_tokens") or 0), int(usage.get("cache_creation_input_tokens") or 0)
+    return Usage(int(usage.get("input_tokens") or 0) + read + created, int(usage.get("output_tokens") or 0),
+                 read, created)
 
 
 def _error(status: int, body: bytes, retry_after: str | None) -> errors.UpstreamHTTPError:
@@ -69,7 +70,7 @@ class AnthropicBackend(LiteLLMBackend):
         self._relay_timeout = timeout
         self._stream_timeout = stream_timeout or timeout
 
-    def _request(self, body: dict) -> tuple[bytes, bytes]:
+    def _request(self, body: dict, path: str = "") -> tuple[bytes, bytes]:
         forwarded = body.get("extra_headers") or {}
         headers = {"Content-Type": "application/json", "anthropic-version": DEFAULT_VERSION}
         headers.update({k: v for k, v in forwarded.items() if k in FORWARDED and v})
@@ -77,10 +78,17 @@ class AnthropicBackend(LiteLLMBackend):
             headers["x-api-key"] = self._key
         payload = orjson.dumps({**{k: v for k, v in body.items() if k != "extra_headers"},
                                 "model": self.upstream_model})
-        return self._pool.get(self._base).request_head("POST", self._path, headers), payload
+        return self._pool.get(self._base).request_head("POST", self._path + path, headers), payload
 
     async def messages(self, body: dict) -> Completion:
-        head, payload = self._request(body)
+        return await self._exchange(body)
+
+    async def count_tokens(self, body: dict) -> Completion:
+        """`POST /v1/messages/count_tokens`, relayed like `messages` (`{"input_tokens": n}` back)."""
+        return await self._exchange(body, "/count_tokens")
+
+    async def _exchange(self, body: dict, path: str = "") -> Completion:
+        head, payload = self._request(body, path)
         try:
             status, data, retry_after = await self._pool.get(self._base).exchange(head, payload, self._relay_timeout)
         except Timeout as exc:
@@ -99,7 +107,7 @@ class AnthropicBackend(LiteLLMBackend):
 
     async def messages_stream(self, body: dict) -> AsyncIterator[Chunk]:
         head, payload = self._request({**body, "stream": True})
-        prompt = 0
+        start = Usage()
         try:
             async with await self._pool.get(self._base).open(head, payload, self._stream_timeout) as resp:
                 if resp.status >= 400:
@@ -111,9 +119,11 @@ class AnthropicBackend(LiteLLMBackend):
                         parsed = orjson.loads(data)
                         found = usage_of((parsed.get("message") or parsed).get("usage"))
                         if found is not None and parsed["type"] == "message_start":
-                            prompt = found.prompt_tokens
-                        elif found is not None:
-                            usage = Usage(found.prompt_tokens or prompt, found.completion_tokens)
+                            start = found
+                        elif found is not None:  # message_delta: the final counts, the prompt's if it says
+                            usage = found if found.prompt_tokens else \
+                                Usage(start.prompt_tokens, found.completion_tokens, start.cache_read_tokens,
+                                      start.cache_creation_tokens)
                     yield Chunk(data, usage)
         except Timeout as exc:
             raise errors.UpstreamTimeout(f"upstream {self.public_name} stopped sending") from exc

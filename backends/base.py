@@ -14,8 +14,14 @@ from typing import Any, Protocol
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens of one call. `prompt_tokens` counts every prompt token, the cached ones too:
+    `cache_read_tokens` of them were read from the provider's prompt cache, `cache_creation_tokens`
+    written to it (each priced apart where the price map knows how)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -23,9 +29,13 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: dict | None) -> Usage | None:
+        """OpenAI's usage object; cache reads from `prompt_tokens_details.cached_tokens`."""
         if not isinstance(usage, dict):
             return None
-        return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                   cached if isinstance(cached, int) and cached > 0 else 0)
 
 
 ID_MAX = 255

@@ -178,6 +178,8 @@ class UsageRecord:
     - `status`: the HTTP status returned; `error_type`: the error envelope's `type` when it failed.
     - `response_id`: the answer's own `id` (`chatcmpl-…`, `msg_…`) when it had one; LiteLLM's
       /spend/logs calls this `request_id`.
+    - `cache_read_tokens` / `cache_creation_tokens`: of `prompt_tokens`, those the upstream read from
+      / wrote to its prompt cache (as it reported them; 0 when it did not).
     """
 
     request_id: str
@@ -197,6 +199,8 @@ class UsageRecord:
     error_type: str | None = None
     streamed: bool = False
     response_id: str | None = None
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

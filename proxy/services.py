@@ -105,7 +105,7 @@ class Services:
             log.info("usage journal %s: %d files of earlier runs to write", journal.directory, leftover)
         usage = UsageWriter(db, journal=journal)
         usage.start()
-        gateway = Gateway(router, limiter, prices, usage)
+        gateway = Gateway(router, limiter, prices, usage, stream_keepalive=options.stream_keepalive)
         services = cls(settings=settings, config=config, options=options, pool=pool, router=router, db=db,
                        redis=redis, cache=cache, invalidator=invalidator, changes=changes, auth=auth, limiter=limiter,
                        spend=spend, prices=prices,

@@ -151,6 +151,9 @@ class KeystileSettings(BaseModel):
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, description="request line and headers; more: 431")
     header_timeout: float = Field(default=10.0, gt=0, description="seconds for a request's head to arrive; then 408")
     body_timeout: float = Field(default=30.0, gt=0, description="seconds a request body may pause; then closed")
+    stream_keepalive: float = Field(default=5.0, ge=0, description=(
+        "seconds a stream may wait for its first chunk (a long prefill) before the answer is committed as "
+        "200 SSE with a keep-alive every as many seconds until it starts; 0: wait without one"))
     jwt: JWTSettings | None = None
     default_model: str | None = Field(default=None, min_length=1,
                                       description="model of requests that name none (/generate, /run); "
@@ -214,9 +217,10 @@ class FileConfig(BaseModel):
         return merged
 
 
-SERVER_LIMITS = ("max_request_bytes", "max_header_bytes", "header_timeout", "body_timeout")
+SERVER_LIMITS = ("max_request_bytes", "max_header_bytes", "header_timeout", "body_timeout", "stream_keepalive")
 """The HTTP server's limits in keystile_settings that the environment may set too (KEYSTILE_<NAME>):
-they belong to where the gateway runs (behind nginx or not) more than to the model map."""
+they belong to where the gateway runs (behind nginx or not, its proxies' idle timeouts) more than
+to the model map."""
 FROM_ENVIRONMENT = (*SERVER_LIMITS, "metrics_token", "log_requests", "log_prompts")
 """Every keystile_settings field the environment may set (KEYSTILE_<NAME>): the server limits, and
 the scrape token and log switches (proxy/observe), which belong to the deployment too."""
@@ -241,6 +245,7 @@ class Settings(BaseSettings):
     keystile_max_header_bytes: str = ""
     keystile_header_timeout: str = ""
     keystile_body_timeout: str = ""
+    keystile_stream_keepalive: str = ""
     keystile_metrics_token: str = ""
     keystile_log_requests: str = ""
     keystile_log_prompts: str = ""

@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from .anthropic_upstream import FakeAnthropic
+from .runaway_upstream import RunawayUpstream
 from .servers import Keystile
 from .stack import stack  # noqa: F401  (the production stack fixture: nginx + two instances)
 from .upstream import FakeUpstream
@@ -28,6 +30,19 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def upstream():
     with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def runaway():
+    """The upstream that ignores max_tokens and stop, waits before its first chunk, reports cache reads."""
+    with RunawayUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic():
+    with FakeAnthropic() as fake:
         yield fake
 
 

@@ -35,8 +35,8 @@ def test_create_translates_onto_chat(client, upstream):
     assert m.stop_reason == "end_turn" and m.usage.input_tokens == 7 and m.usage.output_tokens == 3
     sent = upstream.requests[-1]
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
-    assert (sent["max_tokens"], sent["temperature"], sent["top_p"], sent["stop"], sent["user"]) == \
-        (50, 0.5, 0.9, ["END"], "user-7")
+    assert (sent["max_tokens"], sent["temperature"], sent["top_p"], sent["user"]) == (50, 0.5, 0.9, "user-7")
+    assert "stop" not in sent and sent["stream"] is True  # stop sequences are the gateway's (test_anthropic_core.py)
 
 
 def test_bearer_token_as_claude_code_sends_it(clients_gateway):

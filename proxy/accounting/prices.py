@@ -44,6 +44,10 @@ class Price:
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
     max_output_tokens: int | None = None
+    cache_read_input_token_cost: float | None = None
+    """A prompt token read from the provider's cache (None: priced as any prompt token)."""
+    cache_creation_input_token_cost: float | None = None
+    """A prompt token written to the provider's cache (None: priced as any prompt token)."""
 
 
 def _number(value: Any) -> float:
@@ -56,7 +60,13 @@ def _entry(spec: Mapping[str, Any]) -> tuple[str, Price]:
         input_cost_per_token=_number(spec.get("input_cost_per_token")),
         output_cost_per_token=_number(spec.get("output_cost_per_token")),
         max_output_tokens=limit if isinstance(limit, int) and limit > 0 else None,
+        cache_read_input_token_cost=_optional(spec.get("cache_read_input_token_cost")),
+        cache_creation_input_token_cost=_optional(spec.get("cache_creation_input_token_cost")),
     )
+
+
+def _optional(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) and value >= 0 else None
 
 
 def bundled_map_path() -> Path | None:
@@ -150,27 +160,45 @@ class PriceMap:
                 self._resolved.clear()
             provider = upstream.partition("/")[0]
             base = (None if provider in self._local else self.lookup(upstream)) or Price()
+            # The map's cache prices go with its input price: a configured input price has none.
             resolved = self._resolved[key] = Price(
                 input_cost_per_token=base.input_cost_per_token if inp is None else float(inp),
                 output_cost_per_token=base.output_cost_per_token if out is None else float(out),
-                max_output_tokens=base.max_output_tokens)
+                max_output_tokens=base.max_output_tokens,
+                cache_read_input_token_cost=base.cache_read_input_token_cost if inp is None else None,
+                cache_creation_input_token_cost=base.cache_creation_input_token_cost if inp is None else None)
         return resolved
 
     def cost(self, upstream: str, prompt_tokens: int, completion_tokens: int,
-             overrides: CostOverrides | None = None) -> float:
-        """USD for a finished request: prompt x input price + completion x output price."""
+             overrides: CostOverrides | None = None, *, cache_read_tokens: int = 0,
+             cache_creation_tokens: int = 0) -> float:
+        """USD for a finished request: prompt x input price + completion x output price, where the
+        prompt tokens read from / written to the provider's cache (part of `prompt_tokens`) are at
+        the map's cache prices when it has them."""
         p = self.price(upstream, overrides)
-        return max(0, prompt_tokens) * p.input_cost_per_token + max(0, completion_tokens) * p.output_cost_per_token
+        prompt = max(0, prompt_tokens)
+        total = max(0, completion_tokens) * p.output_cost_per_token
+        for tokens, price in ((cache_read_tokens, p.cache_read_input_token_cost),
+                              (cache_creation_tokens, p.cache_creation_input_token_cost)):
+            if price is not None and tokens > 0:
+                tokens = min(tokens, prompt)
+                prompt -= tokens
+                total += tokens * price
+        return total + prompt * p.input_cost_per_token
+
+    def completion_allowance(self, upstream: str, max_completion_tokens: int | None,
+                             overrides: CostOverrides | None = None) -> int:
+        """The completion tokens a request is assumed to use at most: `max_completion_tokens` (the
+        request's `max_tokens` / `max_completion_tokens`), else the model's output limit from the
+        map, else `default_max_completion_tokens`. A stream is cut there (core/cutoff.py)."""
+        if max_completion_tokens is not None:
+            return max(0, max_completion_tokens)
+        return self.price(upstream, overrides).max_output_tokens or self._default_max_completion
 
     def max_cost(self, upstream: str, prompt_tokens_estimate: int, max_completion_tokens: int | None,
                  overrides: CostOverrides | None = None) -> float:
-        """The most a request can cost, to reserve against a budget before it runs. The completion
-        is assumed to use `max_completion_tokens` (the request's `max_tokens` /
-        `max_completion_tokens`), else the model's output limit from the map, else
-        `default_max_completion_tokens`."""
+        """The most a request can cost, to reserve against a budget before it runs: the prompt
+        estimate and `completion_allowance` completion tokens."""
         p = self.price(upstream, overrides)
-        completion = max_completion_tokens
-        if completion is None:
-            completion = p.max_output_tokens or self._default_max_completion
-        return (max(0, prompt_tokens_estimate) * p.input_cost_per_token
-                + max(0, completion) * p.output_cost_per_token)
+        completion = self.completion_allowance(upstream, max_completion_tokens, overrides)
+        return max(0, prompt_tokens_estimate) * p.input_cost_per_token + completion * p.output_cost_per_token

@@ -31,6 +31,7 @@ CALLS: dict[Operation, Callable[[Backend, dict], Awaitable[Completion]]] = {
     "detokenize": lambda backend, body: backend.decode(body),
     "images": lambda backend, body: backend.images(body),
     "moderations": lambda backend, body: backend.moderate(body),
+    "count_tokens": lambda backend, body: backend.count_tokens(body),  # type: ignore[attr-defined]
 }
 STREAMS: dict[Operation, Callable[[Backend, dict], AsyncGenerator[Chunk, None]]] = {
     "chat": lambda backend, body: backend.chat_stream(body),  # type: ignore[dict-item]

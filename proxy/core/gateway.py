@@ -32,6 +32,7 @@ from ..errors import Forbidden, KeystileError, NotFound, as_keystile
 from ..limits import Lease, Limiter, request_limits
 from .attempts import Attempts, Started
 from .cancel import Disconnected, Watch, unless_disconnected
+from .cutoff import Cutoff
 from .estimates import MESSAGE_OVERHEAD, estimate_prompt_tokens, prompt_text, requested_completion_tokens, streamed_text
 from .values import RELAYED, STREAMABLE, Answer, Inference, Operation, Stream
 
@@ -51,6 +52,7 @@ class Call:
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     model: str = ""
     prompt_estimate: int = 0
+    max_completion: int | None = None
     deployment: Deployment | None = None
     usage: Usage | None = None
     status: int = 200
@@ -95,8 +97,13 @@ def check_caller(principal: Principal) -> None:
 
 
 class Gateway:
-    def __init__(self, router: Router, limiter: Limiter, prices: PriceMap, usage: UsageWriter):
+    def __init__(self, router: Router, limiter: Limiter, prices: PriceMap, usage: UsageWriter, *,
+                 stream_keepalive: float = 0.0):
+        """`stream_keepalive`: seconds a caller serving a stream over a connection that proxies may
+        time out lets it wait for its first chunk before committing the answer with keep-alives
+        (0: never; the core itself does not wait on it)."""
         self.router = router
+        self.stream_keepalive = stream_keepalive
         self.limiter = limiter
         self.prices = prices
         self.usage = usage
@@ -154,6 +161,15 @@ class Gateway:
             return estimate_prompt_tokens(body)
         return len(tokens) + MESSAGE_OVERHEAD * len(body.get("messages") or ())
 
+    async def relay_count(self, principal: Principal, body: dict) -> bytes:
+        """Anthropic's token count of a Messages body for a model whose deployments take Anthropic's
+        format (`relays(..., "anthropic")`): the upstream's answer as it is (retries and fallbacks as
+        for any call; like `count_prompt`, nothing is limited or recorded)."""
+        check_caller(principal)
+        name = self.resolve_model(principal, str(body.get("model") or ""))
+        _, result = await self.attempts.call(name, "count_tokens", body, 0)
+        return result.body
+
     def reject(self, principal: Principal, route: str, exc: BaseException, *, model: str = "",
                request_id: str = "") -> None:
         """Record a request that failed before it reached `call` (body unreadable, malformed or
@@ -198,7 +214,7 @@ class Gateway:
 
     async def _admit(self, call: Call, name: str, body: dict) -> Lease:
         call.prompt_estimate = estimate_prompt_tokens(body)
-        completion = requested_completion_tokens(body)
+        call.max_completion = completion = requested_completion_tokens(body)
         limits, budgets = request_limits(call.principal, name, now=time.time())
         max_cost = max((self.prices.max_cost(d.upstream, call.prompt_estimate, completion, d)
                         for d in self.router.group(name) or ()), default=0.0) if budgets else 0.0
@@ -222,9 +238,18 @@ class Gateway:
             if isinstance(exc, AFTER_ADMISSION):
                 raise _with_lease_headers(exc, lease) from exc
             raise
-        call.deployment = started.deployment
+        call.deployment = d = started.deployment
         self.streams_open += 1
         relayed: list[bytes] = []
+        # Where a budget or a tpm limit counts this call's tokens, an upstream that ignores max_tokens is
+        # cut at what admission reserved: the request's max_tokens, else (with a budget) what the budget
+        # hold assumed (cutoff.py). Calls nothing counts are not parsed chunk by chunk.
+        reserved = None
+        if operation not in RELAYED and (lease.budgets or d.tpm is not None
+                                         or any(spec.tpm is not None for spec in lease.limits)):
+            reserved = call.max_completion if call.max_completion is not None else \
+                self.prices.completion_allowance(d.upstream, None, d) if lease.budgets else None
+        cutoff = Cutoff(reserved, call.prompt_estimate) if reserved is not None else None
 
         async def finish() -> None:
             """Once, however the stream ends (also when it is closed without having been read)."""
@@ -245,9 +270,10 @@ class Gateway:
                 call.fail(Disconnected())  # closed before it was read: nobody took the answer
                 await finish()
 
-        return Stream(self._relay(call, started, relayed, finish), lease.headers(), abandoned)
+        return Stream(self._relay(call, started, relayed, cutoff, finish), lease.headers(), abandoned,
+                      lambda: call.usage)
 
-    async def _relay(self, call: Call, started: Started, relayed: list[bytes],
+    async def _relay(self, call: Call, started: Started, relayed: list[bytes], cutoff: Cutoff | None,
                      finish: Callable[[], Awaitable[None]]) -> AsyncGenerator[Chunk, None]:
         try:
             first = started.first
@@ -255,15 +281,20 @@ class Gateway:
                 return
             call.ttft_ms = call.elapsed_ms()
             call.response_id = chunk_id(first.data)
-            if first.usage is not None:
-                call.usage = first.usage
-            relayed.append(first.data)
-            yield first
-            async for chunk in started.stream:
-                if chunk.usage is not None:
-                    call.usage = chunk.usage
-                relayed.append(chunk.data)
-                yield chunk
+            chunk, rest = first, started.stream.__anext__
+            while True:
+                ending = cutoff.see(chunk) if cutoff is not None else None
+                for out in (chunk,) if ending is None else ending:
+                    if out.usage is not None:
+                        call.usage = out.usage
+                    relayed.append(out.data)
+                    yield out
+                if ending is not None:
+                    return  # the reserved tokens are used up: `finish` closes the upstream
+                try:
+                    chunk = await rest()
+                except StopAsyncIteration:
+                    return
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -284,7 +315,9 @@ class Gateway:
 
     async def _settle(self, call: Call, lease: Lease) -> None:
         usage, d = call.usage, call.deployment
-        cost = self.prices.cost(d.upstream, usage.prompt_tokens, usage.completion_tokens, d) if usage and d else 0.0
+        cost = self.prices.cost(d.upstream, usage.prompt_tokens, usage.completion_tokens, d,
+                                cache_read_tokens=usage.cache_read_tokens,
+                                cache_creation_tokens=usage.cache_creation_tokens) if usage and d else 0.0
         await self.limiter.release(lease, tokens_used=usage.total_tokens if usage else 0, cost=cost)
         self._record(call, cost)
 
@@ -300,6 +333,8 @@ class Gateway:
             prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
             cost=cost, latency_ms=call.elapsed_ms(), ttft_ms=call.ttft_ms, error_type=call.error_type,
             streamed=call.streamed, response_id=call.response_id,
+            cache_read_tokens=usage.cache_read_tokens if usage else 0,
+            cache_creation_tokens=usage.cache_creation_tokens if usage else 0,
         )
         self.usage.record(rec)
         if self.observe is not None:

@@ -12,12 +12,12 @@ from typing import Literal
 
 from backends.base import Chunk, Usage
 
-Operation = Literal["chat", "completions", "embeddings", "rerank", "messages", "fim", "tokenize", "detokenize",
-                    "images", "moderations"]
+Operation = Literal["chat", "completions", "embeddings", "rerank", "messages", "count_tokens", "fim", "tokenize",
+                    "detokenize", "images", "moderations"]
 """What is asked of a model: a chat completion, a text completion, embeddings, a reranking of
-documents, an Anthropic Messages request or a Mistral fill-in-the-middle request relayed as it is to
-a backend that takes them (`relays` has "anthropic", "fim"), its tokenizer's work (text or a chat
-to token ids, ids to text), an image generation or a moderation."""
+documents, an Anthropic Messages request (or its token count) or a Mistral fill-in-the-middle
+request relayed as it is to a backend that takes them (`relays` has "anthropic", "fim"), its
+tokenizer's work (text or a chat to token ids, ids to text), an image generation or a moderation."""
 
 STREAMABLE: frozenset[Operation] = frozenset({"chat", "completions", "messages", "fim"})
 RELAYED: frozenset[Operation] = frozenset({"messages", "fim"})
@@ -56,13 +56,21 @@ class Stream:
     failure after the first chunk is raised from the iteration (a BackendError), for the dialect to
     render in its own way."""
 
-    __slots__ = ("_chunks", "_abandoned", "headers")
+    __slots__ = ("_chunks", "_abandoned", "_usage", "headers")
 
     def __init__(self, chunks: AsyncGenerator[Chunk, None], headers: list[tuple[bytes, bytes]],
-                 abandoned: Callable[[], Awaitable[None]] | None = None):
+                 abandoned: Callable[[], Awaitable[None]] | None = None,
+                 usage: Callable[[], Usage | None] | None = None):
         self._chunks = chunks
         self._abandoned = abandoned
+        self._usage = usage
         self.headers = headers
+
+    def usage(self) -> Usage | None:
+        """The usage the call is charged: once the iteration has ended or the stream is closed,
+        the upstream's, or the count made for a stream that did not report one (a stream cut short
+        by its reader included); None before that if no usage chunk came yet."""
+        return self._usage() if self._usage is not None else None
 
     def __aiter__(self) -> AsyncGenerator[Chunk, None]:
         return self._chunks

@@ -133,6 +133,8 @@ class SpendLog(Base):
     error_type: Mapped[str | None] = mapped_column(String(64))
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
     response_id: Mapped[str | None] = mapped_column(String(255))
+    cache_read_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cache_creation_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_spend_logs_response_id", "response_id"),

@@ -15,27 +15,32 @@ its envelope."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 
 import orjson
 
-from ..core import Answer, Gateway, Inference, Stream
+from backends.base import Chunk, Usage
+
+from ..core import Answer, Gateway, Inference, Operation, Stream, unless_disconnected
 from ..core.estimates import estimate_prompt_tokens
 from ..domain import Principal
 from ..errors import BadRequest, KeystileError
 from ..protocol.anthropic import CountTokensRequest, MessagesRequest
 from .base import Dialect, Endpoint, Event, Incoming, Reply, parse_json, read_json, validate
-from .chat import ChunkReader, Text, ToolArgs, ToolStart, data_url_image, parsed_arguments, read_answer, \
-    url_image, with_heartbeat
+from .chat import ChunkReader, StopScan, Text, ToolArgs, ToolCall, ToolStart, data_url_image, parsed_arguments, \
+    read_answer, url_image, with_heartbeat
 
 FORWARDED = ("anthropic-version", "anthropic-beta")
 """The client's headers a relayed request carries on to an Anthropic upstream."""
 _TYPE = re.compile(rb'"type"\s*:\s*"([a-z_]+)"')
 PING_S = 5.0
 """Seconds of silence in a stream after which a `ping` event is sent."""
+PING: Event = (b"ping", b'{"type":"ping"}')
+"""Anthropic's keep-alive event (its SDK skips it, also before `message_start`)."""
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
@@ -46,9 +51,15 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
 
 @dataclass(slots=True)
 class MessagesCall(Inference):
-    """The chat request a Messages request became, and the model name the client asked for."""
+    """The chat request a Messages request became, the model name the client asked for, and its
+    stop sequences: they are applied here, not sent on as `stop`, because a chat answer's
+    finish_reason "stop" does not say whether (or which) one matched. A request with stop sequences
+    is streamed from the core (`stream`) also when its client wants JSON (`client_streams`), so the
+    upstream is closed as soon as one matches."""
 
     model: str = ""
+    stops: tuple[str, ...] = ()
+    client_streams: bool = False
 
 
 # -- Anthropic request -> chat request ---------------------------------------------------------------
@@ -174,15 +185,14 @@ def _tools(body: dict, chat: dict) -> None:
 
 
 def to_chat(body: dict) -> dict:
-    """A Messages request body (validated) as an OpenAI chat request body."""
+    """A Messages request body (validated) as an OpenAI chat request body (without its
+    stop_sequences: MessagesCall applies them)."""
     chat: dict = {"model": body["model"], "messages": _messages(body)}
     if body.get("max_tokens") is not None:
         chat["max_tokens"] = body["max_tokens"]
     for name in ("temperature", "top_p", "top_k"):
         if body.get(name) is not None:
             chat[name] = body[name]
-    if body.get("stop_sequences"):
-        chat["stop"] = body["stop_sequences"]
     user = (body.get("metadata") or {}).get("user_id")
     if isinstance(user, str) and user:
         chat["user"] = user
@@ -218,46 +228,74 @@ class Anthropic(Dialect):
 
     def parse(self, endpoint: Endpoint, body: dict) -> Inference:
         validate(MessagesRequest, body)
-        return MessagesCall(to_chat(body), stream=body.get("stream") is True, model=body["model"])
+        stops = tuple(s for s in body.get("stop_sequences") or () if s)
+        streams = body.get("stream") is True
+        return MessagesCall(to_chat(body), stream=streams or bool(stops), model=body["model"], stops=stops,
+                            client_streams=streams)
 
     def render(self, endpoint: Endpoint, request: Inference, answer: Answer) -> bytes:
         r = read_answer(answer.body)
-        content: list[dict] = [{"type": "text", "text": r.text}] if r.text else []
-        content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": parsed_arguments(c.arguments)}
-                    for c in r.tool_calls]
-        return orjson.dumps({
-            "id": _message_id(), "type": "message", "role": "assistant", "model": _model(request),
-            "content": content, "stop_reason": STOP_REASONS.get(r.finish_reason or "stop", "end_turn"),
-            "stop_sequence": None,
-            "usage": _usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens),
-        })
+        return _message(request, r.text, r.tool_calls, STOP_REASONS.get(r.finish_reason or "stop", "end_turn"), None,
+                        _usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens))
+
+    async def respond(self, gateway: Gateway, principal: Principal, operation: Operation, request: Inference,
+                      incoming: Incoming, reply: Callable[[Answer | Stream], Reply]) -> Reply:
+        if not isinstance(request, MessagesCall) or request.client_streams or not request.stops:
+            return await super().respond(gateway, principal, operation, request, incoming, reply)
+        # JSON with stop sequences: read the core's stream until one matches, answer the message.
+        stream = await gateway.call(principal, operation, request, disconnected=incoming.disconnected)
+        assert isinstance(stream, Stream)
+        reader = _Reader(request.stops)
+
+        async def collect() -> None:
+            async for chunk in stream:
+                for _ in reader.read(chunk):
+                    pass
+                if reader.matched is not None:
+                    return
+            for _ in reader.end():
+                pass
+        try:
+            await unless_disconnected(incoming.disconnected, collect())
+        finally:
+            await stream.aclose()
+        return Reply(headers=stream.headers, body=_message(request, reader.text, reader.chat.result.tool_calls,
+                                                           reader.stop_reason(), reader.matched, _charged(stream)))
 
     async def events(self, endpoint: Endpoint, request: Inference, stream: Stream) -> AsyncGenerator[Event, None]:
         yield _event(b"message_start", {"type": "message_start", "message": {
             "id": _message_id(), "type": "message", "role": "assistant", "model": _model(request), "content": [],
             "stop_reason": None, "stop_sequence": None,
             "usage": _usage(estimate_prompt_tokens(request.body), 0, 0)}})
-        yield _event(b"ping", {"type": "ping"})
+        yield PING
         blocks = _Blocks()
-        reader = ChunkReader()
-        async for chunk in with_heartbeat(stream, PING_S):
-            if chunk is None:
-                yield _event(b"ping", {"type": "ping"})
-                continue
-            for delta in reader.read(chunk):
-                for event in blocks.add(delta):
-                    yield event
+        reader = _Reader(request.stops if isinstance(request, MessagesCall) else ())
+        async with contextlib.aclosing(with_heartbeat(stream, PING_S)) as chunks:
+            async for chunk in chunks:
+                if chunk is None:
+                    yield PING
+                    continue
+                for delta in reader.read(chunk):
+                    for event in blocks.add(delta):
+                        yield event
+                if reader.matched is not None:
+                    break
+        for delta in reader.end():
+            for event in blocks.add(delta):
+                yield event
         for event in blocks.close():
             yield event
-        r = reader.result
+        await stream.aclose()  # settled: the upstream is closed (a stop sequence matched) and usage known
         yield _event(b"message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": STOP_REASONS.get(r.finish_reason or "stop", "end_turn"), "stop_sequence": None},
-            "usage": _usage(r.prompt_tokens, r.completion_tokens, r.cached_tokens)})
+            "type": "message_delta", "delta": {"stop_reason": reader.stop_reason(), "stop_sequence": reader.matched},
+            "usage": _charged(stream)})
         yield _event(b"message_stop", {"type": "message_stop"})
 
     def stream_error(self, err: KeystileError) -> Event:
         return b"error", self.error(err)
+
+    def keepalive(self) -> Event:
+        return PING
 
     def error(self, err: KeystileError) -> bytes:
         raw = getattr(err, "raw", None)  # a relayed upstream's own error: unchanged
@@ -276,28 +314,97 @@ class Anthropic(Dialect):
         return await self.serve(gateway, principal, endpoint, incoming, body)
 
     async def _count_tokens(self, gateway: Gateway, principal: Principal, incoming: Incoming) -> Reply:
+        """To a model whose deployments all take Anthropic's format: relayed (Anthropic's own count,
+        with the client's anthropic-version / -beta); to any other, the model's tokenizer or the
+        gateway's estimate."""
         body = parse_json(await incoming.read_body())
         validate(CountTokensRequest, body)
+        if gateway.relays(principal, body["model"], "anthropic"):
+            return Reply(body=await gateway.relay_count(principal, {**body, "extra_headers": _forwarded(incoming)}))
         count = await gateway.count_prompt(principal, to_chat(body))
         return Reply(body=orjson.dumps({"input_tokens": count}))
 
     async def _relay(self, gateway: Gateway, principal: Principal, incoming: Incoming, body: dict) -> Reply:
         """To a model whose deployments all take Anthropic's format: the body as it is, with the
         client's anthropic-version / anthropic-beta; the answer, events and errors as they come."""
-        forwarded = {k: v for k in FORWARDED if (v := incoming.headers.get(k))}
-        request = Inference({**body, "extra_headers": forwarded}, stream=body.get("stream") is True,
+        request = Inference({**body, "extra_headers": _forwarded(incoming)}, stream=body.get("stream") is True,
                             route=incoming.path, request_id=incoming.request_id)
-        result = await gateway.call(principal, "messages", request, disconnected=incoming.disconnected)
-        if isinstance(result, Stream):
-            return Reply(headers=result.headers, media_type=b"text/event-stream", events=_relayed(result),
-                         close=result.aclose)
-        return Reply(headers=result.headers, body=result.body)
+        return await self.respond(gateway, principal, "messages", request, incoming, _relay_reply)
+
+
+def _relay_reply(result: Answer | Stream) -> Reply:
+    """A relayed answer or stream as it came."""
+    if isinstance(result, Stream):
+        return Reply(headers=result.headers, media_type=b"text/event-stream", events=_relayed(result),
+                     close=result.aclose)
+    return Reply(headers=result.headers, body=result.body)
+
+
+def _forwarded(incoming: Incoming) -> dict[str, str]:
+    return {k: v for k in FORWARDED if (v := incoming.headers.get(k))}
 
 
 async def _relayed(stream: Stream) -> AsyncGenerator[Event, None]:
     async for chunk in stream:
         found = _TYPE.search(chunk.data, 0, 60)
         yield (found.group(1) if found else None), chunk.data
+
+
+def _message(request: Inference, text: str, tool_calls: list[ToolCall], stop_reason: str, stop_sequence: str | None,
+             usage: dict) -> bytes:
+    content: list[dict] = [{"type": "text", "text": text}] if text else []
+    content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": parsed_arguments(c.arguments)}
+                for c in tool_calls]
+    return orjson.dumps({"id": _message_id(), "type": "message", "role": "assistant", "model": _model(request),
+                         "content": content, "stop_reason": stop_reason, "stop_sequence": stop_sequence,
+                         "usage": usage})
+
+
+def _charged(stream: Stream) -> dict:
+    """Anthropic's usage object for what a settled stream is charged."""
+    u = stream.usage() or Usage()
+    return _usage(u.prompt_tokens, u.completion_tokens, u.cache_read_tokens)
+
+
+class _Reader:
+    """A chat stream's deltas with the request's stop sequences applied to its text."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.chat = ChunkReader()
+        self.scan = StopScan(stops) if stops else None
+        self.text = ""
+
+    @property
+    def matched(self) -> str | None:
+        return self.scan.matched if self.scan is not None else None
+
+    def stop_reason(self) -> str:
+        if self.matched is not None:
+            return "stop_sequence"
+        return STOP_REASONS.get(self.chat.result.finish_reason or "stop", "end_turn")
+
+    def read(self, chunk: Chunk) -> Iterator[Text | ToolStart | ToolArgs]:
+        for delta in self.chat.read(chunk):
+            if self.scan is None:
+                yield delta
+                continue
+            if not isinstance(delta, Text):
+                yield from self.end()  # a tool call ends the text: what was held back is text
+                yield delta
+                continue
+            text = self.scan.feed(delta.text)
+            if text:
+                self.text += text
+                yield Text(text)
+            if self.scan.matched is not None:
+                return
+
+    def end(self) -> Iterator[Text]:
+        """The text held back, at the end of the text (no stop sequence matched)."""
+        held = self.scan.flush() if self.scan is not None and self.scan.matched is None else ""
+        if held:
+            self.text += held
+            yield Text(held)
 
 
 def _model(request: Inference) -> str:

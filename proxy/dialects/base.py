@@ -16,6 +16,8 @@ relays the bytes untouched; one that translates parses each chunk itself, lazily
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from ..core import Answer, Gateway, Inference, Operation, Stream, Watch
+from ..core import STREAMABLE, Answer, Gateway, Inference, Operation, Stream, Watch
 from ..domain import Principal
 from ..errors import BadRequest, KeystileError, error_body, from_validation
 
@@ -36,6 +38,10 @@ PARAM = re.compile(r"\{(\w+)\}")
 
 Event = tuple[bytes | None, bytes]
 """One server-sent event: its `event:` name (None for none) and its `data:` payload."""
+COMMENT = b":"
+"""The name of an Event that is an SSE comment line (`: data`), which every SSE client ignores; the
+edge frames it for every dialect."""
+KEEPALIVE: Event = (COMMENT, b"keep-alive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +177,10 @@ class Dialect:
         """The event that ends a stream which failed after it started (the status is sent already)."""
         return None, self.error(err)
 
+    def keepalive(self) -> Event:
+        """What is sent while a committed stream waits for its first chunk: an SSE comment."""
+        return KEEPALIVE
+
     async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
         return await self.serve(gateway, principal, endpoint, incoming, await read_json(gateway, principal, incoming))
 
@@ -180,8 +190,8 @@ class Dialect:
         dialect whose `handle` reads the body itself (to choose a path by what it names)."""
         assert endpoint.operation is not None, f"{endpoint.path}: a route without an operation needs its own handle"
         request = self.parse_recorded(gateway, principal, endpoint, incoming, body)
-        result = await gateway.call(principal, endpoint.operation, request, disconnected=incoming.disconnected)
-        return self.reply(endpoint, request, result)
+        return await self.respond(gateway, principal, endpoint.operation, request, incoming,
+                                  lambda result: self.reply(endpoint, request, result))
 
     def parse_recorded(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming,
                        body: dict) -> Inference:
@@ -203,3 +213,67 @@ class Dialect:
             return Reply(headers=result.headers, media_type=b"text/event-stream",
                          events=self.events(endpoint, request, result), close=result.aclose)
         return Reply(headers=result.headers, body=self.render(endpoint, request, result))
+
+    async def respond(self, gateway: Gateway, principal: Principal, operation: Operation, request: Inference,
+                      incoming: Incoming, reply: Callable[[Answer | Stream], Reply]) -> Reply:
+        """`request` through the core, its answer or stream made a Reply by `reply`. A stream whose
+        first chunk takes longer than the gateway's `stream_keepalive` (a long prefill) is committed
+        then, so proxies in between do not time out: 200 SSE at once, `keepalive()` every as many
+        seconds until the stream starts, and a failure after that as `stream_error`. Until then
+        nothing is sent, and retries and fallbacks run as they do for any call."""
+        work = gateway.call(principal, operation, request, disconnected=incoming.disconnected)
+        wait = gateway.stream_keepalive
+        if not (request.stream and wait > 0 and operation in STREAMABLE):
+            return reply(await work)
+        call = asyncio.ensure_future(work)
+        try:
+            await _first_of(call, wait)
+        except BaseException:
+            await _cancel(call)
+            raise
+        if call.done():
+            return reply(call.result())
+        return Reply(media_type=b"text/event-stream", events=self._waiting(call, wait, reply))
+
+    async def _waiting(self, call: asyncio.Future, wait: float,
+                       reply: Callable[[Answer | Stream], Reply]) -> AsyncGenerator[Event, None]:
+        """A committed stream: keep-alives until `call` is done, then its events (or its failure,
+        raised for the edge to send as `stream_error`). Closing this ends the call or its stream."""
+        try:
+            while not call.done():
+                yield self.keepalive()
+                await asyncio.wait((call,), timeout=wait)
+            events = reply(call.result()).events
+            assert events is not None, "a streamed request was answered as a whole"
+            async with contextlib.aclosing(events) as relayed:
+                async for event in relayed:
+                    yield event
+        finally:
+            await _cancel(call)
+            if not call.cancelled() and call.exception() is None and isinstance(call.result(), Stream):
+                await call.result().aclose()
+
+async def _first_of(call: asyncio.Future, timeout: float) -> None:
+    """Wait until `call` is done or `timeout` passed (asyncio.wait without its sets: on every stream)."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+    call.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        call.remove_done_callback(wake)
+
+
+async def _cancel(call: asyncio.Future) -> None:
+    """End a call still running (the core settles it as a client gone) and wait for its settlement."""
+    if not call.done():
+        call.cancel()
+    await asyncio.wait((call,))
+    if not call.cancelled():
+        call.exception()  # retrieved: it was the client's to see, and the client is gone

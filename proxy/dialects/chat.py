@@ -7,7 +7,7 @@ their clients' images into. No DIALECT here: this module is a helper, not a wire
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
@@ -119,6 +119,35 @@ class ChunkReader:
         if fragment:
             self.result.tool_calls[position].arguments += fragment
             yield ToolArgs(position, fragment)
+
+
+class StopScan:
+    """Stop sequences applied to streamed text, so a dialect knows which one matched (OpenAI's
+    finish_reason "stop" does not say): text is released once it cannot be the start of a stop
+    sequence; the first sequence to complete ends the text before it and is kept in `matched`."""
+
+    def __init__(self, stops: Iterable[str]):
+        self.stops = tuple(s for s in stops if s)
+        self.held = ""
+        self.matched: str | None = None
+
+    def feed(self, text: str) -> str:
+        """The text that may go out now (after a match: what came before it)."""
+        text = self.held + text
+        found = min(((i + len(s), i, s) for s in self.stops if (i := text.find(s)) >= 0), default=None)
+        if found is not None:
+            _, start, self.matched = found
+            self.held = ""
+            return text[:start]
+        keep = max((k for s in self.stops for k in range(1, min(len(s), len(text) + 1))
+                    if text.endswith(s[:k])), default=0)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        """The text held back (at the end of the text: it was no stop sequence after all)."""
+        held, self.held = self.held, ""
+        return held
 
 
 async def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:

@@ -18,7 +18,7 @@ import orjson
 
 from ..core import Answer, Gateway, Inference, Stream
 from ..domain import Principal
-from ..errors import NotFound, WebSocketRefused, as_keystile
+from ..errors import KeystileError, NotFound, WebSocketRefused, as_keystile
 from ..protocol.responses import ResponsesRequest
 from .base import Dialect, Endpoint, Event, Incoming, Reply, validate
 from .chat import ChatResult, ChunkReader, Text, ToolArgs, ToolStart, parsed_arguments, read_answer
@@ -129,6 +129,12 @@ class Responses(Dialect):
             yield event
         status = _status(reader.result)
         yield out.event(f"response.{status}", response=response_object(out.call, status, out.items, reader.result))
+
+    def stream_error(self, err: KeystileError) -> Event:
+        """A stream that failed before its first event of its own (it was committed while waiting):
+        the Responses API's `error` event."""
+        return b"error", orjson.dumps({"type": "error", "code": err.code or err.type, "message": err.message,
+                                       "param": err.param, "sequence_number": 0})
 
     async def handle(self, gateway: Gateway, principal: Principal, endpoint: Endpoint, incoming: Incoming) -> Reply:
         if endpoint.operation is not None:

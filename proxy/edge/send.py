@@ -8,7 +8,7 @@ from __future__ import annotations
 from starlette.types import Receive, Send
 
 from ..core import Disconnected, Watch, unless_disconnected
-from ..dialects.base import Dialect, Reply
+from ..dialects.base import COMMENT, Dialect, Reply
 from ..errors import KeystileError, as_keystile
 
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -60,7 +60,8 @@ async def _send_events(send: Send, dialect: Dialect, reply: Reply) -> None:
     try:
         async for event in events:
             sending = True
-            await send({"type": "http.response.body", "body": frame(event), "more_body": True})
+            body = frame(event) if event[0] is not COMMENT else b": " + event[1] + b"\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": True})
             sending = False
     except Exception as exc:
         if sending:

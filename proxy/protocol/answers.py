@@ -180,6 +180,8 @@ class SpendLog(Answer):
     error_type: str | None
     streamed: bool
     response_id: str | None = Field(description="the answer's own id (chatcmpl-…), LiteLLM's request_id")
+    cache_read_tokens: int = Field(description="of prompt_tokens, read from the upstream's prompt cache")
+    cache_creation_tokens: int = Field(description="of prompt_tokens, written to the upstream's prompt cache")
 
 
 class LiteLLMSpendLog(Answer):
@@ -199,7 +201,8 @@ class LiteLLMSpendLog(Answer):
     model_id: str | None = Field(description="the deployment that served it")
     user: str = Field(description="the key's user_id ('' if none)")
     team_id: str | None
-    metadata: dict[str, Any] = Field(description="status, error_type, streamed, ttft_ms, route, x_request_id")
+    metadata: dict[str, Any] = Field(description="status, error_type, streamed, ttft_ms, route, x_request_id, "
+                                              "cache_read_tokens, cache_creation_tokens")
 
 
 class KeyModelSpend(Answer):

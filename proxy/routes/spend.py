@@ -65,7 +65,8 @@ def litellm_row(r: UsageRecord) -> dict:
             "endTime": (r.created_at + timedelta(milliseconds=r.latency_ms)).isoformat(),
             "model": r.model, "model_id": r.deployment, "user": r.user_id or "", "team_id": r.team_id,
             "metadata": {"status": r.status, "error_type": r.error_type, "streamed": r.streamed,
-                         "ttft_ms": r.ttft_ms, "route": r.route, "x_request_id": r.request_id}}
+                         "ttft_ms": r.ttft_ms, "route": r.route, "x_request_id": r.request_id,
+                         "cache_read_tokens": r.cache_read_tokens, "cache_creation_tokens": r.cache_creation_tokens}}
 
 
 @router.get("/global/spend", summary="Total spend, tokens and requests", response_model=GlobalSpend)
