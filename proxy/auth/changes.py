@@ -39,8 +39,8 @@ log = logging.getLogger("keystile")
 BULK = 200  # more user/team changes than this in one poll: drop everything (cheaper than scanning for each)
 
 
-SpendSets = Callable[[Sequence[tuple[int, str, str]]], Awaitable[None]]
-"""Receives spend sets read from the feed: (id, kind, ident) each."""
+SpendSets = Callable[[Sequence[tuple[int, str, str, float | None]]], Awaitable[None]]
+"""Receives spend sets read from the feed: (id, kind, ident, the spend set) each."""
 
 
 class ChangeFeed:
@@ -93,7 +93,7 @@ class ChangeFeed:
                 rows = await changes_after(session, after=self._horizon)
             fresh = [r for r in rows if r[0] not in self._seen]
             self._apply(fresh)
-            spent = [(r[0], r[1], r[3]) for r in fresh if r[2] == SPEND]
+            spent = [(r[0], r[1], r[3], r[4]) for r in fresh if r[2] == SPEND]
             if spent and self._on_spend is not None:
                 await self._on_spend(spent)
             applied += len(fresh)
@@ -104,10 +104,10 @@ class ChangeFeed:
         self.applied += applied
         return applied
 
-    def _apply(self, rows: list[tuple[int, str, str, str]]) -> None:
+    def _apply(self, rows: list[tuple[int, str, str, str, float | None]]) -> None:
         if sum(1 for r in rows if r[1] != "key") > BULK:
             self._cache.invalidate("all")
-        for _, kind, op, ident in rows:
+        for _, kind, op, ident, _ in rows:
             if kind == "key":
                 if op == "delete":
                     self._cache.gone(ident)

@@ -57,9 +57,11 @@ async def last_change(session: AsyncSession) -> int:
     return (await session.execute(select(func.coalesce(func.max(AuthChange.id), 0)))).scalar_one()
 
 
-async def changes_after(session: AsyncSession, *, after: int, limit: int = 10_000) -> list[tuple[int, str, str, str]]:
-    """(id, kind, op, ident) of the changes with an id above `after`, oldest first."""
-    rows = await session.execute(select(AuthChange.id, AuthChange.kind, AuthChange.op, AuthChange.ident)
+async def changes_after(session: AsyncSession, *, after: int,
+                        limit: int = 10_000) -> list[tuple[int, str, str, str, float | None]]:
+    """(id, kind, op, ident, value) of the changes with an id above `after`, oldest first."""
+    rows = await session.execute(select(AuthChange.id, AuthChange.kind, AuthChange.op, AuthChange.ident,
+                                        AuthChange.value)
                                  .where(AuthChange.id > after).order_by(AuthChange.id).limit(limit))
     return [tuple(r) for r in rows]  # type: ignore[misc]
 

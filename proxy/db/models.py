@@ -110,6 +110,7 @@ class AuthChange(Base):
     kind: Mapped[str] = mapped_column(String(8))  # key | user | team | org
     op: Mapped[str] = mapped_column(String(8))  # insert | update | delete
     ident: Mapped[str | None] = mapped_column(String(64))  # token_hash | user_id | team_id | organization_id
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # op spend: the spend set
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

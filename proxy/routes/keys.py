@@ -126,7 +126,8 @@ async def update(body: KeyUpdate, services: ServicesDep, _: Admin) -> dict:
         await ensure_user(session, body.user_id)
         fields = key_fields(body)
         apply(key, fields)
-        spend_set = spend.note(session, "key", key.token_hash) if fields.get("spend") is not None else None
+        spend_set = (spend.note(session, "key", key.token_hash, fields["spend"]) if fields.get("spend") is not None
+                     else None)
         await commit(session, "key")
         await services.invalidator.publish("key", key.token_hash)
         if spend_set is not None:

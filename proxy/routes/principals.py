@@ -157,7 +157,7 @@ def build(e: Entity) -> APIRouter:
             await require(session, Team, fields.get("team_id"), "team_id")
             apply(row, fields)
             await e.check(session, row, None)
-            spend_set = spend.note(session, e.kind, row_id) if fields.get("spend") is not None else None
+            spend_set = spend.note(session, e.kind, row_id, fields["spend"]) if fields.get("spend") is not None else None
             await commit(session, e.kind)
             [out] = await e.rows(session, [row])
         await services.invalidator.publish(e.kind, out[e.id_field])
