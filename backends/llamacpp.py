@@ -34,6 +34,7 @@ from . import errors
 from .base import Chunk, Completion, Usage, answer_id
 from .llamacpp_params import chat_params, completion_params
 from .llamacpp_process import WorkerProcess, resolve_model_path
+from .memory import check_fits, resident_bytes
 
 __all__ = ["LlamaCppBackend", "resolve_model_path"]
 
@@ -153,7 +154,7 @@ class LlamaCppBackend:
                 if (self._idle or self._in_flight or worker is None or not worker.ready
                         or loop.time() - self._last_used < self.idle_timeout):
                     continue
-                self._footprint = _proc_bytes(f"/proc/{worker.pid}/status", "VmRSS:") or self._footprint
+                self._footprint = resident_bytes(worker.pid) or self._footprint
                 self._idle = True  # from here a request waits for _wake (no await since the check)
                 log.info("model %r idle for %.0fs: stopping its worker", self.public_name, self.idle_timeout)
                 await self._stop_worker()
@@ -169,22 +170,11 @@ class LlamaCppBackend:
         async with self._lifecycle():
             if not self._idle:
                 return
-            self._check_fits()
+            check_fits(self.public_name, self._footprint, self.model_path, self.min_free_memory)
             log.info("model %r requested while idle: starting its worker", self.public_name)
             self._idle = False
             await self.start()
         await self.wait_ready(self.request_timeout)
-
-    def _check_fits(self) -> None:
-        """ModelLoading (503, Retry-After) when starting the worker would leave less than
-        `min_free_memory_mb` available."""
-        needed = self._footprint or _file_footprint(self.model_path)
-        free = _proc_bytes("/proc/meminfo", "MemAvailable:")
-        if needed is None or free is None or needed + self.min_free_memory <= free:
-            return
-        reserve = f" and min_free_memory_mb {self.min_free_memory >> 20} MiB kept free" if self.min_free_memory else ""
-        raise errors.ModelLoading(f"model {self.public_name!r} is unloaded (idle) and would not fit in memory now: "
-                                  f"needs ~{needed >> 20} MiB{reserve}, {free >> 20} MiB available; retry later")
 
     async def _ready_worker(self) -> WorkerProcess:
         """The live worker, started again first if it was stopped for idleness."""
@@ -489,23 +479,3 @@ class LlamaCppBackend:
     def _timeout_message(self) -> str:
         return f"model {self.public_name!r} gave no answer within {self.request_timeout:g}s"
 
-
-def _proc_bytes(path: str, field: str) -> int | None:
-    """A `Field:  <n> kB` line of a /proc file (Linux) in bytes, or None where unknown."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _file_footprint(path: str) -> int | None:
-    """What loading a GGUF file takes before it was ever measured, roughly: the file and a fifth
-    more (context, buffers)."""
-    try:
-        return os.path.getsize(path) * 6 // 5
-    except OSError:
-        return None

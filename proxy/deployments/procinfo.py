@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+from backends.memory import proc_kib
+
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -15,17 +17,6 @@ def _cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
     except (OSError, IndexError, ValueError):
         return None
-
-
-def _kib(path: str, key: str) -> int | None:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def _gib(kib: int) -> str:
@@ -48,7 +39,7 @@ class ProcessSampler:
         if self._last is not None and self._last[0] == pid and now > self._last[2]:
             share = 100.0 * (cpu - self._last[1]) / (now - self._last[2])
         self._last = (pid, cpu, now)
-        rss = _kib(f"/proc/{pid}/status", "VmRSS:") or 0
-        total = _kib("/proc/meminfo", "MemTotal:") or 0
+        rss = proc_kib(f"/proc/{pid}/status", "VmRSS:") or 0
+        total = proc_kib("/proc/meminfo", "MemTotal:") or 0
         return {"is_running": True, "pid": pid, "cpu_usage": f"{share:.2f}%",
                 "memory_usage": f"{_gib(rss)} / {_gib(total)}"}
