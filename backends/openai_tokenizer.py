@@ -4,12 +4,14 @@ them: the SHA-1 of their download URL), checked against tiktoken's own hashes. N
 downloaded: a model whose encoding is not among those files (or a missing litellm) is NotSupported.
 
 litellm is located, not imported (its import takes seconds). The encodings are built on first use,
-in a thread, once per `OpenAITokenizers`."""
+in a thread, once per process: an encoding is immutable and takes about 75 MiB, and every deployment
+(each has its own `OpenAITokenizers`) shares it."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import importlib.util
 import types
@@ -44,6 +46,7 @@ def _load_bpe(directory: Path):
     return load
 
 
+@functools.cache
 def build_encoding(name: str) -> Any:
     """tiktoken's encoding `name`, its BPE ranks read from litellm's copies. tiktoken's constructor
     for it runs as it is, with its loader replaced by one that cannot download (a copy of the

@@ -224,3 +224,12 @@ def test_each_call_leaves_a_usage_record(gw):
     assert tok["route"] == "/v1/tokenize" and tok["status"] == 200 and tok["total_tokens"] == 0
     assert (relayed["prompt_tokens"], relayed["completion_tokens"]) == (5, 2) and relayed["model"] == "codestral"
     assert translated["route"] == "/v1/fim/completions" and translated["prompt_tokens"] == 7
+
+
+async def test_deployments_share_one_encoding():
+    """Each deployment has its own OpenAITokenizers; the ~75 MiB encoding behind them is built once."""
+    from backends.openai_tokenizer import OpenAITokenizers
+
+    first, second = OpenAITokenizers(), OpenAITokenizers()
+    assert await first.encoding("gpt-4o") is await second.encoding("gpt-4o-mini")
+    assert await first.encoding("gpt-4o") is not await first.encoding("gpt-4")  # o200k_base, cl100k_base
