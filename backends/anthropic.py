@@ -15,7 +15,7 @@ import orjson
 
 from . import errors
 from .base import Chunk, Completion, Usage, answer_id
-from .http import ClientPool, HTTPClientError, Timeout
+from .http import ClientPool, HTTPClientError, backend_error
 from .openai_compat import _sse_data, retry_after_seconds
 from .providers import LiteLLMBackend
 
@@ -91,10 +91,8 @@ class AnthropicBackend(LiteLLMBackend):
         head, payload = self._request(body, path)
         try:
             status, data, retry_after = await self._pool.get(self._base).exchange(head, payload, self._relay_timeout)
-        except Timeout as exc:
-            raise errors.UpstreamTimeout(f"upstream {self.public_name} timed out") from exc
         except HTTPClientError as exc:
-            raise errors.UpstreamUnreachable(f"upstream {self.public_name} unreachable: {type(exc).__name__}") from exc
+            raise backend_error(exc, self.public_name) from exc
         if status >= 400:
             raise _error(status, data, retry_after)
         try:
@@ -125,7 +123,5 @@ class AnthropicBackend(LiteLLMBackend):
                                 Usage(start.prompt_tokens, found.completion_tokens, start.cache_read_tokens,
                                       start.cache_creation_tokens)
                     yield Chunk(data, usage)
-        except Timeout as exc:
-            raise errors.UpstreamTimeout(f"upstream {self.public_name} stopped sending") from exc
         except HTTPClientError as exc:
-            raise errors.UpstreamUnreachable(f"upstream {self.public_name} dropped the stream: {type(exc).__name__}") from exc
+            raise backend_error(exc, self.public_name, streaming=True) from exc

@@ -29,16 +29,32 @@ from collections.abc import AsyncIterator
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from . import errors
 from .http_connection import (BadResponse, ConnectFailed, Connection, Disconnected, Exchange, HTTPClientError,
                               Redirected, Timeout)
 from .http_proxy import Proxies, Proxy, connect
 
 __all__ = ["Answer", "BadResponse", "ClientPool", "ConnectFailed", "Disconnected", "HTTPClientError", "Origin",
-           "Redirected", "Response", "Timeout"]
+           "Redirected", "Response", "Timeout", "backend_error"]
 
 IDLE_REUSE_S = 4.0  # servers commonly close idle keep-alive connections after 5 s (uvicorn, vLLM)
 MAX_IDLE = 256  # idle connections kept per origin
 MAX_CONNECTIONS = 256  # open connections per origin; more requests wait for one
+
+
+def backend_error(exc: HTTPClientError, upstream: str, *, streaming: bool = False) -> errors.BackendError:
+    """What a backend raises for `exc`, the client's failure talking to `upstream` (a deployment's
+    public name), `streaming` once a stream was asked for: a Timeout is an UpstreamTimeout; an answer
+    that is not one (a redirect, headers too large, invalid HTTP or encoding) a 502 that says what was
+    wrong, since the operator has to fix it (e.g. api_base); anything else an UpstreamUnreachable."""
+    if isinstance(exc, Timeout):
+        return errors.UpstreamTimeout(f"upstream {upstream} {'stopped sending' if streaming else 'timed out'}")
+    if isinstance(exc, (BadResponse, Redirected)):
+        return errors.UpstreamHTTPError(f"upstream {upstream}: {exc}", status=502)
+    what = "dropped the stream" if streaming else "unreachable"
+    return errors.UpstreamUnreachable(f"upstream {upstream} {what}: {type(exc).__name__}")
+
+
 class Origin:
     """Pooled connections to one scheme://host:port."""
 

@@ -17,7 +17,7 @@ import orjson
 
 from . import errors
 from .base import Chunk, Completion, Remote, Usage, answer_id
-from .http import BadResponse, ClientPool, HTTPClientError, Origin, Redirected, Response, Timeout
+from .http import ClientPool, HTTPClientError, Origin, Response, backend_error
 from .openai_tokenizer import OpenAITokenizers
 
 # Providers whose API is OpenAI's, and their default base URL (None: api_base is required).
@@ -154,11 +154,6 @@ class OpenAICompatBackend(Remote):
             head = self._heads[(method, path)] = self._origin.request_head(method, self._path + path, self._headers)
         return head
 
-    def _bad_answer(self, exc: BadResponse | Redirected) -> errors.UpstreamHTTPError:
-        """An answer that is not one (a redirect, headers too large, invalid HTTP or encoding): a 502
-        that says what was wrong, since the operator has to fix it (e.g. api_base)."""
-        return errors.UpstreamHTTPError(f"upstream {self.public_name}: {exc}", status=502)
-
     def _rename(self, data: bytes) -> bytes:
         return _MODEL_FIELD.sub(self._public_field, data, count=1)
 
@@ -167,12 +162,8 @@ class OpenAICompatBackend(Remote):
         head = self._origin.request_head("POST", self._root + path, self._headers) if at_root else self._head("POST", path)
         try:
             status, data, retry_after = await self._origin.exchange(head, payload, self._timeout)
-        except Timeout as exc:
-            raise errors.UpstreamTimeout(f"upstream {self.public_name} timed out") from exc
-        except (BadResponse, Redirected) as exc:
-            raise self._bad_answer(exc) from exc
         except HTTPClientError as exc:
-            raise errors.UpstreamUnreachable(f"upstream {self.public_name} unreachable: {type(exc).__name__}") from exc
+            raise backend_error(exc, self.public_name) from exc
         if status >= 400:
             raise _upstream_error(status, data, retry_after)
         try:
@@ -197,12 +188,8 @@ class OpenAICompatBackend(Remote):
                         with contextlib.suppress(orjson.JSONDecodeError):
                             parsed = orjson.loads(data)
                     yield Chunk.parsed(self._rename(data), parsed)
-        except Timeout as exc:
-            raise errors.UpstreamTimeout(f"upstream {self.public_name} stopped sending") from exc
-        except (BadResponse, Redirected) as exc:
-            raise self._bad_answer(exc) from exc
         except HTTPClientError as exc:
-            raise errors.UpstreamUnreachable(f"upstream {self.public_name} dropped the stream: {type(exc).__name__}") from exc
+            raise backend_error(exc, self.public_name, streaming=True) from exc
         raise errors.UpstreamUnreachable(f"upstream {self.public_name} ended the stream without [DONE]")
 
     async def chat(self, body: dict) -> Completion:
