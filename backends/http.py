@@ -16,8 +16,10 @@ connection (HTTP/1.0 style). Interim 1xx answers (100 Continue, 103 Early Hints)
 A request's time limit starts when it is asked for: waiting for a free connection (at
 max_connections) and connecting count inside it. Requests carry `Accept-Encoding: identity`; a
 compressed answer is decoded anyway (http_decode.py). HTTPS_PROXY/HTTP_PROXY/NO_PROXY are honoured,
-with http://, https:// and socks5(h):// proxies (http_proxy.py). This module is the pool; one
-connection and the answer read on it are http_connection.py.
+with http://, https:// and socks5(h):// proxies (http_proxy.py). A pool told to
+(`send_context_headers`: traces) adds to each request the header lines of the context it is sent
+from. This module is the pool; one connection and the answer read on it are http_connection.py.
+`backend_error` is what a backend raises for the client's failures.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -40,6 +42,9 @@ __all__ = ["Answer", "BadResponse", "ClientPool", "ConnectFailed", "Disconnected
 IDLE_REUSE_S = 4.0  # servers commonly close idle keep-alive connections after 5 s (uvicorn, vLLM)
 MAX_IDLE = 256  # idle connections kept per origin
 MAX_CONNECTIONS = 256  # open connections per origin; more requests wait for one
+CONTENT_LENGTH = b"Content-Length: "  # what a request head ends with
+ContextHeaders = Callable[[], bytes | None]
+"""Header lines (each ending in CRLF) that a request sent from the current context also carries, or None."""
 
 
 def backend_error(exc: HTTPClientError, upstream: str, *, streaming: bool = False) -> errors.BackendError:
@@ -74,6 +79,7 @@ class Origin:
         self._max = max_connections
         self._open = 0  # connections open or being opened
         self._waiters: deque[asyncio.Future[None]] = deque()  # requests waiting for one
+        self.context_headers: ContextHeaders | None = None  # ClientPool.send_context_headers
 
     def request_head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
         """The request line and headers up to `Content-Length: ` (the caller appends the length,
@@ -85,7 +91,7 @@ class Origin:
             if self.proxy.authorization:
                 lines.append(f"Proxy-Authorization: {self.proxy.authorization}")
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        return ("\r\n".join(lines) + "\r\n").encode("latin-1") + CONTENT_LENGTH
 
     async def fetch(self, head: bytes, body: bytes, timeout: float) -> tuple[int, bytes]:
         """Send the request; the status and whole body, all within `timeout` seconds."""
@@ -105,6 +111,8 @@ class Origin:
         return Response(await self._start(head, body, idle_timeout, idle=True))
 
     async def _start(self, head: bytes, body: bytes, timeout: float, *, idle: bool) -> Exchange:
+        if self.context_headers is not None and (lines := self.context_headers()):
+            head = head[:-len(CONTENT_LENGTH)] + lines + CONTENT_LENGTH
         request = b"%s%d\r\n\r\n%s" % (head, len(body), body)
         since = asyncio.get_running_loop().time()  # waiting for a connection counts in the time limit
         for attempt in (1, 2):
@@ -279,6 +287,14 @@ class ClientPool:
         self._ssl_context = ssl_context
         self._max_connections = max_connections
         self._proxies = Proxies(tls=proxy_ssl_context) if trust_env else None
+        self._context_headers: ContextHeaders | None = None
+
+    def send_context_headers(self, lines: ContextHeaders) -> None:
+        """From now on every request also carries the header lines `lines()` gives in the context it
+        is sent from (traces: the upstream call's traceparent). Without this, requests are as they were."""
+        self._context_headers = lines
+        for origin in self._origins.values():
+            origin.context_headers = lines
 
     def get(self, base_url: str) -> Origin:
         url = urlsplit(base_url)
@@ -288,6 +304,7 @@ class ClientPool:
             origin = self._origins[key] = Origin(key, connect_timeout=self._connect_timeout,
                                                  ssl_context=self._ssl_context, max_connections=self._max_connections,
                                                  proxies=self._proxies)
+            origin.context_headers = self._context_headers
         return origin
 
     async def aclose(self) -> None:

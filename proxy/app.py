@@ -7,6 +7,7 @@ import gc
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from . import dialects
 from .admin import INFERENCE_ERRORS
@@ -56,9 +57,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def factory() -> Edge:
+def factory() -> ASGIApp:
     """Entry point for uvicorn (`proxy.app:factory`), reading settings from the environment. The
     dialects' routes are dispatched by the edge, ahead of FastAPI's middleware and routing; the
-    rest is FastAPI."""
-    app = create_app()
-    return Edge(app, app.state.dialects)
+    rest is FastAPI. With traces on, each request first takes the trace context its client sent."""
+    settings = Settings()
+    app = create_app(settings)
+    edge = Edge(app, app.state.dialects)
+    if not settings.otel_exporter_otlp_endpoint:
+        return edge
+    try:
+        from .observe.traces import ContinueTraces
+    except ImportError:  # no SDK: the lifespan refuses to start and says what to install
+        return edge
+    return ContinueTraces(edge)

@@ -113,6 +113,8 @@ class Services:
                        models=models, started=int(time.time()))
         services.observers = Observers.start(gateway, router, usage, options,
                                              traces=bool(settings.otel_exporter_otlp_endpoint))
+        if services.observers.tracer is not None:
+            services.observers.tracer.follow(gateway, pool)  # spans at admission; traceparent to upstreams
         await changes.start()
         await invalidator.start()
         services.budgets.start()

@@ -96,6 +96,23 @@ async def test_chunked_answer_and_request_head():
         await pool.aclose()
 
 
+async def test_context_headers_go_on_every_request_once_asked_for():
+    """`send_context_headers` (traces): the lines its function gives where a request is sent go with it,
+    also through an origin made before; without it, and when the function gives None, the head is as built."""
+    async with Server(echo) as server:
+        pool = ClientPool()
+        await fetch(pool, server.url, b'"0"')
+        lines: list[bytes | None] = [b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n", None]
+        pool.send_context_headers(lines.pop)
+        assert await fetch(pool, server.url, b'"a"') == (200, b'{"n":2,"got":"a"}')
+        assert await fetch(pool, server.url, b'"b"') == (200, b'{"n":3,"got":"b"}')
+        plain, none, traced = server.heads
+        assert none == plain and b"traceparent" not in plain
+        assert traced == plain.replace(b"Content-Length: ", b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-"
+                                                             b"b7ad6b7169203331-01\r\nContent-Length: ")
+        await pool.aclose()
+
+
 async def test_connection_close_is_not_reused():
     async def closing(n, body, writer):
         writer.write(reply(b"{}", "Connection: close"))

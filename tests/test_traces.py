@@ -1,7 +1,8 @@
 """OpenTelemetry traces, opt-in by OTEL_EXPORTER_OTLP_ENDPOINT: a real OTLP/HTTP collector (protobuf,
 as the SDK's exporter sends it) started by the test receives one SERVER span per request with the
-gen_ai attributes and a CLIENT child for the upstream call; without the variable the SDK is never
-imported."""
+gen_ai attributes and a CLIENT child for the upstream call; a request continues the W3C trace its
+client sent, and the upstream (the fake's recorded headers) gets the CLIENT span's traceparent;
+without the variable the SDK is never imported and no trace context is sent on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 import time
 
 import openai
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +24,8 @@ from .servers import Keystile
 from .upstream import Served, free_port
 
 SERVER, CLIENT = 2, 3  # Span.SpanKind
+TRACE_ID, PARENT_ID = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"  # the client's (W3C's example)
+SENT = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "congo=t61rcWkgMzE"}
 
 
 def _value(v) -> object:
@@ -93,6 +97,69 @@ def test_spans_arrive_with_gen_ai_attributes(tmp_path, upstream):
     assert child["attrs"]["gen_ai.usage.output_tokens"] == a["gen_ai.usage.output_tokens"]
     streamed = next(s for s in servers if s is not first)
     assert streamed["attrs"]["keystile.streamed"] is True and "keystile.time_to_first_token_ms" in streamed["attrs"]
+
+
+def _upstream_headers(upstream, text: str) -> dict:
+    """The headers of the (one) request the fake upstream got for a chat whose message is `text`."""
+    found = [h for r, h in zip(upstream.requests, upstream.headers) if r.get("messages", [{}])[0].get("content") == text]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_requests_continue_the_trace_their_client_sent(tmp_path, upstream):
+    with Collector() as collector, Keystile(tmp_path, relay_config(upstream), env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.master_key, max_retries=0)
+        answer = client.chat.completions.with_raw_response.create(
+            model="echo", messages=[{"role": "user", "content": "traced call"}], extra_headers=SENT)
+        list(client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "traced stream"}],
+                                            stream=True, extra_headers=SENT))
+        with pytest.raises(openai.NotFoundError):  # refused before admission: a SERVER span alone
+            client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}],
+                                           extra_headers=SENT)
+        malformed = client.chat.completions.with_raw_response.create(
+            model="echo", messages=[{"role": "user", "content": "malformed parent"}],
+            extra_headers={"traceparent": f"00-{TRACE_ID}-nothex-01", "tracestate": "congo=t61rcWkgMzE"})
+        assert malformed.status_code == 200
+        spans = collector.wait_for(7)
+
+    def server_of(request_id: str) -> dict:
+        return next(s for s in spans if s["kind"] == SERVER and s["attrs"]["keystile.request_id"] == request_id)
+
+    def child_of(span: dict) -> dict:
+        return next(s for s in spans if s["kind"] == CLIENT and s["parent"] == span["span_id"])
+
+    continued = [s for s in spans if s["kind"] == SERVER and s["trace_id"] == TRACE_ID]
+    assert len(continued) == 3 and all(s["parent"] == PARENT_ID for s in continued)
+    assert {s["attrs"]["http.response.status_code"] for s in continued} == {200, 404}
+    for span in continued:
+        if span["attrs"]["http.response.status_code"] == 404:
+            assert not [s for s in spans if s["parent"] == span["span_id"]]
+        else:
+            assert child_of(span)["trace_id"] == TRACE_ID
+
+    # The upstream gets the CLIENT span's context: the client's trace, the gateway's span, its flags and tracestate.
+    call = server_of(answer.headers["x-request-id"])
+    sent_on = _upstream_headers(upstream, "traced call")
+    assert sent_on["traceparent"] == f"00-{TRACE_ID}-{child_of(call)['span_id']}-01"
+    assert sent_on["tracestate"] == SENT["tracestate"]
+    streamed = next(s for s in continued if s["attrs"]["keystile.streamed"])
+    assert _upstream_headers(upstream, "traced stream")["traceparent"] == f"00-{TRACE_ID}-{child_of(streamed)['span_id']}-01"
+
+    # A malformed traceparent starts a new trace (its tracestate goes with it) and the request is served.
+    fresh = server_of(malformed.headers["x-request-id"])
+    assert fresh["trace_id"] != TRACE_ID and int(fresh["trace_id"], 16) != 0 and fresh["parent"] == ""
+    sent_on = _upstream_headers(upstream, "malformed parent")
+    assert sent_on["traceparent"] == f"00-{fresh['trace_id']}-{child_of(fresh)['span_id']}-01"
+    assert "tracestate" not in sent_on
+
+
+def test_without_traces_no_trace_context_is_sent_on(relay, upstream):
+    client = openai.OpenAI(base_url=relay.url + "/v1", api_key=relay.master_key, max_retries=0)
+    client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "untraced call"}],
+                                   extra_headers=SENT)
+    sent_on = _upstream_headers(upstream, "untraced call")
+    assert "traceparent" not in sent_on and "tracestate" not in sent_on
 
 
 def test_without_the_endpoint_the_sdk_is_not_loaded(tmp_path, upstream):

@@ -61,11 +61,13 @@ class Call:
     streamed: bool = False
     finished: bool = False
     response_id: str | None = None
-    # For the observers (proxy/observe): the body asked, when admission ended, and the kind and
-    # scope type of the limit that refused the call (rpm, key), if one did.
+    # For the observers (proxy/observe): the body asked, when admission ended, the kind and scope
+    # type of the limit that refused the call (rpm, key), if one did, and the spans that `on_admitted`
+    # started (traces).
     body: dict | None = None
     admitted: float | None = None
     refused_by: tuple[str, str] | None = None
+    spans: object = None
 
     def fail(self, exc: BaseException) -> None:
         """The call ended with `exc`: a client that went away is a 499, anything else the status
@@ -110,6 +112,9 @@ class Gateway:
         self.attempts = Attempts(router, limiter)
         # Told of every usage record with its call (metrics, traces, request logs: proxy/observe).
         self.observe: Callable[[UsageRecord, Call], None] | None = None
+        # Told of each call as its admission ends, before any upstream is asked (traces start its
+        # spans); it must not raise (the call's lease is not released then).
+        self.on_admitted: Callable[[Call], None] | None = None
         self.calls_open = 0  # calls between their start and their usage record
         self.streams_open = 0  # of which streams that have started
         # Request ids: a random per-process prefix and a counter (unique without a syscall each).
@@ -192,6 +197,8 @@ class Gateway:
             call.model = name = self.resolve_model(principal, call.model)
             lease = await self._admit(call, name, body)
             call.admitted = time.perf_counter()
+            if self.on_admitted is not None:
+                self.on_admitted(call)
         except BaseException as exc:
             call.fail(exc)
             self._record(call)
