@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
@@ -106,8 +107,18 @@ def _upstream_headers(upstream, text: str) -> dict:
     return found[0]
 
 
-def test_requests_continue_the_trace_their_client_sent(tmp_path, upstream):
-    with Collector() as collector, Keystile(tmp_path, relay_config(upstream), env={
+def _parent(headers: dict) -> tuple[str, str]:
+    """The trace id and span id of the `traceparent` in `headers` (version 00, sampled)."""
+    version, trace_id, span_id, flags = headers["traceparent"].split("-")
+    assert version == "00" and int(flags, 16) & 1, headers["traceparent"]
+    return trace_id, span_id
+
+
+def test_requests_continue_the_trace_their_client_sent(tmp_path, upstream, fake_anthropic):
+    config = relay_config(upstream)
+    config["model_list"].append({"model_name": "claude", "litellm_params": {
+        "model": "anthropic/claude-ok-sonnet", "api_base": fake_anthropic.base_url, "api_key": "anthropic-secret"}})
+    with Collector() as collector, Keystile(tmp_path, config, env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.master_key, max_retries=0)
         answer = client.chat.completions.with_raw_response.create(
@@ -121,7 +132,11 @@ def test_requests_continue_the_trace_their_client_sent(tmp_path, upstream):
             model="echo", messages=[{"role": "user", "content": "malformed parent"}],
             extra_headers={"traceparent": f"00-{TRACE_ID}-nothex-01", "tracestate": "congo=t61rcWkgMzE"})
         assert malformed.status_code == 200
-        spans = collector.wait_for(7)
+        relayed = httpx.post(server.url + "/v1/messages", headers={
+            "x-api-key": server.master_key, "anthropic-version": "2023-06-01", **SENT}, json={
+            "model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "traced relay"}]})
+        assert relayed.status_code == 200, relayed.text
+        spans = collector.wait_for(9)
 
     def server_of(request_id: str) -> dict:
         return next(s for s in spans if s["kind"] == SERVER and s["attrs"]["keystile.request_id"] == request_id)
@@ -130,7 +145,7 @@ def test_requests_continue_the_trace_their_client_sent(tmp_path, upstream):
         return next(s for s in spans if s["kind"] == CLIENT and s["parent"] == span["span_id"])
 
     continued = [s for s in spans if s["kind"] == SERVER and s["trace_id"] == TRACE_ID]
-    assert len(continued) == 3 and all(s["parent"] == PARENT_ID for s in continued)
+    assert len(continued) == 4 and all(s["parent"] == PARENT_ID for s in continued)
     assert {s["attrs"]["http.response.status_code"] for s in continued} == {200, 404}
     for span in continued:
         if span["attrs"]["http.response.status_code"] == 404:
@@ -141,7 +156,7 @@ def test_requests_continue_the_trace_their_client_sent(tmp_path, upstream):
     # The upstream gets the CLIENT span's context: the client's trace, the gateway's span, its flags and tracestate.
     call = server_of(answer.headers["x-request-id"])
     sent_on = _upstream_headers(upstream, "traced call")
-    assert sent_on["traceparent"] == f"00-{TRACE_ID}-{child_of(call)['span_id']}-01"
+    assert sent_on["traceparent"] == f"00-{TRACE_ID}-{child_of(call)['span_id']}-01"  # the client's flags
     assert sent_on["tracestate"] == SENT["tracestate"]
     streamed = next(s for s in continued if s["attrs"]["keystile.streamed"])
     assert _upstream_headers(upstream, "traced stream")["traceparent"] == f"00-{TRACE_ID}-{child_of(streamed)['span_id']}-01"
@@ -150,8 +165,14 @@ def test_requests_continue_the_trace_their_client_sent(tmp_path, upstream):
     fresh = server_of(malformed.headers["x-request-id"])
     assert fresh["trace_id"] != TRACE_ID and int(fresh["trace_id"], 16) != 0 and fresh["parent"] == ""
     sent_on = _upstream_headers(upstream, "malformed parent")
-    assert sent_on["traceparent"] == f"00-{fresh['trace_id']}-{child_of(fresh)['span_id']}-01"
+    assert _parent(sent_on) == (fresh["trace_id"], child_of(fresh)["span_id"])
     assert "tracestate" not in sent_on
+
+    # The Anthropic relay's upstream too.
+    anthropic_call = server_of(relayed.headers["x-request-id"])
+    sent_on = next(h for r, h in zip(fake_anthropic.requests, fake_anthropic.headers)
+                   if r["messages"][0]["content"] == "traced relay")
+    assert sent_on["traceparent"] == f"00-{TRACE_ID}-{child_of(anthropic_call)['span_id']}-01"
 
 
 def test_without_traces_no_trace_context_is_sent_on(relay, upstream):
