@@ -102,7 +102,8 @@ def test_spans_arrive_with_gen_ai_attributes(tmp_path, upstream):
 
 def _upstream_headers(upstream, text: str) -> dict:
     """The headers of the (one) request the fake upstream got for a chat whose message is `text`."""
-    found = [h for r, h in zip(upstream.requests, upstream.headers) if r.get("messages", [{}])[0].get("content") == text]
+    found = [h for r, h in zip(upstream.requests, upstream.headers)
+             if r.get("messages", [{}])[0].get("content") == text]
     assert len(found) == 1, found
     return found[0]
 
@@ -159,7 +160,7 @@ def test_requests_continue_the_trace_their_client_sent(tmp_path, upstream, fake_
     assert sent_on["traceparent"] == f"00-{TRACE_ID}-{child_of(call)['span_id']}-01"  # the client's flags
     assert sent_on["tracestate"] == SENT["tracestate"]
     streamed = next(s for s in continued if s["attrs"]["keystile.streamed"])
-    assert _upstream_headers(upstream, "traced stream")["traceparent"] == f"00-{TRACE_ID}-{child_of(streamed)['span_id']}-01"
+    assert _parent(_upstream_headers(upstream, "traced stream")) == (TRACE_ID, child_of(streamed)["span_id"])
 
     # A malformed traceparent starts a new trace (its tracestate goes with it) and the request is served.
     fresh = server_of(malformed.headers["x-request-id"])

@@ -160,7 +160,7 @@ class Tracer:
         d = call.deployment
         if d is not None:
             child_attrs["keystile.deployment"] = d.id
-        child.update_name(f"{child_attrs['gen_ai.operation.name']} {child_attrs.get('gen_ai.response.model', rec.model)}")
+        child.update_name(f"{attrs['gen_ai.operation.name']} {attrs.get('gen_ai.response.model', rec.model)}")
         child.set_attributes(child_attrs)
         if rec.status >= 500 or d is None:
             child.set_status(Status(StatusCode.ERROR, rec.error_type))
