@@ -297,11 +297,17 @@ async def test_connections_per_origin_are_capped_and_waiting_requests_take_turns
         await pool.aclose()
 
 
-async def test_nothing_listening_is_connect_failed():
+async def closed_port() -> int:
+    """A local port nothing listens on (it did a moment ago)."""
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
+    return port
+
+
+async def test_nothing_listening_is_connect_failed():
+    port = await closed_port()
     with pytest.raises(ConnectFailed, match=f"127.0.0.1:{port}"):
         await fetch(ClientPool(), f"http://127.0.0.1:{port}/v1")
 

@@ -16,6 +16,7 @@ import uvloop
 import zstandard
 
 from backends import errors
+from backends.anthropic import AnthropicBackend
 from backends.http import BadResponse, ClientPool, ConnectFailed, Redirected, Timeout
 from backends.openai_compat import OpenAICompatBackend
 
@@ -233,7 +234,10 @@ async def test_a_redirect_is_a_502_naming_where_to(tmp_path):
         with pytest.raises(Redirected, match="redirect to https://api.example.com/v1/chat/completions"):
             await fetch(pool, server.url)
         backend = OpenAICompatBackend("m", "m", api_base=server.url, api_key=None, pool=pool, timeout=5)
-        for call in (backend.chat({"messages": []}), _drain(backend.chat_stream({"messages": []}))):
+        claude = AnthropicBackend("c", "c", api_base=server.url, api_key=None, pool=pool, timeout=5,
+                                  stream_timeout=None, params={})
+        for call in (backend.chat({"messages": []}), _drain(backend.chat_stream({"messages": []})),
+                     claude.messages({"messages": []}), _drain(claude.messages_stream({"messages": []}))):
             with pytest.raises(errors.UpstreamHTTPError) as info:
                 await call
             assert info.value.status == 502
