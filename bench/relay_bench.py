@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             keystiles: dict[str, Keystile] = {}
             for scenario in scenarios:
                 t0 = time.monotonic()
+                # This checkout's code, also where the editable install is another one's (a git worktree).
                 ks, target = start_scenario(scenario, target_of[scenario.name], upstream.url, workdir, server_cpus,
-                                            args.database_url, args.redis_url, servers, databases)
+                                            args.database_url, args.redis_url, servers, databases, source=ROOT)
                 keystiles[scenario.name] = ks
                 targets.append(target)
                 print(f"started Keystile for '{scenario.name}' on {ks.db.kind} in {time.monotonic() - t0:.1f}s"

@@ -63,8 +63,10 @@ class Incoming:
     """A request as the edge hands it to a dialect: its path, a reader of its body (within the
     size limit; raises the gateway's errors, or core.Disconnected), the client's hang-up, the
     path parameter if the endpoint has one, the query string, the request's headers (names in
-    lower case), for a dialect that forwards some of them, and the id the edge gave the request
-    (its answer's x-request-id; an Inference made from it carries it to the usage record)."""
+    lower case), for a dialect that forwards some of them, the id the edge gave the request
+    (its answer's x-request-id; an Inference made from it carries it to the usage record), and
+    `commit`: the edge sending a Reply at once, in a task of its own, while the dialect's call
+    still runs (a stream committed before its first chunk; the dialect then returns `SENT`)."""
 
     path: str
     read_body: Callable[[], Awaitable[bytes]]
@@ -73,6 +75,7 @@ class Incoming:
     query: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
+    commit: Callable[[Reply], asyncio.Future[None]] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """A request header's value (`name` in lower case), or None."""
@@ -83,7 +86,8 @@ class Incoming:
 @dataclass(slots=True)
 class Reply:
     """What the edge sends: a whole body, or SSE `events` (then `close` ends the core's stream,
-    settling it, whatever happened to the events)."""
+    settling it, whatever happened to the events); nothing when `sent` (`SENT`: the answer went
+    through `Incoming.commit`)."""
 
     status: int = 200
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -91,6 +95,10 @@ class Reply:
     media_type: bytes = b"application/json"
     events: AsyncGenerator[Event, None] | None = None
     close: Callable[[], Awaitable[None]] | None = None
+    sent: bool = False
+
+
+SENT = Reply(sent=True)
 
 
 def parse_json(raw: bytes) -> dict:
@@ -220,25 +228,43 @@ class Dialect:
         first chunk takes longer than the gateway's `stream_keepalive` (a long prefill) is committed
         then, so proxies in between do not time out: 200 SSE at once, `keepalive()` every as many
         seconds until the stream starts, and a failure after that as `stream_error`. Until then
-        nothing is sent, and retries and fallbacks run as they do for any call."""
+        nothing is sent, and retries and fallbacks run as they do for any call.
+
+        The call runs here, in the request's own task, whose only extra is a timer: when it fires,
+        the committed answer goes out through `incoming.commit` (the edge's sender, in a task of its
+        own) while the call goes on here, and the call's outcome is handed to it when it comes."""
         work = gateway.call(principal, operation, request, disconnected=incoming.disconnected)
-        wait = gateway.stream_keepalive
-        if not (request.stream and wait > 0 and operation in STREAMABLE):
+        wait, commit = gateway.stream_keepalive, incoming.commit
+        if not (request.stream and wait > 0 and operation in STREAMABLE and commit is not None):
             return reply(await work)
-        call = asyncio.ensure_future(work)
+        loop = asyncio.get_running_loop()
+        committed: list[asyncio.Future] = []  # once committed: the call's outcome to come, the sending
+
+        def start() -> None:
+            call = loop.create_future()
+            committed.extend((call, commit(Reply(media_type=b"text/event-stream",
+                                                 events=self._waiting(call, wait, reply)))))
+        timer = loop.call_later(wait, start)
         try:
-            await _first_of(call, wait)
-        except BaseException:
-            await _cancel(call)
-            raise
-        if call.done():
-            return reply(call.result())
-        return Reply(media_type=b"text/event-stream", events=self._waiting(call, wait, reply))
+            result = await work
+        except BaseException as exc:
+            timer.cancel()
+            if not committed:
+                raise
+            await _hand_over(*committed, exc)
+            return SENT
+        timer.cancel()
+        if not committed:
+            return reply(result)
+        await _hand_over(*committed, result)
+        return SENT
 
     async def _waiting(self, call: asyncio.Future, wait: float,
                        reply: Callable[[Answer | Stream], Reply]) -> AsyncGenerator[Event, None]:
         """A committed stream: keep-alives until `call` is done, then its events (or its failure,
-        raised for the edge to send as `stream_error`). Closing this ends the call or its stream."""
+        raised for the edge to send as `stream_error`). Closing this (the client went away) closes
+        the stream, or drops the outcome still to come (the call itself ends by the core's watch on
+        the client, as every call does)."""
         try:
             while not call.done():
                 yield self.keepalive()
@@ -253,21 +279,27 @@ class Dialect:
             if not call.cancelled() and call.exception() is None and isinstance(call.result(), Stream):
                 await call.result().aclose()
 
-async def _first_of(call: asyncio.Future, timeout: float) -> None:
-    """Wait until `call` is done or `timeout` passed (asyncio.wait without its sets: on every stream)."""
-    loop = asyncio.get_running_loop()
-    woken = loop.create_future()
 
-    def wake(_: object = None) -> None:
-        if not woken.done():
-            woken.set_result(None)
-    call.add_done_callback(wake)
-    timer = loop.call_later(timeout, wake)
+async def _hand_over(call: asyncio.Future, sending: asyncio.Future[None],
+                     outcome: Answer | Stream | BaseException) -> None:
+    """A committed call's `outcome` to its sending (`Dialect._waiting`, through `call`), then wait
+    until that has sent it. A stream nobody takes any more (the client went away) is closed, and
+    a request cancelled (the server stopping) cancels its sending."""
+    if isinstance(outcome, asyncio.CancelledError):
+        sending.cancel()
+        raise outcome
+    if not call.done():  # else the sending ended first: the client went away
+        if isinstance(outcome, BaseException):
+            call.set_exception(outcome)
+        else:
+            call.set_result(outcome)
     try:
-        await woken
+        await sending
     finally:
-        timer.cancel()
-        call.remove_done_callback(wake)
+        if not call.cancelled():
+            call.exception()  # retrieved, also if the sending never came to read it
+        if isinstance(outcome, Stream):
+            await outcome.aclose()  # as `_waiting` does (twice does no harm): it may not have started
 
 
 async def _cancel(call: asyncio.Future) -> None:

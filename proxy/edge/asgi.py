@@ -4,6 +4,7 @@ spend, health, models, /docs) goes on to FastAPI. One dispatch: a dialect route 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from ..core import Disconnected
-from ..dialects.base import PARAM, Dialect, Endpoint, Incoming
+from ..dialects.base import PARAM, Dialect, Endpoint, Incoming, Reply
 from ..errors import MethodNotAllowed, WebSocketRefused, as_keystile, error_body
 from . import docs
 from .body import read_body
@@ -140,7 +141,9 @@ class Edge:
         request_id = request_id_for(request.headers, services.gateway.new_request_id())
         tagged = [(b"x-request-id", request_id.encode())]
         incoming = Incoming(scope["path"], lambda: read_body(request, limit), disconnected, params,
-                            scope.get("query_string", b""), request.headers, request_id)
+                            scope.get("query_string", b""), request.headers, request_id,
+                            lambda reply: asyncio.create_task(send_reply(send, dialect, tag(reply, tagged),
+                                                                           disconnected)))
         try:
             principal = await services.auth.authenticate(request)
             reply = await dialect.handle(services.gateway, principal, endpoint, incoming)
@@ -150,5 +153,11 @@ class Edge:
         except Exception as exc:  # the one error mapping, rendered in the dialect's envelope
             await send_error(send, dialect, as_keystile(exc), tagged)
             return
-        reply.headers = [*reply.headers, *tagged]
-        await send_reply(send, dialect, reply, disconnected)
+        if not reply.sent:
+            await send_reply(send, dialect, tag(reply, tagged), disconnected)
+
+
+def tag(reply: Reply, tagged: list[tuple[bytes, bytes]]) -> Reply:
+    """`reply` with the edge's own headers (x-request-id) after its own."""
+    reply.headers = [*reply.headers, *tagged]
+    return reply

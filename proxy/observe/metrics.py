@@ -2,9 +2,10 @@
 
 - each usage record as the core submits it (`Metrics.__call__`, the gateway's observer): requests by
   route, model, deployment and status, latency and time to first token, tokens, spend, limit
-  refusals by kind. A record costs a dict lookup, four integer additions and a histogram
-  observation (the counters' totals go to prometheus-client when synced: a label child's `inc`
-  takes a lock and a few calls, four of them cost a record more than everything else here).
+  refusals by kind. A record costs a dict lookup, a few additions and a bisection per histogram:
+  its counts and its histograms' buckets and sums are kept here and go to prometheus-client when
+  synced (a label child's `inc` or `observe` takes a lock and a few calls; per record they cost
+  more than everything else here).
 - state the gateway keeps anyway, read when scraped (`sync`, which also adds the records' counts
   since the last sync to the counters): calls and streams in flight, upstream
   requests in flight, retriable upstream errors and cooldowns per deployment (counted by the
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -42,16 +44,50 @@ route's path may carry a caller's ids)."""
 SYNC_INTERVAL_S = 1.0
 
 
+class _Observed:
+    """Observations of a histogram's label child not yet added to it: a count per bucket (the
+    last one +Inf) and their sum."""
+
+    __slots__ = ("child", "bounds", "counts", "sum")
+
+    def __init__(self, child: Histogram, bounds: tuple[float, ...]):
+        self.child = child
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """What `Histogram.observe` does, without its lock: the first bucket whose bound is >= value."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def sync(self) -> None:
+        """The observations so far added to the child. prometheus-client has no public call that adds
+        n observations to a bucket: this adds to the values `observe` adds to (its `_buckets`, one a
+        bound and +Inf, and `_sum`; in multiprocess mode the worker's mmapped values), which its
+        exposition reads. tests/test_metrics_histograms.py holds it to `observe`'s exposition."""
+        counts = self.counts
+        if not any(counts):
+            return
+        buckets = self.child._buckets  # type: ignore[attr-defined]
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+                counts[i] = 0
+        self.child._sum.inc(self.sum)  # type: ignore[attr-defined]
+        self.sum = 0.0
+
+
 class _Series:
-    """One (route, model, deployment, status): its histogram children, looked up once, and its
-    counts (requests, prompt tokens, completion tokens, spend) so far and as last synced into
-    its counter children."""
+    """One (route, model, deployment, status): its histograms' observations and its counts
+    (requests, prompt tokens, completion tokens, spend) so far and as last synced into its
+    counter children (label children looked up once)."""
 
     __slots__ = ("latency", "ttft", "counts", "synced", "counters")
 
     def __init__(self, m: Metrics, route: str, model: str, deployment: str, status: str):
-        self.latency = m.latency.labels(route, model)
-        self.ttft = m.ttft.labels(model, deployment)
+        self.latency = _Observed(m.latency.labels(route, model), LATENCY_BUCKETS)
+        self.ttft = _Observed(m.ttft.labels(model, deployment), TTFT_BUCKETS)
         self.counts: list[float] = [0, 0, 0, 0.0]
         self.synced: list[float] = [0, 0, 0, 0.0]
         self.counters = (m.requests.labels(route, model, deployment, status),
@@ -64,6 +100,8 @@ class _Series:
             if counts[i] != synced[i]:
                 counter.inc(counts[i] - synced[i])
                 synced[i] = counts[i]
+        self.latency.sync()
+        self.ttft.sync()
 
 
 class Metrics:
@@ -140,8 +178,8 @@ class Metrics:
         return s
 
     def sync(self) -> None:
-        """The records' counts and the router's error and cooldown counts added since the last
-        sync; gauges from the gateway's state."""
+        """The records' counts and observations and the router's error and cooldown counts added
+        since the last sync; gauges from the gateway's state."""
         for s in self._series.values():
             s.sync()
         g, usage = self._gateway, self._usage
