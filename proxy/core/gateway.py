@@ -33,6 +33,7 @@ from ..limits import Lease, Limiter, request_limits
 from .attempts import Attempts, Started
 from .cancel import Disconnected, Watch, unless_disconnected
 from .cutoff import Cutoff
+from .deadlines import Deadlines
 from .estimates import MESSAGE_OVERHEAD, estimate_prompt_tokens, prompt_text, requested_completion_tokens, streamed_text
 from .values import RELAYED, STREAMABLE, Answer, Inference, Operation, Stream
 
@@ -103,9 +104,10 @@ class Gateway:
                  stream_keepalive: float = 0.0):
         """`stream_keepalive`: seconds a caller serving a stream over a connection that proxies may
         time out lets it wait for its first chunk before committing the answer with keep-alives
-        (0: never; the core itself does not wait on it)."""
+        (0: never; the core itself does not wait on it): `keepalives` are the deadlines of streams
+        waiting (None for never)."""
         self.router = router
-        self.stream_keepalive = stream_keepalive
+        self.keepalives = Deadlines(stream_keepalive) if stream_keepalive > 0 else None
         self.limiter = limiter
         self.prices = prices
         self.usage = usage

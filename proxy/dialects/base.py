@@ -230,30 +230,30 @@ class Dialect:
         seconds until the stream starts, and a failure after that as `stream_error`. Until then
         nothing is sent, and retries and fallbacks run as they do for any call.
 
-        The call runs here, in the request's own task, whose only extra is a timer: when it fires,
-        the committed answer goes out through `incoming.commit` (the edge's sender, in a task of its
-        own) while the call goes on here, and the call's outcome is handed to it when it comes."""
+        The call runs here, in the request's own task, with a deadline (`gateway.keepalives`): when
+        it passes, the committed answer goes out through `incoming.commit` (the edge's sender, in a
+        task of its own) while the call goes on here, and the call's outcome is handed to it when it
+        comes. A stream that starts in time costs no task and no timer of its own."""
         work = gateway.call(principal, operation, request, disconnected=incoming.disconnected)
-        wait, commit = gateway.stream_keepalive, incoming.commit
-        if not (request.stream and wait > 0 and operation in STREAMABLE and commit is not None):
+        deadlines, commit = gateway.keepalives, incoming.commit
+        if not (request.stream and deadlines is not None and operation in STREAMABLE and commit is not None):
             return reply(await work)
-        loop = asyncio.get_running_loop()
         committed: list[asyncio.Future] = []  # once committed: the call's outcome to come, the sending
 
         def start() -> None:
-            call = loop.create_future()
+            call = asyncio.get_running_loop().create_future()
             committed.extend((call, commit(Reply(media_type=b"text/event-stream",
-                                                 events=self._waiting(call, wait, reply)))))
-        timer = loop.call_later(wait, start)
+                                                 events=self._waiting(call, deadlines.delay, reply)))))
+        deadline = deadlines.add(start)
         try:
             result = await work
         except BaseException as exc:
-            timer.cancel()
+            deadlines.remove(deadline)
             if not committed:
                 raise
             await _hand_over(*committed, exc)
             return SENT
-        timer.cancel()
+        deadlines.remove(deadline)
         if not committed:
             return reply(result)
         await _hand_over(*committed, result)
