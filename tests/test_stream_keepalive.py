@@ -14,6 +14,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .runaway_upstream import RunawayUpstream
 from .servers import Keystile
@@ -103,6 +104,27 @@ def test_anthropic_pings_before_message_start(gateway):
     client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.master_key, max_retries=0)
     with client.messages.stream(model="slow", max_tokens=5, messages=CHAT["messages"]) as s:
         assert "".join(s.text_stream) == "one two three"
+
+
+def _metric(gw: Keystile, name: str, **labels: str) -> float:
+    r = httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {gw.master_key}"})
+    return sum(s.value for f in text_string_to_metric_families(r.text) for s in f.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_client_gone_during_keepalives_ends_the_call(gateway):
+    """A client that hangs up after the commit, before the first chunk: the call ends then, as a 499,
+    not once the 2 s prefill is over, and nothing stays in flight."""
+    gone_before = _metric(gateway, "keystile_requests_total", model="slow", status="499")
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json={"model": "slow", **CHAT}, timeout=30,
+                      headers={"Authorization": f"Bearer {gateway.master_key}"}) as r:
+        assert next(line for line in r.iter_lines() if line) == ": keep-alive"
+    closed = time.monotonic()
+    while _metric(gateway, "keystile_requests_total", model="slow", status="499") == gone_before:
+        assert time.monotonic() - closed < 1.0, "the call went on after its client had gone"
+        time.sleep(0.05)
+    assert _metric(gateway, "keystile_requests_in_flight") == 0
+    assert _metric(gateway, "keystile_streams_in_flight") == 0
 
 
 def test_keepalive_set_from_the_environment(tmp_path, runaway):

@@ -66,7 +66,7 @@ class Incoming:
     lower case), for a dialect that forwards some of them, the id the edge gave the request
     (its answer's x-request-id; an Inference made from it carries it to the usage record), and
     `commit`: the edge sending a Reply at once, in a task of its own, while the dialect's call
-    still runs (a stream committed before its first chunk; the dialect then returns `SENT`)."""
+    still runs (a stream committed before its first chunk; the dialect then returns a Reply `sent`)."""
 
     path: str
     read_body: Callable[[], Awaitable[bytes]]
@@ -86,8 +86,8 @@ class Incoming:
 @dataclass(slots=True)
 class Reply:
     """What the edge sends: a whole body, or SSE `events` (then `close` ends the core's stream,
-    settling it, whatever happened to the events); nothing when `sent` (`SENT`: the answer went
-    through `Incoming.commit`)."""
+    settling it, whatever happened to the events); nothing when `sent` (the answer went through
+    `Incoming.commit`)."""
 
     status: int = 200
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -96,9 +96,6 @@ class Reply:
     events: AsyncGenerator[Event, None] | None = None
     close: Callable[[], Awaitable[None]] | None = None
     sent: bool = False
-
-
-SENT = Reply(sent=True)
 
 
 def parse_json(raw: bytes) -> dict:
@@ -252,12 +249,12 @@ class Dialect:
             if not committed:
                 raise
             await _hand_over(*committed, exc)
-            return SENT
+            return Reply(sent=True)
         deadlines.remove(deadline)
         if not committed:
             return reply(result)
         await _hand_over(*committed, result)
-        return SENT
+        return Reply(sent=True)
 
     async def _waiting(self, call: asyncio.Future, wait: float,
                        reply: Callable[[Answer | Stream], Reply]) -> AsyncGenerator[Event, None]:
