@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from .deadlines import Deadlines
+
 T = TypeVar("T")
 Watch = Callable[[], Awaitable[None]]
 WATCH_AFTER_S = 0.05
@@ -19,11 +21,11 @@ class Disconnected(Exception):
     """The client hung up before its answer was complete (recorded as status 499)."""
 
 
-async def unless_disconnected(disconnected: Watch | None, work: Awaitable[T]) -> T:
+async def unless_disconnected(disconnected: Watch | None, work: Awaitable[T], watches: Deadlines) -> T:
     """Await `work`, cancelling it if `disconnected()` returns first; then raise Disconnected.
     This is on every request, so the watcher task is only started once the work has run for
-    WATCH_AFTER_S: quick answers never pay for one, and a hang-up is noticed at most that much
-    later."""
+    `watches.delay` (the gateway's `watches`, WATCH_AFTER_S): quick answers never pay for one, nor
+    for a timer of their own, and a hang-up is noticed at most that much (and a quarter) later."""
     if disconnected is None:
         return await work
     current = asyncio.current_task()
@@ -41,7 +43,7 @@ async def unless_disconnected(disconnected: Watch | None, work: Awaitable[T]) ->
         nonlocal watcher
         watcher = asyncio.create_task(watch())
 
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start)
+    deadline = watches.add(start)
     try:
         return await work
     except asyncio.CancelledError:
@@ -49,6 +51,6 @@ async def unless_disconnected(disconnected: Watch | None, work: Awaitable[T]) ->
             raise Disconnected() from None
         raise
     finally:
-        timer.cancel()
+        watches.remove(deadline)
         if watcher is not None:
             watcher.cancel()

@@ -1,8 +1,9 @@
-"""Callbacks due a fixed delay after they are added, unless removed before: what every stream asks
-for its keep-alive commit (proxy/dialects/base.py), on the hot path. A timer of its own per stream
-(uvloop's call_later and cancel) costs 2-3 µs of CPU; here adding and removing one is a dict
-insertion and deletion, and one timer, running only while some are pending, checks them every
-quarter of the delay (a callback runs up to a quarter late)."""
+"""Callbacks due a fixed delay after they are added, unless removed before: on the hot path, what
+every call asks to start watching its client (cancel.py) and every stream for its keep-alive
+commit (proxy/dialects/base.py). A timer of its own each (uvloop's call_later and cancel) costs
+1-3 µs of CPU; here adding and removing one is a dict insertion and deletion, and one timer,
+running only while some are pending, checks them every quarter of the delay (a callback runs up
+to a quarter late)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from ..domain import LimitExceeded, Principal, UsageRecord
 from ..errors import Forbidden, KeystileError, NotFound, as_keystile
 from ..limits import Lease, Limiter, request_limits
 from .attempts import Attempts, Started
-from .cancel import Disconnected, Watch, unless_disconnected
+from .cancel import WATCH_AFTER_S, Disconnected, Watch, unless_disconnected
 from .cutoff import Cutoff
 from .deadlines import Deadlines
 from .estimates import MESSAGE_OVERHEAD, estimate_prompt_tokens, prompt_text, requested_completion_tokens, streamed_text
@@ -105,9 +105,10 @@ class Gateway:
         """`stream_keepalive`: seconds a caller serving a stream over a connection that proxies may
         time out lets it wait for its first chunk before committing the answer with keep-alives
         (0: never; the core itself does not wait on it): `keepalives` are the deadlines of streams
-        waiting (None for never)."""
+        waiting (None for never). `watches`: when calls start watching their client (unless_disconnected)."""
         self.router = router
         self.keepalives = Deadlines(stream_keepalive) if stream_keepalive > 0 else None
+        self.watches = Deadlines(WATCH_AFTER_S)
         self.limiter = limiter
         self.prices = prices
         self.usage = usage
@@ -209,7 +210,7 @@ class Gateway:
             return await self._stream(call, lease, name, operation, body, disconnected)
         try:
             call.deployment, result = await unless_disconnected(
-                disconnected, self.attempts.call(name, operation, body, lease.tokens))
+                disconnected, self.attempts.call(name, operation, body, lease.tokens), self.watches)
             call.usage, call.response_id = result.usage, result.id
             return Answer(result.body, result.usage, lease.headers())
         except AFTER_ADMISSION as exc:
@@ -240,7 +241,7 @@ class Gateway:
         call.streamed = True
         try:
             started = await unless_disconnected(
-                disconnected, self.attempts.open_stream(name, operation, upstream_body, lease.tokens))
+                disconnected, self.attempts.open_stream(name, operation, upstream_body, lease.tokens), self.watches)
         except BaseException as exc:
             call.fail(exc)
             await self._settle(call, lease)

@@ -256,7 +256,7 @@ class Anthropic(Dialect):
             for _ in reader.end():
                 pass
         try:
-            await unless_disconnected(incoming.disconnected, collect())
+            await unless_disconnected(incoming.disconnected, collect(), gateway.watches)
         finally:
             await stream.aclose()
         return Reply(headers=stream.headers, body=_message(request, reader.text, reader.chat.result.tool_calls,

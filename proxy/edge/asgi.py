@@ -138,15 +138,16 @@ class Edge:
         request = Request(scope, receive)
         disconnected = watch(receive)
         limit = services.options.max_request_bytes
-        request_id = request_id_for(request.headers, services.gateway.new_request_id())
+        gateway = services.gateway
+        request_id = request_id_for(request.headers, gateway.new_request_id())
         tagged = [(b"x-request-id", request_id.encode())]
         incoming = Incoming(scope["path"], lambda: read_body(request, limit), disconnected, params,
                             scope.get("query_string", b""), request.headers, request_id,
                             lambda reply: asyncio.create_task(send_reply(send, dialect, tag(reply, tagged),
-                                                                           disconnected)))
+                                                                           disconnected, gateway.watches)))
         try:
             principal = await services.auth.authenticate(request)
-            reply = await dialect.handle(services.gateway, principal, endpoint, incoming)
+            reply = await dialect.handle(gateway, principal, endpoint, incoming)
         except Disconnected:
             await send_body(send, 499, b"", tagged)  # nobody is listening; the call is settled and recorded
             return
@@ -154,7 +155,7 @@ class Edge:
             await send_error(send, dialect, as_keystile(exc), tagged)
             return
         if not reply.sent:
-            await send_reply(send, dialect, tag(reply, tagged), disconnected)
+            await send_reply(send, dialect, tag(reply, tagged), disconnected, gateway.watches)
 
 
 def tag(reply: Reply, tagged: list[tuple[bytes, bytes]]) -> Reply:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from starlette.types import Receive, Send
 
-from ..core import Disconnected, Watch, unless_disconnected
+from ..core import Deadlines, Disconnected, Watch, unless_disconnected
 from ..dialects.base import COMMENT, Dialect, Reply
 from ..errors import KeystileError, as_keystile
 
@@ -36,12 +36,12 @@ async def send_error(send: Send, dialect: Dialect, err: KeystileError,
     await send_body(send, err.status, dialect.error(err), [*headers, *(extra or ())])
 
 
-async def send_reply(send: Send, dialect: Dialect, reply: Reply, disconnected: Watch) -> None:
+async def send_reply(send: Send, dialect: Dialect, reply: Reply, disconnected: Watch, watches: Deadlines) -> None:
     if reply.events is None:
         await send_body(send, reply.status, reply.body, reply.headers, reply.media_type)
         return
     try:
-        await unless_disconnected(disconnected, _send_events(send, dialect, reply))
+        await unless_disconnected(disconnected, _send_events(send, dialect, reply), watches)
     except (Disconnected, OSError):
         pass  # the client is gone; the core's stream accounts for it when closed below
     finally:
