@@ -32,3 +32,23 @@ async def test_removed_before_due_leaves_nothing_running():
         deadlines.remove(deadlines.add(lambda: None))
     await asyncio.sleep(0.2)
     assert deadlines._timer is None
+
+
+async def test_a_failing_callback_stops_no_other():
+    loop = asyncio.get_running_loop()
+    reported = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        deadlines = Deadlines(0.1)
+        ran = []
+
+        def fail() -> None:
+            raise RuntimeError("callback bug")
+        deadlines.add(fail)
+        deadlines.add(lambda: ran.append(1))
+        await asyncio.sleep(0.3)
+        deadlines.add(lambda: ran.append(2))
+        await asyncio.sleep(0.3)
+    finally:
+        loop.set_exception_handler(None)
+    assert ran == [1, 2] and len(reported) == 1, (ran, reported)

@@ -32,13 +32,16 @@ class Deadlines:
         self._due.pop(key, None)
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
         now = loop.time()
         due = []
-        for key, (when, callback) in self._due.items():
+        for key, (when, _) in self._due.items():
             if when > now:
                 break
-            due.append((key, callback))
-        for key, callback in due:
-            del self._due[key]
-            callback()
-        self._timer = loop.call_later(self.delay / 4, self._check, loop) if self._due else None
+            due.append(key)
+        try:
+            for key in due:
+                self._due.pop(key)[1]()
+        finally:  # a callback that raised (the loop reports it) stops no other deadline
+            if self._due and self._timer is None:
+                self._timer = loop.call_later(self.delay / 4, self._check, loop)
