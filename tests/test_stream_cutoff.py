@@ -43,12 +43,13 @@ def _oai(gw: Keystile, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
 
 
-def _logs(gw: Keystile, **params) -> list[dict]:
+def _logs(gw: Keystile, answered: int = 0, **params) -> list[dict]:
+    """The usage rows `params` select, once there is one (and `answered` of them have status 200)."""
     deadline = time.monotonic() + 10
     while True:
         rows = httpx.get(gw.url + "/spend/logs", params={"size": 1000, **params}, timeout=10,
                          headers={"Authorization": f"Bearer {gw.master_key}"}).json()["data"]
-        if rows or time.monotonic() > deadline:
+        if (rows and sum(r["status"] == 200 for r in rows) >= answered) or time.monotonic() > deadline:
             return rows
         time.sleep(0.2)
 
@@ -120,7 +121,7 @@ async def test_budget_bounded_under_concurrent_streams(gateway):
         first = await asyncio.gather(*(_stream(client, gateway.url, key) for _ in range(20)))
         later = [await _stream(client, gateway.url, key) for _ in range(5)]
     assert first.count(200) == 3 and later == [429] * 5, (first, later)
-    rows = [r for r in _logs(gateway, api_key=key) if r["status"] == 200]
+    rows = [r for r in _logs(gateway, answered=3, api_key=key) if r["status"] == 200]
     assert len(rows) == 3 and all(r["completion_tokens"] == MAX_TOKENS for r in rows)
     deadline = time.monotonic() + 10
     while (spend := httpx.get(gateway.url + "/key/info", headers={"Authorization": f"Bearer {key}"},
