@@ -109,6 +109,11 @@ class FakeUpstream(Served):
         ])
         self.serve(app)
 
+    def _record(self, request: Request, body: dict) -> None:
+        """A request's body and headers, at one index of `requests` and `headers` (tests pair them)."""
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+
     async def models(self, request: Request) -> Response:
         return Response(orjson.dumps({"object": "list", "data": []}), media_type="application/json")
 
@@ -116,8 +121,7 @@ class FakeUpstream(Served):
         """Cohere/vLLM's rerank shape: every document in its own order, scored by the words it
         shares with the query (the gateway sorts and cuts to top_n)."""
         body = orjson.loads(await request.body())
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
+        self._record(request, body)
         query = set(body["query"].lower().split())
         docs = [d if isinstance(d, str) else d.get("text", "") for d in body["documents"]]
         results = [{"index": i, "relevance_score": len(query & set(d.lower().split())) / (len(query) or 1)}
@@ -129,8 +133,7 @@ class FakeUpstream(Served):
 
     async def fim(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
+        self._record(request, body)
         if body["model"] == "fail":
             return Response(orjson.dumps({"object": "error", "message": "fim exploded"}), status_code=500,
                             media_type="application/json")
@@ -154,7 +157,7 @@ class FakeUpstream(Served):
 
     async def tokenizer(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
-        self.requests.append(body)
+        self._record(request, body)
         model = body.get("model") or ""
         if model == "hang":
             await asyncio.sleep(3600)
@@ -184,8 +187,7 @@ class FakeUpstream(Served):
     async def images(self, request: Request) -> Response:
         """OpenAI's image answer: `n` images (default 1), as URLs naming the prompt, or base64."""
         body = orjson.loads(await request.body())
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
+        self._record(request, body)
         n = body.get("n") or 1
         item = ({"b64_json": "aW1hZ2U="} if body.get("response_format") == "b64_json" else
                 {"url": f"https://images.example/{body['prompt'].replace(' ', '-')}.png"})
@@ -195,7 +197,7 @@ class FakeUpstream(Served):
     async def moderations(self, request: Request) -> Response:
         """OpenAI's moderation answer: an input mentioning 'kill' is flagged as violence."""
         body = orjson.loads(await request.body())
-        self.requests.append(body)
+        self._record(request, body)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         results = []
         for text in inputs:
@@ -207,7 +209,7 @@ class FakeUpstream(Served):
 
     async def embeddings(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
-        self.requests.append(body)
+        self._record(request, body)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, float(len(str(x)))]}
                 for i, x in enumerate(inputs)]
@@ -217,8 +219,7 @@ class FakeUpstream(Served):
 
     async def completion(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
+        self._record(request, body)
         model = body["model"]
         chat = request.url.path.endswith("/chat/completions")
         if model == "fail":
