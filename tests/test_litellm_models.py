@@ -102,7 +102,7 @@ def test_a_model_added_on_a_is_served_by_b_within_a_second_then_updated_and_dele
         return model_id in ids
     took = until(served_by_b, 1.5)
     assert took < 1.5
-    upstream.requests.clear()
+    upstream.forget()
     assert chat(b, name).status_code == 200
     assert upstream.requests[-1]["model"] == "echo-added"
     assert upstream.headers[-1].get("authorization") == f"Bearer {SECRET}"  # decrypted for the upstream only
@@ -114,7 +114,7 @@ def test_a_model_added_on_a_is_served_by_b_within_a_second_then_updated_and_dele
     assert r.status_code == 200 and r.json()["litellm_params"]["model"] == "openai/echo-updated"
 
     def updated_on_b() -> bool:
-        upstream.requests.clear()
+        upstream.forget()
         return chat(b, name).status_code == 200 and upstream.requests[-1]["model"] == "echo-updated"
     until(updated_on_b, 1.5)
     assert upstream.headers[-1].get("authorization") == f"Bearer {SECRET}"  # kept: not sent in the update
@@ -148,7 +148,7 @@ def test_models_survive_a_restart(pair, upstream):
     server_b.start()
     ids = [m["model_info"]["id"] for m in b.get("/model/info", headers=MASTER).json()["data"]]
     assert row["model_id"] in ids
-    upstream.requests.clear()
+    upstream.forget()
     assert chat(b, name).status_code == 200 and upstream.requests[-1]["model"] == "echo-added"
     assert a.post("/model/delete", headers=MASTER, json={"id": row["model_id"]}).status_code == 200
 
@@ -192,7 +192,7 @@ def test_bad_model_input_is_a_clear_4xx(pair, upstream):
 
 def test_wildcards_route_any_matching_name_and_exact_names_win(pair, upstream):
     a, _, _, _ = pair
-    upstream.requests.clear()
+    upstream.forget()
     assert chat(a, "openai/echo-wild").status_code == 200
     assert upstream.requests[-1]["model"] == "echo-wild"  # openai/* -> openai/echo-wild
     assert chat(a, "echo-star").status_code == 200
@@ -264,7 +264,7 @@ def test_models_added_through_the_api_and_the_deploy_api_coexist(pair, upstream)
     assert len([m for m in a.get("/model/info", headers=MASTER).json()["data"] if m["model_name"] == name]) == 2
     seen = set()
     for _ in range(30):
-        upstream.requests.clear()
+        upstream.forget()
         assert chat(a, name).status_code == 200
         seen.add(upstream.requests[-1]["model"])
     assert seen == {"echo-deployed", "echo-added"}  # load-balanced over both

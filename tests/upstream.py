@@ -114,6 +114,11 @@ class FakeUpstream(Served):
         self.requests.append(body)
         self.headers.append(dict(request.headers))
 
+    def forget(self) -> None:
+        """Forget the requests recorded so far (bodies and headers alike, which tests pair by index)."""
+        self.requests.clear()
+        self.headers.clear()
+
     async def models(self, request: Request) -> Response:
         return Response(orjson.dumps({"object": "list", "data": []}), media_type="application/json")
 
