@@ -62,11 +62,9 @@ class Call:
     streamed: bool = False
     finished: bool = False
     response_id: str | None = None
-    # For the observers (proxy/observe): the body asked, when admission ended, the kind and scope
-    # type of the limit that refused the call (rpm, key), if one did, and the spans that `on_admitted`
-    # started (traces).
+    # For the observers (proxy/observe): the body asked, the kind and scope type of the limit that
+    # refused the call (rpm, key), if one did, and the spans that `on_admitted` started (traces).
     body: dict | None = None
-    admitted: float | None = None
     refused_by: tuple[str, str] | None = None
     spans: object = None
 
@@ -199,7 +197,6 @@ class Gateway:
             call.model = str(body.get("model") or "")
             call.model = name = self.resolve_model(principal, call.model)
             lease = await self._admit(call, name, body)
-            call.admitted = time.perf_counter()
             if self.on_admitted is not None:
                 self.on_admitted(call)
         except BaseException as exc:
